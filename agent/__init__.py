@@ -1,0 +1,1 @@
+"""The conversation: streaming Claude turns, tools and the calendar."""

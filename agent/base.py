@@ -1,0 +1,90 @@
+"""The interface between a live call (telephony) and whatever holds the conversation.
+
+The call session feeds ``CallerInput`` events in and plays the ``AgentAction``s
+that come out, streaming: the first ``Say`` clause is spoken while the model is
+still writing the rest. On barge-in the session cancels the reply iterator and
+tells the agent exactly what the callee heard, so history never claims the
+callee heard words that were never played.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from storage.models import CallOutcome, Job
+
+
+@dataclass(frozen=True)
+class CallConnected:
+    """The call was answered and nobody has spoken for a moment: greet first."""
+
+
+@dataclass(frozen=True)
+class CalleeSaid:
+    """A final transcript of what the callee said (one utterance)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class DigitsHeard:
+    """DTMF digits the callee side sent (rare; surfaced for completeness)."""
+
+    digits: str
+
+
+@dataclass(frozen=True)
+class CalleeSilent:
+    """The callee has said nothing for ``seconds``; the agent may prompt once."""
+
+    seconds: float
+
+
+CallerInput = CallConnected | CalleeSaid | DigitsHeard | CalleeSilent
+
+
+@dataclass(frozen=True)
+class Say:
+    """A clause to speak now. ``first_token_at`` (``time.monotonic``) is set on the
+    first clause of a reply, for the per-turn latency record."""
+
+    text: str
+    first_token_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SendDigits:
+    """Press keys on the phone menu (DTMF)."""
+
+    digits: str
+
+
+@dataclass(frozen=True)
+class Hangup:
+    """End the call once everything said so far has been played."""
+
+    outcome: CallOutcome
+
+
+AgentAction = Say | SendDigits | Hangup
+
+
+class Agent(Protocol):
+    """One conversation (one call). Not shared between calls."""
+
+    def reply(self, event: CallerInput) -> AsyncIterator[AgentAction]:
+        """Stream the answer to one caller input. May yield nothing."""
+        ...
+
+    def interrupted(self, heard: str) -> None:
+        """The last reply was cut off by the callee; ``heard`` is what was played."""
+        ...
+
+    def outcome(self) -> CallOutcome | None:
+        """The result so far (e.g. booked once a slot was confirmed), or None."""
+        ...
+
+
+AgentFactory = Callable[[Job], Agent]

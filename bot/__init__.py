@@ -1,0 +1,1 @@
+"""Chat front ends: Telegram and Slack intake, confirmation and notifications."""

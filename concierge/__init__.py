@@ -1,0 +1,1 @@
+"""Composition root: settings, CLI, the aiohttp app and the dispatcher."""

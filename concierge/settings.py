@@ -1,0 +1,147 @@
+"""All configuration, read once from the environment and ``.env``.
+
+Components never read the environment themselves: they take explicit keyword
+arguments built from this object. ``Settings.require(component)`` is called
+at start-up so a missing credential fails early, naming the variables,
+instead of deep inside a call.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from storage.errors import ConfigError
+
+CommaList = Annotated[list[str], NoDecode]
+
+#: Variables each component needs before it can start.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "telegram": ("TELEGRAM_BOT_TOKEN",),
+    "slack": ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"),
+    "twilio": ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER", "PUBLIC_BASE_URL"),
+    "deepgram": ("DEEPGRAM_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "graph": ("GRAPH_TENANT_ID", "GRAPH_CLIENT_ID", "GRAPH_CLIENT_SECRET", "GRAPH_USER_ID"),
+}
+
+#: What each component is for, in plain words (used by ``concierge doctor``).
+PURPOSE: dict[str, str] = {
+    "telegram": "Telegram bot (chat front end)",
+    "slack": "Slack /call command (chat front end)",
+    "twilio": "Twilio phone calls",
+    "deepgram": "Deepgram speech-to-text and text-to-speech",
+    "anthropic": "Claude conversation model",
+    "graph": "Outlook calendar (Microsoft Graph)",
+}
+
+
+class Settings(BaseSettings):
+    """Concierge settings; each field is documented in ``.env.example``."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Chat front ends
+    telegram_bot_token: str = ""
+    telegram_mode: Literal["polling", "webhook"] = "polling"
+    telegram_webhook_secret: str = ""
+    telegram_api_base_url: str = "https://api.telegram.org"
+    telegram_allowed_users: CommaList = Field(default_factory=list)
+
+    slack_bot_token: str = ""
+    slack_signing_secret: str = ""
+    slack_app_token: str = ""
+    slack_api_base_url: str = "https://slack.com/api/"
+    slack_allowed_users: CommaList = Field(default_factory=list)
+    slack_allowed_teams: CommaList = Field(default_factory=list)
+
+    # Telephony
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from_number: str = ""
+    twilio_api_base_url: str = "https://api.twilio.com"
+    public_base_url: str = ""
+
+    # Speech
+    deepgram_api_key: str = ""
+    deepgram_http_url: str = "https://api.deepgram.com"
+    deepgram_ws_url: str = "wss://api.deepgram.com"
+    deepgram_stt_model: str = "nova-3"
+    deepgram_tts_model: str = "aura-2-thalia-en"
+
+    # Conversation model
+    anthropic_api_key: str = ""
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_model: str = "claude-haiku-5-5"
+
+    # Calendar
+    graph_tenant_id: str = ""
+    graph_client_id: str = ""
+    graph_client_secret: str = ""
+    graph_user_id: str = ""
+    graph_base_url: str = "https://graph.microsoft.com/v1.0"
+
+    # Server and storage
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = "sqlite:///./concierge.db"
+
+    # Calling policy
+    default_business_hours: str = "mon-fri 09:00-17:00; sat 10:00-14:00"
+    max_concurrent_calls: int = 5
+    max_call_seconds: int = 600
+    max_attempts: int = 3
+    retry_backoff_minutes: int = 30
+    silence_timeout_seconds: float = 8.0
+    lease_seconds: int = 900
+    blocked_numbers: CommaList = Field(default_factory=list)
+    max_queued_per_user: int = 10
+    errands_per_user_per_hour: int = 20
+
+    # The person and the assistant
+    person_name: str = "Alex Doe"
+    person_timezone: str = "America/Los_Angeles"
+    person_region: str = "US"
+    assistant_name: str = "Robin"
+
+    @field_validator(
+        "telegram_allowed_users",
+        "slack_allowed_users",
+        "slack_allowed_teams",
+        "blocked_numbers",
+        mode="before",
+    )
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @property
+    def database_path(self) -> str:
+        """Filesystem path of the SQLite database named by ``DATABASE_URL``."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            raise ConfigError(f"DATABASE_URL must start with {prefix!r}, got {self.database_url!r}")
+        return self.database_url[len(prefix) :]
+
+    def missing(self, component: str) -> list[str]:
+        """Names of the variables ``component`` needs that are not set."""
+        return [name for name in REQUIRED[component] if not getattr(self, name.lower())]
+
+    def configured(self, component: str) -> bool:
+        return not self.missing(component)
+
+    def require(self, *components: str) -> None:
+        """Fail at start-up if any component lacks a variable.
+
+        Raises:
+            ConfigError: naming every missing variable, grouped by component.
+        """
+        problems = [
+            f"{PURPOSE[c]}: set {', '.join(self.missing(c))}" for c in components if self.missing(c)
+        ]
+        if problems:
+            raise ConfigError("Missing configuration — " + "; ".join(problems))

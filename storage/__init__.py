@@ -1,0 +1,1 @@
+"""Ground floor: domain model, errors, the SQLite-backed errand queue."""

@@ -1,0 +1,351 @@
+"""Domain dataclasses shared by every layer.
+
+They are plain frozen dataclasses with explicit ``to_dict`` / ``from_dict`` so
+the queue can store them as JSON and every layer can import them without
+pulling in I/O. Datetimes are always timezone-aware; ``Job`` times are UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, date, datetime, time
+from enum import StrEnum
+from typing import Any
+
+
+class Platform(StrEnum):
+    """Where an errand came from (and where its results go)."""
+
+    TELEGRAM = "telegram"
+    SLACK = "slack"
+    CLI = "cli"
+
+
+@dataclass(frozen=True)
+class ChatOrigin:
+    """The chat place an errand came from, so every reply lands in the same thread.
+
+    Attributes:
+        platform: telegram / slack / cli.
+        chat_id: Telegram chat id or Slack channel id.
+        user_id: Telegram user id or Slack user id of the person.
+        thread_id: Telegram forum ``message_thread_id`` or Slack parent ``thread_ts``.
+        message_id: the person's message (Telegram) to reply to, if any.
+        team_id: Slack team (workspace) id, if any.
+    """
+
+    platform: Platform
+    chat_id: str
+    user_id: str
+    thread_id: str | None = None
+    message_id: str | None = None
+    team_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChatOrigin:
+        return cls(**{**d, "platform": Platform(d["platform"])})
+
+
+@dataclass(frozen=True)
+class BookingWindow:
+    """When the person would accept the appointment, in the person's time zone.
+
+    Attributes:
+        start_date: first acceptable day (inclusive).
+        end_date: last acceptable day (inclusive).
+        earliest: earliest start time of day.
+        latest: latest *end* time of day.
+        duration_minutes: how long the appointment takes.
+    """
+
+    start_date: date
+    end_date: date
+    earliest: time = time(9, 0)
+    latest: time = time(18, 0)
+    duration_minutes: int = 30
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start_date": self.start_date.isoformat(),
+            "end_date": self.end_date.isoformat(),
+            "earliest": self.earliest.isoformat("minutes"),
+            "latest": self.latest.isoformat("minutes"),
+            "duration_minutes": self.duration_minutes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BookingWindow:
+        return cls(
+            start_date=date.fromisoformat(d["start_date"]),
+            end_date=date.fromisoformat(d["end_date"]),
+            earliest=time.fromisoformat(d["earliest"]),
+            latest=time.fromisoformat(d["latest"]),
+            duration_minutes=int(d["duration_minutes"]),
+        )
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """A validated errand: whom to call, what to book, and when it may be.
+
+    Attributes:
+        business_name: e.g. "Joe's Barbershop".
+        phone: E.164 number, e.g. "+14155550100".
+        business_tz: IANA zone of the business, e.g. "America/Los_Angeles".
+        service: what to book, e.g. "haircut".
+        person_name: whom the booking is for.
+        person_tz: IANA zone of the person; ``window`` is expressed in it.
+        window: acceptable dates, times of day and duration.
+        origin: chat place to report back to.
+        notes: anything else the person said ("ask for Sam").
+        opening_hours: opening-hours spec (see ``concierge.hours.parse_weekly``)
+            overriding the default; ``None`` uses settings.
+    """
+
+    business_name: str
+    phone: str
+    business_tz: str
+    service: str
+    person_name: str
+    person_tz: str
+    window: BookingWindow
+    origin: ChatOrigin
+    notes: str = ""
+    opening_hours: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["window"] = self.window.to_dict()
+        d["origin"] = {**asdict(self.origin), "platform": str(self.origin.platform)}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CallRequest:
+        return cls(
+            **{
+                **d,
+                "window": BookingWindow.from_dict(d["window"]),
+                "origin": ChatOrigin.from_dict(d["origin"]),
+            }
+        )
+
+
+class JobState(StrEnum):
+    """States of an errand; transitions are validated by ``storage.jobs``."""
+
+    QUEUED = "queued"
+    DIALING = "dialing"
+    IN_CALL = "in_call"
+    BOOKED = "booked"
+    DECLINED = "declined"
+    NEEDS_USER = "needs_user"
+    FAILED = "failed"
+    GAVE_UP = "gave_up"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        """A call is (or may be) live for the job."""
+        return self in (JobState.DIALING, JobState.IN_CALL)
+
+
+FINAL_STATES = frozenset(
+    {
+        JobState.BOOKED,
+        JobState.DECLINED,
+        JobState.NEEDS_USER,
+        JobState.FAILED,
+        JobState.GAVE_UP,
+        JobState.CANCELLED,
+    }
+)
+
+#: Legal transitions (DESIGN.md, "The errand's life"). ``needs_user`` may be
+#: re-queued once the person answers the question.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.DIALING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.DIALING: frozenset(
+        {JobState.IN_CALL, JobState.QUEUED, JobState.FAILED, JobState.GAVE_UP, JobState.CANCELLED}
+    ),
+    JobState.IN_CALL: frozenset(
+        {
+            JobState.BOOKED,
+            JobState.DECLINED,
+            JobState.NEEDS_USER,
+            JobState.FAILED,
+            JobState.QUEUED,
+            JobState.GAVE_UP,
+        }
+    ),
+    JobState.NEEDS_USER: frozenset({JobState.QUEUED, JobState.CANCELLED}),
+    JobState.BOOKED: frozenset(),
+    JobState.DECLINED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.GAVE_UP: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class OutcomeKind(StrEnum):
+    """How one call attempt ended."""
+
+    BOOKED = "booked"
+    DECLINED = "declined"
+    NEEDS_USER = "needs_user"
+    WRONG_NUMBER = "wrong_number"
+    FAILED = "failed"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    VOICEMAIL = "voicemail"
+    ERROR = "error"  # transient: provider failure, dropped call, crash recovery
+
+    @property
+    def retryable(self) -> bool:
+        return self in (OutcomeKind.NO_ANSWER, OutcomeKind.BUSY, OutcomeKind.VOICEMAIL, OutcomeKind.ERROR)
+
+
+@dataclass(frozen=True)
+class Booking:
+    """The slot agreed on the phone (aware datetimes)."""
+
+    start: datetime
+    end: datetime
+    service: str
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "service": self.service,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Booking:
+        return cls(
+            start=datetime.fromisoformat(d["start"]),
+            end=datetime.fromisoformat(d["end"]),
+            service=d["service"],
+            notes=d.get("notes", ""),
+        )
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """The result of one call attempt.
+
+    Attributes:
+        kind: how it ended.
+        summary: one or two sentences for the person.
+        booking: the agreed slot when ``kind`` is booked.
+        question: what the person must decide when ``kind`` is needs_user.
+        call_sid: Twilio call id, if a call was placed.
+        event_link: calendar event web link, once the event exists.
+    """
+
+    kind: OutcomeKind
+    summary: str = ""
+    booking: Booking | None = None
+    question: str | None = None
+    call_sid: str | None = None
+    event_link: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": str(self.kind),
+            "summary": self.summary,
+            "booking": self.booking.to_dict() if self.booking else None,
+            "question": self.question,
+            "call_sid": self.call_sid,
+            "event_link": self.event_link,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CallOutcome:
+        return cls(
+            kind=OutcomeKind(d["kind"]),
+            summary=d.get("summary", ""),
+            booking=Booking.from_dict(d["booking"]) if d.get("booking") else None,
+            question=d.get("question"),
+            call_sid=d.get("call_sid"),
+            event_link=d.get("event_link"),
+        )
+
+    def with_event_link(self, link: str) -> CallOutcome:
+        return replace(self, event_link=link)
+
+
+class Speaker(StrEnum):
+    CALLEE = "callee"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True)
+class TurnLatency:
+    """Monotonic timestamps (seconds, ``time.monotonic``) of one turn's audio path.
+
+    Any of them may be missing. ``server_overhead_ms`` is STT final → first
+    audio frame written to Twilio; ``barge_in_ms`` is callee speech start →
+    ``clear`` sent to Twilio.
+    """
+
+    speech_end: float | None = None
+    stt_final: float | None = None
+    llm_first_token: float | None = None
+    tts_first_byte: float | None = None
+    first_audio_out: float | None = None
+    barge_in_ms: float | None = None
+
+    @property
+    def server_overhead_ms(self) -> float | None:
+        if self.stt_final is None or self.first_audio_out is None:
+            return None
+        return (self.first_audio_out - self.stt_final) * 1000.0
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One utterance in a call transcript.
+
+    Attributes:
+        speaker: callee or assistant.
+        text: what was said; for an interrupted assistant reply only what was played.
+        at: seconds since the call was answered.
+        interrupted: the assistant was cut off by the callee (barge-in).
+        latency: timing of the assistant turn that answered this one, if any.
+    """
+
+    speaker: Speaker
+    text: str
+    at: float = 0.0
+    interrupted: bool = False
+    latency: TurnLatency | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """An errand in the queue (a row of ``jobs``). Times are aware UTC datetimes."""
+
+    id: str
+    request: CallRequest
+    state: JobState
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    call_sid: str | None = None
+    outcome: CallOutcome | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def utcnow() -> datetime:
+    """The real UTC clock; components take a clock callable defaulting to this."""
+    return datetime.now(UTC)

@@ -1,0 +1,108 @@
+"""Interfaces between layers, as structural protocols.
+
+They live on the ground floor so that a lower layer (telephony, bot) can
+implement what a higher one (the dispatcher in ``concierge``) drives without
+importing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from storage.models import CallOutcome, CallRequest, Job, Turn
+
+
+class CallPlacer(Protocol):
+    """Places and controls phone calls (``telephony.twilio_rest`` implements it)."""
+
+    async def place_call(self, job: Job) -> str:
+        """Start dialling the job's business; returns the provider call id (CallSid).
+
+        Raises:
+            storage.errors.ProviderError: ``retryable`` says whether to try again later.
+        """
+        ...
+
+    async def call_status(self, call_sid: str) -> str:
+        """The provider's current status of a call (Twilio values: queued, ringing,
+        in-progress, completed, busy, failed, no-answer, canceled). Used to reconcile
+        jobs whose dispatcher crashed mid-call before anything is redialled."""
+        ...
+
+    async def hang_up(self, call_sid: str) -> None:
+        """End a live call."""
+        ...
+
+
+class OutcomeSink(Protocol):
+    """Receives call results (the dispatcher implements it; telephony calls it)."""
+
+    async def call_answered(self, job_id: str, call_sid: str) -> None:
+        """The callee picked up: the job moves dialing → in_call."""
+        ...
+
+    async def report_outcome(
+        self, job_id: str, outcome: CallOutcome, transcript: Sequence[Turn] = ()
+    ) -> None:
+        """A call attempt ended. Idempotent: a second report for a job that is no
+        longer dialing/in_call is ignored."""
+        ...
+
+
+class JobEvent(StrEnum):
+    """What happened to an errand, for the person's chat."""
+
+    QUEUED = "queued"  # accepted; job.next_attempt_at is the planned call time
+    CALLING = "calling"  # dialling now
+    IN_CALL = "in_call"  # the business picked up
+    RETRY_PLANNED = "retry_planned"  # attempt failed retryably; job.next_attempt_at is the next try
+    FINISHED = "finished"  # final state; job.outcome has the details
+    CANCELLED = "cancelled"
+
+
+class Notifier(Protocol):
+    """Tells the person what is happening (``bot.notify`` implements it for both chats)."""
+
+    async def notify(self, job: Job, event: JobEvent, transcript: Sequence[Turn] = ()) -> None:
+        """Post or edit the progress message for ``job`` in its origin thread.
+
+        Must not raise on delivery failure: it retries and, at worst, logs.
+        """
+        ...
+
+
+class ErrandDesk(Protocol):
+    """What the chat front ends may do with errands (the dispatcher implements it)."""
+
+    async def plan(self, request: CallRequest) -> datetime:
+        """When the call would be placed if submitted now (next opening, UTC)."""
+        ...
+
+    async def submit(self, request: CallRequest) -> Job:
+        """Queue an errand (after the person confirmed it) and wake the dispatcher.
+
+        Raises:
+            storage.errors.IntakeError: refused by a limit (per-user rate, queue size);
+                the message is a user-facing reply.
+        """
+        ...
+
+    async def cancel(self, job_id: str, user_id: str) -> Job:
+        """Cancel the person's own errand.
+
+        Raises:
+            storage.errors.JobNotFound: unknown id, or not this user's errand.
+            storage.errors.IllegalTransition: already on the phone or finished.
+        """
+        ...
+
+    async def answer(self, job_id: str, user_id: str, answer: str) -> Job:
+        """The person answered a needs_user question: re-queue with the answer in the notes."""
+        ...
+
+    async def jobs_for(self, user_id: str, *, limit: int = 10) -> list[Job]:
+        """The person's most recent errands, newest first."""
+        ...

@@ -1,0 +1,1 @@
+"""Twilio calls, webhooks, the media stream and the live call session."""
