@@ -1,0 +1,396 @@
+"""The errand queue: enqueue, claim with a lease, validated transitions, history.
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction that updates the
+``jobs`` row *and* appends a ``job_history`` row, so the audit trail can never
+disagree with the state. Claims carry a lease (owner + expiry): two
+dispatchers never dial the same job, and the jobs of a dispatcher that died
+are found by :meth:`JobStore.expired_leases` and adopted with
+:meth:`JobStore.take_over`. Lease expiry is compared against the store's
+injected clock, never against SQLite's, so tests can move time.
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from storage.db import Database, Transaction, format_dt, parse_dt
+from storage.errors import IllegalTransition, JobNotFound, LeaseLost
+from storage.models import TRANSITIONS, CallOutcome, CallRequest, Job, JobState, Turn, utcnow
+from storage.rows import (
+    JOB_COLUMNS,
+    TURN_COLUMNS,
+    HistoryEntry,
+    dump_json,
+    history_from_row,
+    job_from_row,
+    load_job,
+    record_history,
+    turn_from_row,
+    turn_params,
+)
+
+__all__ = ["HistoryEntry", "JobStore"]
+
+_ACTIVE = (str(JobState.DIALING), str(JobState.IN_CALL))
+_ACTIVE_SQL = f"state IN ('{_ACTIVE[0]}', '{_ACTIVE[1]}')"
+#: States ``cancel`` accepts: the call, if any, has not been answered yet.
+_CANCELLABLE = frozenset({JobState.QUEUED, JobState.DIALING, JobState.NEEDS_USER})
+_ID_ATTEMPTS = 20
+
+
+def new_job_id() -> str:
+    """8 lowercase hex characters: short enough to type back in a chat."""
+    return secrets.token_hex(4)
+
+
+class JobStore:
+    """The queue over one :class:`~storage.db.Database`.
+
+    Args:
+        db: an open database; the store does not close it.
+        clock: returns the current aware UTC time; tests pass a fake one.
+    """
+
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._db = db
+        self._clock = clock
+
+    def _now(self) -> str:
+        return format_dt(self._clock())
+
+    def _later(self, seconds: float) -> str:
+        return format_dt(self._clock() + timedelta(seconds=seconds))
+
+    # -- reading -----------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """The job with this id.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        row = await self._db.fetchone(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise JobNotFound(f"no errand with id {job_id!r}")
+        return job_from_row(row)
+
+    async def list(
+        self,
+        *,
+        states: Iterable[JobState] | None = None,
+        user_id: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Job]:
+        """Jobs newest first, optionally only some states and one chat user.
+
+        Args:
+            states: keep only these states (``None`` = all).
+            user_id: keep only errands whose ``request.origin.user_id`` is this.
+            limit: at most this many.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if states is not None:
+            wanted = [str(s) for s in states]
+            if not wanted:
+                return []
+            where.append(f"state IN ({', '.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        rows = await self._db.fetchall(sql, (*params, limit))
+        return [job_from_row(r) for r in rows]
+
+    async def next_due_at(self) -> datetime | None:
+        """Earliest ``next_attempt_at`` of the queued jobs, so a timer knows how long to sleep."""
+        row = await self._db.fetchone("SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued'")
+        if row is None or row[0] is None:
+            return None
+        return parse_dt(row[0])
+
+    async def find_by_call_sid(self, call_sid: str) -> Job | None:
+        """The job a Twilio call belongs to (status callbacks carry only the CallSid)."""
+        row = await self._db.fetchone(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE call_sid = ? ORDER BY updated_at DESC LIMIT 1",
+            (call_sid,),
+        )
+        return job_from_row(row) if row is not None else None
+
+    async def count_active(self) -> int:
+        """Jobs in dialing or in_call: the number of calls that may be live (concurrency cap)."""
+        row = await self._db.fetchone(f"SELECT COUNT(*) FROM jobs WHERE {_ACTIVE_SQL}")
+        return int(row[0]) if row is not None else 0
+
+    async def expired_leases(self) -> builtins.list[Job]:
+        """Active jobs whose lease has run out (or that never had one): crash-recovery candidates."""
+        rows = await self._db.fetchall(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {_ACTIVE_SQL}"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY lease_expires_at",
+            (self._now(),),
+        )
+        return [job_from_row(r) for r in rows]
+
+    async def history(self, job_id: str) -> builtins.list[HistoryEntry]:
+        """Every recorded change of the job, oldest first.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        await self.get(job_id)
+        rows = await self._db.fetchall(
+            "SELECT at, from_state, to_state, reason, owner FROM job_history WHERE job_id = ? ORDER BY seq",
+            (job_id,),
+        )
+        return [history_from_row(r) for r in rows]
+
+    async def turns(self, job_id: str, attempt: int | None = None) -> builtins.list[Turn]:
+        """Transcript turns (with latency) of one attempt, or of all attempts in order."""
+        sql = f"SELECT {TURN_COLUMNS} FROM turns WHERE job_id = ?"
+        params: tuple[Any, ...] = (job_id,)
+        if attempt is not None:
+            sql += " AND attempt = ?"
+            params = (job_id, attempt)
+        rows = await self._db.fetchall(sql + " ORDER BY attempt, idx", params)
+        return [turn_from_row(r) for r in rows]
+
+    # -- writing -----------------------------------------------------------
+
+    async def enqueue(
+        self,
+        request: CallRequest,
+        *,
+        due_at: datetime,
+        max_attempts: int,
+        meta: dict[str, Any] | None = None,
+    ) -> Job:
+        """Store a new errand in ``queued``, due at ``due_at``.
+
+        Raises:
+            ValueError: ``max_attempts`` < 1 or a naive ``due_at``.
+        """
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        now = self._now()
+        due = format_dt(due_at)
+        async with self._db.transaction() as tx:
+            job_id = await self._free_id(tx)
+            await tx.execute(
+                "INSERT INTO jobs (id, state, request, user_id, attempts, max_attempts, next_attempt_at,"
+                " created_at, updated_at, meta) VALUES (?, 'queued', ?, ?, 0, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    dump_json(request.to_dict()),
+                    request.origin.user_id,
+                    max_attempts,
+                    due,
+                    now,
+                    now,
+                    dump_json(meta or {}),
+                ),
+            )
+            await record_history(tx, job_id, now, None, JobState.QUEUED, "enqueued", None)
+            return await load_job(tx, job_id)
+
+    async def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> builtins.list[Job]:
+        """Lease up to ``limit`` due queued jobs to ``owner`` and move them to dialing.
+
+        Selection and update happen in one ``BEGIN IMMEDIATE`` transaction, so
+        concurrent claimers (other connections, other processes) each get
+        disjoint jobs. Earliest due first.
+        """
+        if limit <= 0:
+            return []
+        now = self._now()
+        expires = self._later(lease_seconds)
+        async with self._db.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, rowid LIMIT ?",
+                (now, limit),
+            )
+            ids = [r["id"] for r in rows]
+            for job_id in ids:
+                await tx.execute(
+                    "UPDATE jobs SET state = 'dialing', attempts = attempts + 1, lease_owner = ?,"
+                    " lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                    (owner, expires, now, job_id),
+                )
+                await record_history(tx, job_id, now, JobState.QUEUED, JobState.DIALING, "claimed", owner)
+            return [await load_job(tx, job_id) for job_id in ids]
+
+    async def transition(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        owner: str | None = None,
+        reason: str = "",
+        outcome: CallOutcome | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> Job:
+        """Move a job to ``to`` and record why, in one transaction.
+
+        Entering dialing counts an attempt. Leaving dialing/in_call for any
+        other state releases the lease. ``outcome`` and ``next_attempt_at``
+        replace the stored values when given.
+
+        Args:
+            owner: when given, the caller must hold the job's lease.
+
+        Raises:
+            JobNotFound: no such job.
+            LeaseLost: ``owner`` does not hold the lease (e.g. it was taken over).
+            IllegalTransition: ``storage.models.TRANSITIONS`` forbids the change.
+        """
+        now = self._now()
+        async with self._db.transaction() as tx:
+            job = await load_job(tx, job_id)
+            if owner is not None and job.lease_owner != owner:
+                raise LeaseLost(f"errand {job_id}: lease held by {job.lease_owner!r}, not {owner!r}")
+            if to not in TRANSITIONS[job.state]:
+                raise IllegalTransition(f"errand {job_id}: {job.state} → {to} is not allowed")
+            await self._apply(tx, job, to, now, owner, reason, outcome, next_attempt_at)
+            return await load_job(tx, job_id)
+
+    async def cancel(self, job_id: str, *, reason: str = "cancelled by user") -> Job:
+        """Cancel an errand whose call has not been answered (queued, dialing, needs_user).
+
+        Raises:
+            JobNotFound: no such job.
+            IllegalTransition: the call is in progress or the errand is already over.
+        """
+        now = self._now()
+        async with self._db.transaction() as tx:
+            job = await load_job(tx, job_id)
+            if job.state not in _CANCELLABLE or JobState.CANCELLED not in TRANSITIONS[job.state]:
+                raise IllegalTransition(f"errand {job_id}: {job.state} → cancelled is not allowed")
+            await self._apply(tx, job, JobState.CANCELLED, now, None, reason, None, None)
+            return await load_job(tx, job_id)
+
+    async def _apply(
+        self,
+        tx: Transaction,
+        job: Job,
+        to: JobState,
+        now: str,
+        owner: str | None,
+        reason: str,
+        outcome: CallOutcome | None,
+        next_attempt_at: datetime | None,
+    ) -> None:
+        sets = ["state = ?", "updated_at = ?"]
+        params: list[Any] = [str(to), now]
+        if to is JobState.DIALING:
+            sets.append("attempts = attempts + 1")
+        if job.state.is_active and not to.is_active:
+            sets.append("lease_owner = NULL, lease_expires_at = NULL")
+        if outcome is not None:
+            sets.append("outcome = ?")
+            params.append(dump_json(outcome.to_dict()))
+        if next_attempt_at is not None:
+            sets.append("next_attempt_at = ?")
+            params.append(format_dt(next_attempt_at))
+        await tx.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*params, job.id))
+        await record_history(tx, job.id, now, job.state, to, reason, owner)
+
+    async def set_call_sid(self, job_id: str, call_sid: str) -> Job:
+        """Remember the Twilio call placed for the job's current attempt."""
+        return await self._update(job_id, "call_sid = ?", (call_sid,))
+
+    async def set_meta(self, job_id: str, **values: Any) -> Job:
+        """Merge JSON-able ``values`` into ``job.meta`` (other keys are kept).
+
+        Raises:
+            TypeError: a value is not JSON-serialisable.
+        """
+        async with self._db.transaction() as tx:
+            job = await load_job(tx, job_id)
+            meta = {**job.meta, **values}
+            await tx.execute(
+                "UPDATE jobs SET meta = ?, updated_at = ? WHERE id = ?",
+                (dump_json(meta), self._now(), job_id),
+            )
+            return await load_job(tx, job_id)
+
+    async def renew_lease(self, job_id: str, owner: str, lease_seconds: float) -> Job:
+        """Extend ``owner``'s lease to now + ``lease_seconds`` (long calls renew periodically).
+
+        Raises:
+            LeaseLost: ``owner`` no longer holds the lease or the job is not active.
+        """
+        async with self._db.transaction() as tx:
+            job = await load_job(tx, job_id)
+            if job.lease_owner != owner or not job.state.is_active:
+                raise LeaseLost(f"errand {job_id}: lease held by {job.lease_owner!r}, not {owner!r}")
+            await tx.execute(
+                "UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                (self._later(lease_seconds), self._now(), job_id),
+            )
+            return await load_job(tx, job_id)
+
+    async def take_over(self, job_id: str, owner: str, lease_seconds: float) -> Job | None:
+        """Adopt an active job whose lease expired; ``None`` if the lease still holds.
+
+        The check and the update are one transaction, so among competing
+        dispatchers exactly one wins. The state is unchanged: the new owner
+        must reconcile with Twilio before deciding anything.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        now = self._now()
+        async with self._db.transaction() as tx:
+            job = await load_job(tx, job_id)
+            changed = await tx.execute(
+                f"UPDATE jobs SET lease_owner = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?"
+                f" AND {_ACTIVE_SQL} AND (lease_expires_at IS NULL OR lease_expires_at <= ?)",
+                (owner, self._later(lease_seconds), now, job_id, now),
+            )
+            if changed != 1:
+                return None
+            reason = f"lease taken over from {job.lease_owner or 'nobody'}"
+            await record_history(tx, job_id, now, job.state, job.state, reason, owner)
+            return await load_job(tx, job_id)
+
+    async def add_turns(self, job_id: str, attempt: int, turns: Sequence[Turn]) -> None:
+        """Append transcript turns of one attempt after any already stored for it.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        async with self._db.transaction() as tx:
+            await load_job(tx, job_id)
+            row = await tx.fetchone(
+                "SELECT COALESCE(MAX(idx), -1) FROM turns WHERE job_id = ? AND attempt = ?",
+                (job_id, attempt),
+            )
+            start = int(row[0]) + 1 if row is not None else 0
+            await tx.executemany(
+                f"INSERT INTO turns (job_id, attempt, idx, {TURN_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                [turn_params(job_id, attempt, start + i, t) for i, t in enumerate(turns)],
+            )
+
+    async def _update(self, job_id: str, assignment: str, params: tuple[Any, ...]) -> Job:
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
+                f"UPDATE jobs SET {assignment}, updated_at = ? WHERE id = ?", (*params, self._now(), job_id)
+            )
+            if changed != 1:
+                raise JobNotFound(f"no errand with id {job_id!r}")
+            return await load_job(tx, job_id)
+
+    async def _free_id(self, tx: Transaction) -> str:
+        for _ in range(_ID_ATTEMPTS):
+            job_id = new_job_id()
+            if await tx.fetchone("SELECT 1 FROM jobs WHERE id = ?", (job_id,)) is None:
+                return job_id
+        raise RuntimeError(f"no free job id after {_ID_ATTEMPTS} tries")  # 2**32 ids: practically never
