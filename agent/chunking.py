@@ -17,7 +17,22 @@ import re
 
 #: Abbreviations after which a period never ends a sentence (titles read with the name after them).
 NEVER_END = frozenset(
-    {"mr.", "mrs.", "ms.", "dr.", "st.", "prof.", "jr.", "sr.", "mt.", "no.", "vs.", "e.g.", "i.e.", "approx."}
+    {
+        "mr.",
+        "mrs.",
+        "ms.",
+        "dr.",
+        "st.",
+        "prof.",
+        "jr.",
+        "sr.",
+        "mt.",
+        "no.",
+        "vs.",
+        "e.g.",
+        "i.e.",
+        "approx.",
+    }
 )
 #: Abbreviations that end a sentence only when a capitalised word follows ("…at 3 p.m. Thanks").
 MAYBE_END = frozenset({"a.m.", "p.m.", "etc.", "inc.", "ltd.", "co."})
@@ -39,7 +54,9 @@ class ClauseChunker:
             longer than this, so TTS is never starved by one long sentence.
     """
 
-    def __init__(self, *, min_clause_words: int = 3, min_clause_chars: int = 20, max_chars: int = 120) -> None:
+    def __init__(
+        self, *, min_clause_words: int = 3, min_clause_chars: int = 20, max_chars: int = 120
+    ) -> None:
         self._min_words = min_clause_words
         self._min_chars = min_clause_chars
         self._max_chars = max_chars

@@ -57,7 +57,10 @@ def test_never_splits_numbers_times_or_abbreviations(text: str, step: int) -> No
 
 
 def test_meridiem_followed_by_capital_ends_the_sentence() -> None:
-    assert chunk("We open at 3:30 p.m. Thanks for calling!") == ["We open at 3:30 p.m.", "Thanks for calling!"]
+    assert chunk("We open at 3:30 p.m. Thanks for calling!") == [
+        "We open at 3:30 p.m.",
+        "Thanks for calling!",
+    ]
 
 
 def test_closing_quotes_stay_with_their_sentence() -> None:
@@ -93,7 +96,23 @@ def test_flush_on_empty_returns_nothing() -> None:
 
 
 words = st.sampled_from(
-    ["hello", "1,500", "3.5", "3:30", "p.m.", "Dr.", "Lee,", "is", "fine.", "ok?", "2", "pm", "e.g.", "yes—", "St."]
+    [
+        "hello",
+        "1,500",
+        "3.5",
+        "3:30",
+        "p.m.",
+        "Dr.",
+        "Lee,",
+        "is",
+        "fine.",
+        "ok?",
+        "2",
+        "pm",
+        "e.g.",
+        "yes—",
+        "St.",
+    ]
 )
 
 
