@@ -1,0 +1,247 @@
+"""Scripted receptionists for the demo, the end-to-end tests and the benchmark.
+
+A scenario is the outside world's side of one errand: how the business
+answers each call attempt (script per attempt), what is already in the
+person's calendar, and what the person should end up with. Offers are
+phrased the way a receptionist says them ("Tuesday, December 1 at 2 PM") and
+are computed from the week the errand asks for, so the scripts stay valid
+whatever day the demo runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sandbox.callee import CalleeScript, CalleeStep, HangUp, Interrupt, Pause, Say, WaitDigits, WaitTurn
+from sandbox.twilio import Behavior
+
+GREETING = "Joe's Barbershop, this is Sam speaking. How can I help you?"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How the business handles one call attempt."""
+
+    behavior: Behavior
+    script: CalleeScript | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One errand's outside world and its expected end.
+
+    Attributes:
+        name: short id used by ``concierge demo --scenario``.
+        description: one line for ``--list``.
+        attempts: behaviour per call attempt; the last one repeats.
+        busy: slots already taken in the person's calendar (aware datetimes).
+        expect_state: final job state the person should see.
+        expect_start: start of the booked slot, when ``expect_state`` is booked.
+        max_attempts: attempts allowed for this errand.
+    """
+
+    name: str
+    description: str
+    attempts: list[Attempt]
+    busy: list[tuple[datetime, datetime]] = field(default_factory=list)
+    expect_state: str = "booked"
+    expect_start: datetime | None = None
+    max_attempts: int = 3
+
+    def attempt(self, n: int) -> Attempt:
+        """Behaviour for the n-th call (1-based); the last listed one repeats."""
+        return self.attempts[min(n, len(self.attempts)) - 1]
+
+
+def offer_text(slot: datetime) -> str:
+    """'Tuesday, December 1 at 2 PM' / '... at 3:30 PM' — how the receptionist says a slot."""
+    hour = slot.hour % 12 or 12
+    minutes = f":{slot.minute:02d}" if slot.minute else ""
+    suffix = "AM" if slot.hour < 12 else "PM"
+    return f"{slot:%A}, {slot:%B} {slot.day} at {hour}{minutes} {suffix}"
+
+
+def _script(*steps: CalleeStep, wps: float) -> CalleeScript:
+    return CalleeScript(steps=list(steps), words_per_second=wps)
+
+
+def next_week_monday(today: date) -> date:
+    """Monday of the week after ``today`` ("next week")."""
+    return today + timedelta(days=7 - today.weekday())
+
+
+def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float = 3.0) -> Scenario:
+    """Build scenario ``name`` for an errand asking for "next week, afternoons" made on ``today``.
+
+    Raises:
+        KeyError: unknown scenario name (see ``NAMES``).
+    """
+    zone = ZoneInfo(tz)
+    monday = next_week_monday(today)
+    clash = datetime.combine(monday + timedelta(days=1), time(14, 0), zone)  # Tuesday 2 PM
+    free = datetime.combine(monday + timedelta(days=2), time(15, 30), zone)  # Wednesday 3:30 PM
+    busy = [(clash - timedelta(minutes=30), clash + timedelta(hours=1))]
+
+    def booking(*prefix: CalleeStep, first_offer: datetime = free) -> CalleeScript:
+        steps: list[CalleeStep] = [*prefix]
+        if first_offer == clash:
+            steps += [Say(f"Sure. We have {offer_text(clash)}."), WaitTurn()]
+        steps += [Say(f"How about {offer_text(free)}?"), WaitTurn(), Say("Perfect, see you then."), WaitTurn()]
+        return _script(*steps, wps=wps)
+
+    greet = (Say(GREETING), WaitTurn(contains="haircut"))
+    builders: dict[str, Callable[[], Scenario]] = {
+        "happy": lambda: Scenario(
+            "happy",
+            "the receptionist offers a free slot straight away",
+            [Attempt(Behavior.ANSWER, booking(*greet))],
+            busy=busy,
+            expect_start=free,
+        ),
+        "clash": lambda: Scenario(
+            "clash",
+            "the first slot offered clashes with the calendar, the second one fits (the demo)",
+            [Attempt(Behavior.ANSWER, booking(*greet, first_offer=clash))],
+            busy=busy,
+            expect_start=free,
+        ),
+        "interrupt": lambda: Scenario(
+            "interrupt",
+            "the receptionist interrupts the assistant mid-sentence",
+            [
+                Attempt(
+                    Behavior.ANSWER,
+                    booking(Say(GREETING), Interrupt(after_words=4, text="Sorry, who is calling?"), WaitTurn()),
+                )
+            ],
+            busy=busy,
+            expect_start=free,
+        ),
+        "menu": lambda: Scenario(
+            "menu",
+            "a phone menu: press 1 for appointments",
+            [
+                Attempt(
+                    Behavior.ANSWER,
+                    booking(
+                        Say("Thank you for calling Joe's Barbershop. For appointments, press 1. "
+                            "For opening hours, press 2."),
+                        WaitDigits("1"),
+                        *greet,
+                    ),
+                )
+            ],
+            busy=busy,
+            expect_start=free,
+        ),
+        "hold": lambda: Scenario(
+            "hold",
+            "put on hold for a few seconds of silence, then back",
+            [
+                Attempt(
+                    Behavior.ANSWER,
+                    booking(
+                        Say("Joe's Barbershop, can you hold for a moment please?"),
+                        WaitTurn(),
+                        Pause(4.0),
+                        Say("Thanks for holding. How can I help you?"),
+                        WaitTurn(contains="haircut"),
+                    ),
+                )
+            ],
+            busy=busy,
+            expect_start=free,
+        ),
+        "voicemail": lambda: Scenario(
+            "voicemail",
+            "voicemail first, retried at the next opening and booked on the second call",
+            [
+                Attempt(
+                    Behavior.VOICEMAIL,
+                    _script(Say("You have reached Joe's Barbershop. Please leave a message after the tone."),
+                            wps=wps),
+                ),
+                Attempt(Behavior.ANSWER, booking(*greet)),
+            ],
+            busy=busy,
+            expect_start=free,
+        ),
+        "no_answer": lambda: Scenario(
+            "no_answer",
+            "nobody answers three times: the errand is given up and the person told",
+            [Attempt(Behavior.NO_ANSWER)],
+            busy=busy,
+            expect_state="gave_up",
+        ),
+        "fully_booked": lambda: Scenario(
+            "fully_booked",
+            "the shop is fully booked: declined, the person told",
+            [
+                Attempt(
+                    Behavior.ANSWER,
+                    _script(
+                        *greet,
+                        Say("Sorry, we are fully booked next week, there is no availability at all."),
+                        WaitTurn(),
+                        wps=wps,
+                    ),
+                )
+            ],
+            busy=busy,
+            expect_state="declined",
+        ),
+        "wrong_number": lambda: Scenario(
+            "wrong_number",
+            "the number is not the barbershop",
+            [
+                Attempt(
+                    Behavior.ANSWER,
+                    _script(
+                        Say("Hello?"),
+                        WaitTurn(),
+                        Say("Sorry, there is no barbershop here. You have the wrong number."),
+                        WaitTurn(),
+                        HangUp(),
+                        wps=wps,
+                    ),
+                )
+            ],
+            busy=busy,
+            expect_state="failed",
+        ),
+        "needs_user": lambda: Scenario(
+            "needs_user",
+            "the receptionist asks something only the person can answer",
+            [
+                Attempt(
+                    Behavior.ANSWER,
+                    _script(
+                        *greet,
+                        Say("Sure. Would he also like a beard trim? That is fifteen dollars extra."),
+                        WaitTurn(),
+                        wps=wps,
+                    ),
+                )
+            ],
+            busy=busy,
+            expect_state="needs_user",
+        ),
+    }
+    return builders[name]()
+
+
+NAMES = (
+    "clash",
+    "happy",
+    "interrupt",
+    "menu",
+    "hold",
+    "voicemail",
+    "no_answer",
+    "fully_booked",
+    "wrong_number",
+    "needs_user",
+)
