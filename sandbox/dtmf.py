@@ -1,0 +1,100 @@
+"""Streaming DTMF detector for the sandbox callee (what the business "hears" when we press keys).
+
+Why a real detector: the product synthesises its own tones (``telephony/audio.py``); the sandbox
+must check them as a phone line would, by frequency, not by trusting a side channel.
+
+Method: decode µ-law to linear PCM, then take overlapping 205-sample windows (25.6 ms, hop 100
+samples) and measure the DFT power at the eight DTMF frequencies. A window holds a digit when the
+strongest row and column tone each carry a large share of the window's energy and clearly dominate
+the other tones of their group. Overlap guarantees that a 40 ms tone fills at least one window.
+A digit is reported once per tone: it re-arms after a window without it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop  # Python 3.13+: provided by the audioop-lts package
+
+__all__ = ["DtmfDetector", "detect_digits"]
+
+_RATE = 8000
+_WINDOW = 205
+_HOP = 100
+_ROWS = (697.0, 770.0, 852.0, 941.0)
+_COLS = (1209.0, 1336.0, 1477.0, 1633.0)
+_KEYS = ("123A", "456B", "789C", "*0#D")
+_MIN_MEAN_SQUARE = 100.0**2  # quieter than this is line noise, not a key press
+_MIN_SHARE = 0.08  # power / (energy * N); a clean equal-level two-tone pair gives ~0.25
+_DOMINANCE = 4.0  # strongest tone vs the runner-up of its group
+
+
+def _table(freq: float) -> tuple[list[float], list[float]]:
+    w = 2 * math.pi * freq / _RATE
+    return [math.cos(w * n) for n in range(_WINDOW)], [math.sin(w * n) for n in range(_WINDOW)]
+
+
+_TABLES = [_table(f) for f in _ROWS + _COLS]
+
+
+def _powers(samples: list[int]) -> list[float]:
+    out = []
+    for cos_t, sin_t in _TABLES:
+        re = sum(map(operator.mul, samples, cos_t))
+        im = sum(map(operator.mul, samples, sin_t))
+        out.append(re * re + im * im)
+    return out
+
+
+def _best(powers: list[float], energy: float) -> int | None:
+    order = sorted(range(4), key=lambda i: powers[i], reverse=True)
+    top, second = powers[order[0]], powers[order[1]]
+    if top < _MIN_SHARE * energy * _WINDOW or top < _DOMINANCE * second:
+        return None
+    return order[0]
+
+
+def _window_digit(samples: list[int]) -> str | None:
+    energy = float(sum(map(operator.mul, samples, samples)))
+    if energy < _MIN_MEAN_SQUARE * _WINDOW:
+        return None
+    powers = _powers(samples)
+    row = _best(powers[:4], energy)
+    col = _best(powers[4:], energy)
+    if row is None or col is None:
+        return None
+    return _KEYS[row][col]
+
+
+class DtmfDetector:
+    """Feed µ-law bytes in any chunking; get each detected key press once."""
+
+    def __init__(self) -> None:
+        self._pending: list[int] = []
+        self._current: str | None = None
+
+    def feed(self, mulaw: bytes) -> list[str]:
+        """Consume ``mulaw`` and return the digits whose tones started being detected in it."""
+        if not mulaw:
+            return []
+        pcm = audioop.ulaw2lin(mulaw, 2)
+        self._pending.extend(memoryview(pcm).cast("h").tolist())
+        digits: list[str] = []
+        start = 0
+        while len(self._pending) - start >= _WINDOW:
+            digit = _window_digit(self._pending[start : start + _WINDOW])
+            if digit is not None and digit != self._current:
+                digits.append(digit)
+            self._current = digit
+            start += _HOP
+        del self._pending[:start]
+        return digits
+
+
+def detect_digits(mulaw: bytes) -> str:
+    """Detect every key press in a complete µ-law clip."""
+    return "".join(DtmfDetector().feed(mulaw))
