@@ -1,0 +1,79 @@
+"""The phone model's system prompt, built from the errand.
+
+Everything the model may say about the errand comes from here; the prompt
+tells it never to invent the rest. The final ``ERRAND_JSON:`` line repeats the
+facts in machine-readable form: the sandbox model reads it, real Claude just
+sees the same facts twice.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+from storage.models import CallRequest
+
+
+def errand_facts(request: CallRequest, today: date) -> dict[str, object]:
+    """The errand as one flat JSON-able dict (the ``ERRAND_JSON`` payload)."""
+    w = request.window
+    return {
+        "business": request.business_name,
+        "phone": request.phone,
+        "service": request.service,
+        "person_name": request.person_name,
+        "window": {
+            "start_date": w.start_date.isoformat(),
+            "end_date": w.end_date.isoformat(),
+            "earliest": w.earliest.isoformat("minutes"),
+            "latest": w.latest.isoformat("minutes"),
+            "duration_minutes": w.duration_minutes,
+            "tz": request.person_tz,
+        },
+        "business_tz": request.business_tz,
+        "person_tz": request.person_tz,
+        "notes": request.notes,
+        "today": today.isoformat(),
+    }
+
+
+def build_system_prompt(request: CallRequest, *, assistant_name: str, today: date) -> str:
+    """The system prompt for one call (stable for the whole call, so it is cached)."""
+    w = request.window
+    facts = errand_facts(request, today)
+    same_zone = request.person_tz == request.business_tz
+    zone_note = (
+        ""
+        if same_zone
+        else (
+            f" Careful: the person is in {request.person_tz} but the business is in {request.business_tz}; "
+            "the window above is in the person's zone, while the business speaks its own local time. "
+            "Tools take business-local times and convert for you."
+        )
+    )
+    notes = f"\nExtra notes from {request.person_name}: {request.notes}" if request.notes else ""
+    return f"""You are {assistant_name}, an AI assistant on a live phone call. You are calling \
+{request.business_name} on behalf of {request.person_name} to book: {request.service}.
+
+Today is {today:%A, %B %d, %Y}.
+Acceptable slot: any day from {w.start_date:%A, %B %d} to {w.end_date:%A, %B %d, %Y}, starting no \
+earlier than {w.earliest:%H:%M} and ending no later than {w.latest:%H:%M} ({request.person_tz}), lasting \
+about {w.duration_minutes} minutes.{zone_note}{notes}
+
+How to behave:
+- In your first words say you are an AI assistant calling on behalf of {request.person_name}, then \
+state the errand.
+- Speak naturally and briefly: one or two short spoken sentences per reply, no lists, no markdown.
+- Only agree to a slot the business offers that fits: call check_availability to test it, and \
+confirm_booking before you accept. If confirm_booking refuses, politely ask for another time.
+- Once booked, repeat the date, time and service, give the name {request.person_name} (spell it if \
+asked) and the price if one was mentioned, thank them and call end_call with outcome booked.
+- "Please hold" or "one moment": say a short "Sure, I'll hold." or nothing, and wait.
+- A phone menu ("press 1 for ..."): use send_dtmf with the right key.
+- Wrong number, or they don't offer this service: apologise, say goodbye, end_call (wrong_number or \
+declined). No slot fits: end_call declined.
+- A question only {request.person_name} can answer (a preference, insurance, anything not stated \
+here): say you will check and call back, then end_call with needs_user and the question.
+- Never invent details (phone numbers, addresses, payment, preferences) that are not given here.
+
+ERRAND_JSON: {json.dumps(facts, ensure_ascii=False, separators=(", ", ": "))}"""

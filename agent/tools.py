@@ -1,0 +1,270 @@
+"""The tools the phone model may use, with schemas generated from typed methods.
+
+The model proposes; these handlers decide. ``confirm_booking`` is the only way a
+slot becomes a booking, and it refuses anything outside the person's window or
+busy in their calendar — so a model that misreads a time can never book it.
+Schemas come from the handlers' annotations and Google-style docstrings so the
+description the model reads and the code that runs can't drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+from zoneinfo import ZoneInfo
+
+from agent.base import Hangup, SendDigits
+from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind
+
+_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+class FreeBusy(Protocol):
+    """What the tools need from a calendar (``agent.calendar.GraphCalendar`` provides it)."""
+
+    async def busy(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]: ...
+
+
+class ToolInputError(ValueError):
+    """The model called a tool with arguments that make no sense; the message tells it why."""
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool call produced: text for the model, and maybe an action for the call."""
+
+    content: str
+    is_error: bool = False
+    action: SendDigits | Hangup | None = None
+
+
+def tool(func: Callable[..., Awaitable[ToolResult]]) -> Callable[..., Awaitable[ToolResult]]:
+    """Mark an async method as a model tool; its schema is built from its signature and docstring."""
+    func.__tool__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def tool_schema(func: Callable[..., Any]) -> dict[str, Any]:
+    """The Anthropic tool definition (name, description, input_schema) of a typed function.
+
+    The description is the docstring's text before ``Args:``; each parameter's
+    description comes from its ``Args:`` entry; ``Literal`` becomes an enum and
+    parameters with defaults are optional.
+    """
+    hints = typing.get_type_hints(func)
+    doc = inspect.getdoc(func) or ""
+    summary, arg_docs = _parse_docstring(doc)
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for name, param in inspect.signature(func).parameters.items():
+        if name == "self":
+            continue
+        prop = _json_type(hints[name])
+        if name in arg_docs:
+            prop["description"] = arg_docs[name]
+        props[name] = prop
+        if param.default is inspect.Parameter.empty:
+            required.append(name)
+    return {
+        "name": func.__name__,
+        "description": summary,
+        "input_schema": {"type": "object", "properties": props, "required": required},
+    }
+
+
+def _json_type(hint: Any) -> dict[str, Any]:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        values = list(typing.get_args(hint))
+        return {"type": _JSON_TYPES[type(values[0])], "enum": values}
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _json_type(args[0])
+    if hint in _JSON_TYPES:
+        return {"type": _JSON_TYPES[hint]}
+    raise TypeError(f"unsupported tool parameter type {hint!r}")
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    head, _, rest = doc.partition("\nArgs:\n")
+    args: dict[str, str] = {}
+    current = None
+    for line in rest.splitlines():
+        if line and not line.startswith(" "):
+            break  # next section ("Returns:")
+        m = re.match(r"^\s{2,6}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
+        if m:
+            current = m.group(1)
+            args[current] = m.group(2).strip()
+        elif current and line.strip():
+            args[current] += " " + line.strip()
+    return " ".join(head.split()), args
+
+
+def parse_local(value: str, tz: ZoneInfo) -> datetime:
+    """An ISO date-time; naive values are taken as wall-clock time in ``tz``."""
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError as e:
+        raise ToolInputError(f"{value!r} is not an ISO date-time like 2026-12-01T14:00") from e
+    return dt.replace(tzinfo=tz) if dt.tzinfo is None else dt.astimezone(tz)
+
+
+def _fmt(dt: datetime) -> str:
+    return dt.strftime("%A %Y-%m-%d %H:%M")
+
+
+class BookingTools:
+    """The tool handlers of one call, holding the booking agreed so far.
+
+    Args:
+        request: the errand (window in ``person_tz``).
+        calendar: the person's free/busy source.
+    """
+
+    def __init__(self, request: CallRequest, calendar: FreeBusy) -> None:
+        self.request = request
+        self.calendar = calendar
+        self.business_tz = ZoneInfo(request.business_tz)
+        self.person_tz = ZoneInfo(request.person_tz)
+        self.booking: Booking | None = None
+        self._handlers: dict[str, Callable[..., Awaitable[ToolResult]]] = {
+            name: fn
+            for name, fn in inspect.getmembers(self, inspect.ismethod)
+            if getattr(fn, "__tool__", False)
+        }
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """Tool definitions for the Messages API, in a stable order (cache-friendly)."""
+        return [tool_schema(self._handlers[n]) for n in sorted(self._handlers)]
+
+    async def run(self, name: str, args: dict[str, Any]) -> ToolResult:
+        """Run one tool call; any failure becomes an ``is_error`` result, never an exception."""
+        handler = self._handlers.get(name)
+        if handler is None:
+            return ToolResult(f"Unknown tool {name!r}.", is_error=True)
+        try:
+            inspect.signature(handler).bind(**args)
+            return await handler(**args)
+        except TypeError as e:
+            return ToolResult(f"Bad arguments for {name}: {e}", is_error=True)
+        except Exception as e:  # a tool failure must not end the call: the model hears why
+            return ToolResult(f"{name} failed: {e}", is_error=True)
+
+    # -- window maths -------------------------------------------------------------------------------
+
+    def window_problem(self, start: datetime, end: datetime) -> str | None:
+        """Why ``start``–``end`` is outside the person's window (in their zone), or None."""
+        w = self.request.window
+        s, e = start.astimezone(self.person_tz), end.astimezone(self.person_tz)
+        where = f"(that is {_fmt(s)}–{e:%H:%M} in the person's time zone {self.request.person_tz})"
+        if e <= s:
+            return "The end must be after the start."
+        if not w.start_date <= s.date() <= w.end_date:
+            return f"Outside the acceptable dates {w.start_date}–{w.end_date} {where}."
+        if s.time() < w.earliest or e.time() > w.latest or e.date() != s.date():
+            return f"Outside the acceptable hours {w.earliest:%H:%M}–{w.latest:%H:%M} {where}."
+        if e - s < timedelta(minutes=w.duration_minutes):
+            return f"Too short: the appointment needs {w.duration_minutes} minutes."
+        return None
+
+    async def _conflicts(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        return [(s, e) for s, e in await self.calendar.busy(start, end) if s < end and e > start]
+
+    # -- tools --------------------------------------------------------------------------------------
+
+    @tool
+    async def check_availability(self, start: str, end: str) -> ToolResult:
+        """Check whether a proposed slot fits the person: inside their window and free in their calendar.
+
+        Args:
+            start: slot start, ISO local time in the business's time zone, e.g. 2026-12-01T14:00.
+            end: slot end, ISO local time in the business's time zone.
+        """
+        s, e = parse_local(start, self.business_tz), parse_local(end, self.business_tz)
+        problem = self.window_problem(s, e)
+        busy = await self._conflicts(s, e) if e > s else []
+        lines = [f"Slot {_fmt(s)}–{e:%H:%M} ({self.request.business_tz}):"]
+        lines.append(f"window: {'no — ' + problem if problem else 'yes'}")
+        if busy:
+            spans = ", ".join(
+                f"{a.astimezone(self.business_tz):%H:%M}–{b.astimezone(self.business_tz):%H:%M}"
+                for a, b in busy
+            )
+            lines.append(f"calendar: busy ({spans} business time)")
+        else:
+            lines.append("calendar: free")
+        lines.append("verdict: " + ("FITS" if not problem and not busy else "DOES NOT FIT"))
+        return ToolResult("\n".join(lines))
+
+    @tool
+    async def confirm_booking(self, start: str, end: str, service: str, notes: str = "") -> ToolResult:
+        """Record the slot the business agreed to. Only call this when the callee has offered the slot;
+        it refuses slots outside the person's window or busy in their calendar.
+
+        Args:
+            start: appointment start, ISO local time in the business's time zone.
+            end: appointment end, ISO local time in the business's time zone.
+            service: the service booked, e.g. haircut.
+            notes: anything agreed worth remembering (price, staff name).
+        """
+        s, e = parse_local(start, self.business_tz), parse_local(end, self.business_tz)
+        problem = self.window_problem(s, e)
+        if problem:
+            return ToolResult(f"REFUSED: {problem} Ask for another time.")
+        busy = await self._conflicts(s, e)
+        if busy:
+            return ToolResult("REFUSED: the person is busy then. Ask for another time.")
+        self.booking = Booking(start=s, end=e, service=service, notes=notes)
+        return ToolResult(
+            f"CONFIRMED: {service} on {_fmt(s)}–{e:%H:%M} ({self.request.business_tz}). "
+            "Confirm the details with the callee, then end the call as booked."
+        )
+
+    @tool
+    async def send_dtmf(self, digits: str) -> ToolResult:
+        """Press keys on a phone menu.
+
+        Args:
+            digits: the keys to press, 0-9, * and #.
+        """
+        if not re.fullmatch(r"[0-9*#]{1,20}", digits):
+            raise ToolInputError("digits must be 1-20 characters from 0-9, * and #")
+        return ToolResult(f"Pressed {digits}.", action=SendDigits(digits))
+
+    @tool
+    async def end_call(
+        self,
+        outcome: Literal["booked", "declined", "needs_user", "wrong_number", "failed"],
+        summary: str,
+        question: str = "",
+    ) -> ToolResult:
+        """Hang up after saying goodbye, reporting how the errand went.
+
+        Args:
+            outcome: booked (only after confirm_booking succeeded), declined (no fitting slot or the
+                business does not offer it), needs_user (a decision only the person can make),
+                wrong_number, or failed.
+            summary: one or two sentences for the person about what happened.
+            question: for needs_user, the exact question to put to the person.
+        """
+        kind = OutcomeKind(outcome)
+        if kind is OutcomeKind.BOOKED and self.booking is None:
+            raise ToolInputError(
+                "nothing is booked yet: call confirm_booking first, or choose another outcome"
+            )
+        if kind is OutcomeKind.NEEDS_USER and not question.strip():
+            raise ToolInputError("needs_user requires the question for the person")
+        result = CallOutcome(
+            kind=kind,
+            summary=summary,
+            booking=self.booking if kind is OutcomeKind.BOOKED else None,
+            question=question or None,
+        )
+        return ToolResult("Call ending.", action=Hangup(result))
