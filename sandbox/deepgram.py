@@ -1,0 +1,325 @@
+"""Sandbox Deepgram: the ``/v1/listen`` (streaming STT) and ``/v1/speak`` (streaming TTS) sockets.
+
+Why: the product talks to Deepgram through the real ``deepgram-sdk`` websockets; pointing the SDK at
+this server (``DeepgramClientEnvironment``) exercises the real wire protocol while transcription is
+exact, because the audio is sandbox speech (``sandbox.speech``) that carries its own text. All
+speech timing (endpointing, utterance end, word times) is AUDIO time derived from the bytes
+received (8000 B = 1 s), so results do not depend on how fast a test pushes audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from sandbox.deepgram_stt import Transcriber
+from sandbox.speech import SAMPLE_RATE, encode_speech
+
+_IDLE_SECONDS = 10.0
+
+
+@dataclass
+class ListenSession:
+    """What one ``/v1/listen`` connection received and sent (for assertions)."""
+
+    query: dict[str, str]
+    bytes_received: int = 0
+    messages_sent: list[dict[str, Any]] = field(default_factory=list)
+    text_received: list[dict[str, Any]] = field(default_factory=list)
+    keepalives: int = 0
+    finalizes: int = 0
+    closed_code: int | None = None
+    ws: web.WebSocketResponse | None = field(default=None, repr=False)
+
+
+@dataclass
+class SpeakSession:
+    """What one ``/v1/speak`` connection received and sent (for assertions)."""
+
+    query: dict[str, str]
+    texts: list[str] = field(default_factory=list)
+    flushes: int = 0
+    clears: int = 0
+    audio_bytes_sent: int = 0
+    messages_sent: list[dict[str, Any]] = field(default_factory=list)
+    closed_code: int | None = None
+    ws: web.WebSocketResponse | None = field(default=None, repr=False)
+
+
+class SandboxDeepgram:
+    """Local Deepgram with configurable latencies (wall time) and exact transcription."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        stt_latency_ms: float = 0,
+        tts_ttfb_ms: float = 0,
+        tts_words_per_second: float = 3.0,
+        tts_chunk_bytes: int = 800,
+        idle_timeout: float = _IDLE_SECONDS,
+    ) -> None:
+        self.api_key = api_key
+        self.stt_latency_ms = stt_latency_ms
+        self.tts_ttfb_ms = tts_ttfb_ms
+        self.tts_words_per_second = tts_words_per_second
+        self.tts_chunk_bytes = tts_chunk_bytes
+        self.idle_timeout = idle_timeout  # Deepgram closes 1011 NET-0001 after 10 s without audio/KeepAlive
+        self.listens: list[ListenSession] = []
+        self.speaks: list[SpeakSession] = []
+        self.rejected = 0
+        self.http_url = ""
+        self.ws_url = ""
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Bind 127.0.0.1 on a free port."""
+        app = web.Application()
+        app.router.add_get("/v1/listen", self._listen)
+        app.router.add_get("/v1/speak", self._speak)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.http_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        """Close every socket and cancel every task."""
+        sessions: list[ListenSession | SpeakSession] = [*self.listens, *self.speaks]
+        for session in sessions:
+            if session.ws is not None and not session.ws.closed:
+                await session.ws.close(code=1001)
+        await self._drain_tasks()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _drain_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> SandboxDeepgram:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def drop_listen(self, code: int = 1011) -> None:
+        """Close every open listen socket now with ``code`` (a provider outage)."""
+        for s in self.listens:
+            if s.ws is not None and not s.ws.closed:
+                self._spawn(s.ws.close(code=code, message=b"NET-0000"))
+
+    def drop_speak(self, code: int = 1011) -> None:
+        """Close every open speak socket now with ``code``."""
+        for s in self.speaks:
+            if s.ws is not None and not s.ws.closed:
+                self._spawn(s.ws.close(code=code, message=b"NET-0000"))
+
+    def _authorized(self, request: web.Request) -> bool:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        return scheme.lower() in ("token", "bearer") and token.strip() == self.api_key
+
+    async def _open(self, request: web.Request) -> web.WebSocketResponse | None:
+        if not self._authorized(request):
+            self.rejected += 1
+            return None
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        return ws
+
+    # ---------------------------------------------------------------- listen
+
+    async def _listen(self, request: web.Request) -> web.StreamResponse:
+        ws = await self._open(request)
+        if ws is None:
+            return web.json_response(
+                {"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}, status=401
+            )
+        session = ListenSession(query=dict(request.query), ws=ws)
+        self.listens.append(session)
+        stt = Transcriber(session.query)
+        outbox: asyncio.Queue[tuple[float, dict[str, Any] | None]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def emit(messages: list[dict[str, Any]]) -> None:
+            for m in messages:
+                outbox.put_nowait((loop.time() + self.stt_latency_ms / 1000, m))
+
+        sender = self._spawn(self._send_later(ws, session, outbox))
+        try:
+            close_code = await self._listen_loop(ws, session, stt, emit)
+            if close_code is not None:
+                emit([self._metadata(stt)])
+                outbox.put_nowait((0.0, None))
+                await sender
+                await ws.close(code=close_code)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            session.closed_code = ws.close_code
+        return ws
+
+    async def _listen_loop(
+        self, ws: web.WebSocketResponse, session: ListenSession, stt: Transcriber, emit: Any
+    ) -> int | None:
+        """Returns the close code to send after a clean close, or None when the peer went away."""
+        while True:
+            try:
+                msg = await ws.receive(timeout=self.idle_timeout)
+            except TimeoutError:
+                await ws.close(code=1011, message=b"NET-0001")
+                return None
+            if msg.type == WSMsgType.BINARY:
+                session.bytes_received += len(msg.data)
+                emit(stt.feed(msg.data))
+            elif msg.type == WSMsgType.TEXT:
+                data = json.loads(msg.data)
+                session.text_received.append(data)
+                kind = data.get("type")
+                if kind == "KeepAlive":
+                    session.keepalives += 1
+                elif kind == "Finalize":
+                    session.finalizes += 1
+                    emit([stt.finalize()])
+                elif kind == "CloseStream":
+                    if stt.pending:
+                        emit([stt.finalize()])
+                    return 1000
+            else:
+                return None
+
+    def _metadata(self, stt: Transcriber) -> dict[str, Any]:
+        return {
+            "type": "Metadata",
+            "transaction_key": "deprecated",
+            "request_id": stt.request_id,
+            "sha256": "0" * 64,
+            "created": "2025-01-01T00:00:00.000Z",
+            "duration": stt.offset / SAMPLE_RATE,
+            "channels": 1,
+        }
+
+    async def _send_later(
+        self,
+        ws: web.WebSocketResponse,
+        session: ListenSession | SpeakSession,
+        outbox: asyncio.Queue[tuple[float, dict[str, Any] | None]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due, message = await outbox.get()
+            if message is None:
+                return
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if ws.closed:
+                return
+            session.messages_sent.append(message)
+            await ws.send_str(json.dumps(message))
+
+    # ----------------------------------------------------------------- speak
+
+    async def _speak(self, request: web.Request) -> web.StreamResponse:
+        ws = await self._open(request)
+        if ws is None:
+            return web.json_response(
+                {"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}, status=401
+            )
+        session = SpeakSession(query=dict(request.query), ws=ws)
+        self.speaks.append(session)
+        await self._send_json(ws, session, {
+            "type": "Metadata",
+            "request_id": str(uuid.uuid4()),
+            "model_name": session.query.get("model", "aura-2-thalia-en"),
+            "model_version": "2025-01-01.0",
+            "model_uuid": "sandbox",
+        })  # fmt: skip
+        jobs: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        producer = self._spawn(self._produce(ws, session, jobs))
+        text = ""
+        sequence = 0
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                kind = data.get("type")
+                if kind == "Speak":
+                    piece = str(data.get("text", ""))
+                    session.texts.append(piece)
+                    # Clauses are streamed one by one: keep words apart at the seams.
+                    if text and piece and not text[-1].isspace() and not piece[0].isspace():
+                        text += " "
+                    text += piece
+                elif kind == "Flush":
+                    session.flushes += 1
+                    jobs.put_nowait((text, sequence))
+                    sequence += 1
+                    text = ""
+                elif kind == "Clear":
+                    session.clears += 1
+                    text = ""
+                    producer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await producer
+                    while not jobs.empty():
+                        jobs.get_nowait()
+                    await self._send_json(
+                        ws, session, {"type": "Cleared", "sequence_id": max(0, sequence - 1)}
+                    )
+                    producer = self._spawn(self._produce(ws, session, jobs))
+                elif kind == "Close":
+                    await ws.close(code=1000)
+                    break
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+            session.closed_code = ws.close_code
+        return ws
+
+    async def _produce(
+        self, ws: web.WebSocketResponse, session: SpeakSession, jobs: asyncio.Queue[tuple[str, int]]
+    ) -> None:
+        while True:
+            text, sequence = await jobs.get()
+            if self.tts_ttfb_ms > 0:
+                await asyncio.sleep(self.tts_ttfb_ms / 1000)
+            audio = encode_speech(text, words_per_second=self.tts_words_per_second)
+            step = max(1, self.tts_chunk_bytes)
+            for i in range(0, len(audio), step):
+                if ws.closed:
+                    return
+                await ws.send_bytes(audio[i : i + step])
+                session.audio_bytes_sent += len(audio[i : i + step])
+                await asyncio.sleep(0)  # let a Clear in between chunks win
+            await self._send_json(ws, session, {"type": "Flushed", "sequence_id": sequence})
+
+    async def _send_json(
+        self, ws: web.WebSocketResponse, session: SpeakSession, message: dict[str, Any]
+    ) -> None:
+        if not ws.closed:
+            session.messages_sent.append(message)
+            await ws.send_str(json.dumps(message))
