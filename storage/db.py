@@ -214,13 +214,17 @@ class Database:
         inside the block is atomic against other connections and processes.
         """
         async with self._lock:
-            await self._run("BEGIN IMMEDIATE")
             try:
+                await self._run("BEGIN IMMEDIATE")
                 yield Transaction(self._conn)
+                await self._conn.commit()
             except BaseException:
+                # Also on a cancel while BEGIN waits for another process's lock:
+                # the worker thread still runs the BEGIN later, and without this
+                # ROLLBACK (queued behind it, a no-op if nothing is open) the
+                # connection would keep the write lock for good.
                 await self._conn.rollback()
                 raise
-            await self._conn.commit()
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only query (autocommit, so it sees every committed write)."""

@@ -203,3 +203,23 @@ async def test_killed_dispatcher_loses_nothing_and_its_jobs_are_taken_over_once(
             assert "child" in takeovers[0].reason
             assert await claimed_dialing_count(store_a, job_id) == 1
         assert await db_b.integrity_check() == "ok"
+
+
+async def test_cancelled_claim_waiting_for_the_lock_leaves_the_connection_usable(
+    two_dbs: tuple[Database, Database],
+) -> None:
+    clock = FakeClock()
+    db_a, db_b = two_dbs
+    store_b = JobStore(db_b, clock=clock)
+    jobs = await fill(JobStore(db_a, clock=clock), 3)
+
+    async with db_a.transaction():  # another writer holds the lock
+        waiting = asyncio.create_task(store_b.claim_due("b", limit=10, lease_seconds=60))
+        await asyncio.sleep(0)  # let it reach BEGIN IMMEDIATE, which now blocks in SQLite
+        waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, timeout=30)
+
+    claimed = await store_b.claim_due("b", limit=10, lease_seconds=60)
+    assert sorted(j.id for j in claimed) == sorted(j.id for j in jobs)
+    assert [await claimed_dialing_count(store_b, j.id) for j in jobs] == [1, 1, 1]
