@@ -1,0 +1,445 @@
+"""Chat text → a validated ``CallRequest``, asking back for whatever is missing.
+
+Two ways in: free text read by Claude through one forced tool (``record_errand``),
+and the deterministic ``/call +1… Name | service | when`` form parsed here
+without any model. Either way the fields land in an ``IntakeDraft`` kept per
+chat thread, so a missing number or window is asked back and the next message
+in that thread fills the gap instead of starting over. Phone numbers are
+checked here because this is the last point where a person can be told why
+an errand is refused (emergency, short code, premium rate, block list).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Protocol, cast
+
+import anthropic
+import phonenumbers
+from anthropic.types import ToolChoiceToolParam, ToolParam
+from phonenumbers import PhoneNumberType, shortnumberinfo
+from phonenumbers import timezone as phone_tz
+
+from bot import render
+from bot.when import (
+    DEFAULT_DAY,
+    DateRange,
+    DayTimes,
+    local_today,
+    parse_duration,
+    resolve_dates,
+    resolve_times,
+)
+from storage.errors import IntakeError, ProviderConnectionError, ProviderStatusError
+from storage.models import BookingWindow, CallRequest, ChatOrigin, utcnow
+
+log = logging.getLogger(__name__)
+
+#: Regions whose emergency numbers are always refused, whatever the person's region.
+_EMERGENCY_REGIONS = ("US", "GB", "AU", "NZ", "DE", "FR", "IN", "JP")
+
+
+@dataclass(frozen=True)
+class CheckedPhone:
+    """A number that may be called: E.164 and the business's likely time zone."""
+
+    e164: str
+    tz: str | None
+
+
+def check_phone(
+    raw: str, region: str, blocked: Iterable[str] = (), *, prefer_tz: str | None = None
+) -> CheckedPhone:
+    """Parse and vet a phone number for an outbound call.
+
+    The business time zone comes from the number; when the number spans several zones
+    (e.g. US toll-free) and ``prefer_tz`` is one of them, that one is taken.
+
+    Raises:
+        IntakeError: the number is missing, malformed, an emergency or short number,
+            premium rate, or on the block list; the message says which, for the person.
+    """
+    digits = re.sub(r"[^\d+]", "", raw or "")
+    if not digits.strip("+"):
+        raise IntakeError("I couldn't find a phone number in that.")
+    for r in (region, *_EMERGENCY_REGIONS):
+        if shortnumberinfo.is_emergency_number(digits, r) or shortnumberinfo.connects_to_emergency_number(
+            digits, r
+        ):
+            raise IntakeError(render.refuse_emergency(raw))
+    try:
+        num = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as e:
+        raise IntakeError(render.refuse_invalid(raw)) from e
+    national = str(num.national_number)
+    if len(national) <= 6 or (
+        shortnumberinfo.is_valid_short_number(num) and not phonenumbers.is_valid_number(num)
+    ):
+        raise IntakeError(render.refuse_short(raw))
+    if not phonenumbers.is_valid_number(num):
+        raise IntakeError(render.refuse_invalid(raw))
+    if phonenumbers.number_type(num) == PhoneNumberType.PREMIUM_RATE:
+        raise IntakeError(render.refuse_premium(raw))
+    e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    if e164 in _normalise_blocked(blocked, region):
+        raise IntakeError(render.refuse_blocked(e164))
+    zones = [z for z in phone_tz.time_zones_for_number(num) if z != "Etc/Unknown"]
+    if prefer_tz in zones:
+        return CheckedPhone(e164=e164, tz=prefer_tz)
+    return CheckedPhone(e164=e164, tz=zones[0] if zones else None)
+
+
+def _normalise_blocked(blocked: Iterable[str], region: str) -> set[str]:
+    out = set()
+    for b in blocked:
+        try:
+            out.add(
+                phonenumbers.format_number(phonenumbers.parse(b, region), phonenumbers.PhoneNumberFormat.E164)
+            )
+        except phonenumbers.NumberParseException:
+            log.warning("ignoring unparsable blocked number %r", b)
+    return out
+
+
+def find_phone(text: str, region: str) -> str | None:
+    """The first phone-number-looking part of free text (for gap filling without the model)."""
+    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+        return str(match.raw_string)
+    m = re.fullmatch(r"\s*(\+?\d{2,6})\s*", text)
+    return m.group(1) if m else None
+
+
+@dataclass
+class IntakeDraft:
+    """A request being assembled in one chat thread; fields fill in over several messages."""
+
+    id: str
+    key: str
+    origin: ChatOrigin
+    business_name: str = ""
+    phone: str = ""
+    business_tz: str | None = None
+    service: str = ""
+    dates: DateRange | None = None
+    times: DayTimes | None = None
+    duration_minutes: int | None = None
+    notes: str = ""
+    editing: bool = False
+
+    def missing(self) -> list[str]:
+        """What still has to be asked, in the order it is asked."""
+        out = []
+        if not self.phone:
+            out.append("phone")
+        if not self.business_name:
+            out.append("business")
+        if not self.service:
+            out.append("service")
+        if not self.dates:
+            out.append("window")
+        return out
+
+    def to_request(self, *, person_name: str, person_tz: str) -> CallRequest:
+        assert self.dates is not None, "to_request on an incomplete draft"
+        times = self.times or DayTimes(*DEFAULT_DAY)
+        return CallRequest(
+            business_name=self.business_name,
+            phone=self.phone,
+            business_tz=self.business_tz or person_tz,
+            service=self.service,
+            person_name=person_name,
+            person_tz=person_tz,
+            window=BookingWindow(
+                start_date=self.dates.start,
+                end_date=self.dates.end,
+                earliest=times.earliest,
+                latest=times.latest,
+                duration_minutes=self.duration_minutes or 30,
+            ),
+            origin=self.origin,
+            notes=self.notes,
+        )
+
+
+#: The one tool the intake model must call; its input is the extracted errand.
+RECORD_ERRAND_TOOL: dict[str, Any] = {
+    "name": "record_errand",
+    "description": (
+        "Record the phone errand the person asked for. Fill only what the person actually said; "
+        "leave a field out rather than guess. Never invent a phone number."
+    ),
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "business_name": {"type": "string", "description": "Name of the business to phone."},
+            "phone": {"type": "string", "description": "The business's phone number exactly as written."},
+            "service": {"type": "string", "description": "What to book, e.g. 'haircut'."},
+            "when": {
+                "type": "string",
+                "description": "The person's words for which days, e.g. 'next week', 'Friday', 'March 14'.",
+            },
+            "times_of_day": {
+                "type": "string",
+                "description": "The person's words for times of day, e.g. 'afternoons', 'after 3pm'.",
+            },
+            "duration_minutes": {"type": "integer", "description": "Length of the appointment."},
+            "notes": {"type": "string", "description": "Anything else for the call, e.g. 'ask for Sam'."},
+        },
+        "required": [],
+    },
+}
+
+
+class Extractor(Protocol):
+    """Reads free text into ``record_errand`` fields (Claude in production)."""
+
+    async def extract(self, text: str, *, context: dict[str, Any], today: str) -> dict[str, Any]: ...
+
+
+class ClaudeExtractor:
+    """``record_errand`` extraction with Claude, the tool forced through ``tool_choice``.
+
+    One short non-streaming ``messages.create``: nothing is shown until the whole
+    errand is read, so streaming would buy nothing here.
+    """
+
+    def __init__(self, client: anthropic.AsyncAnthropic, *, model: str, max_tokens: int = 512) -> None:
+        self._client = client
+        self._model = model
+        self._max_tokens = max_tokens
+
+    async def extract(self, text: str, *, context: dict[str, Any], today: str) -> dict[str, Any]:
+        system = (
+            "You turn a chat message into a phone errand for an assistant that will phone a business. "
+            f"Today is {today}. Call record_errand with only what the person said."
+        )
+        if context:
+            system += " This message follows up on a request so far: " + json.dumps(context)
+        try:
+            message = await self._client.messages.create(
+                model=self._model,
+                max_tokens=self._max_tokens,
+                system=system,
+                tools=[cast(ToolParam, RECORD_ERRAND_TOOL)],
+                tool_choice=ToolChoiceToolParam(type="tool", name="record_errand"),
+                messages=[{"role": "user", "content": text}],
+            )
+        except anthropic.APIStatusError as e:
+            raise ProviderStatusError(f"intake model: {e}", provider="anthropic", status=e.status_code) from e
+        except anthropic.APIConnectionError as e:
+            raise ProviderConnectionError(f"intake model: {e}", provider="anthropic") from e
+        for block in message.content:
+            if block.type == "tool_use" and block.name == "record_errand" and isinstance(block.input, dict):
+                return dict(block.input)
+        return {}
+
+
+@dataclass(frozen=True)
+class IntakeReply:
+    """What to say back: ask for more, refuse, or show the finished request for confirmation."""
+
+    kind: str  # "ask" | "refuse" | "ready"
+    text: str
+    draft: IntakeDraft | None = None
+    request: CallRequest | None = None
+
+
+_CALL_ARGS = re.compile(r"^\s*(\+?\d[\d ().-]*\d|\+?\d+)(?:\s+|$)(.*)$", re.S)
+
+
+def parse_call_args(args: str) -> dict[str, Any]:
+    """The deterministic form ``+14155550100 Joe's Barbershop | haircut | next week afternoons | notes``.
+
+    Returns ``record_errand``-shaped fields; dates and times are resolved later.
+    """
+    m = _CALL_ARGS.match(args)
+    phone, rest = (m.group(1), m.group(2)) if m else ("", args)
+    parts = [p.strip() for p in rest.split("|")]
+    fields: dict[str, Any] = {"phone": phone}
+    keys = ("business_name", "service", "when", "notes")
+    for k, v in zip(keys, parts, strict=False):
+        if v:
+            fields[k] = v
+    if "when" in fields:
+        fields["times_of_day"] = fields["when"]
+    return fields
+
+
+class Intake:
+    """Keeps one draft per chat thread and turns messages into a confirmed-ready request.
+
+    Args:
+        extractor: reads free text (Claude); ``None`` means only the deterministic form
+            and simple gap-filling answers work.
+        person_name / person_tz / region: the person the errands are for; ``region`` is the
+            default region for numbers written without a country code.
+        blocked_numbers: numbers never to call.
+        clock: aware UTC ``now``; relative dates resolve against it in ``person_tz``.
+    """
+
+    def __init__(
+        self,
+        *,
+        extractor: Extractor | None,
+        person_name: str,
+        person_tz: str,
+        region: str,
+        blocked_numbers: Iterable[str] = (),
+        clock: Callable[[], datetime] = utcnow,
+        max_drafts: int = 500,
+    ) -> None:
+        self.extractor = extractor
+        self.person_name = person_name
+        self.person_tz = person_tz
+        self.region = region
+        self.blocked = tuple(blocked_numbers)
+        self.clock = clock
+        self._max = max_drafts
+        self._by_key: dict[str, IntakeDraft] = {}
+
+    # -- drafts -----------------------------------------------------------------
+    def draft_for(self, key: str) -> IntakeDraft | None:
+        return self._by_key.get(key)
+
+    def get(self, draft_id: str) -> IntakeDraft | None:
+        return next((d for d in self._by_key.values() if d.id == draft_id), None)
+
+    def drop(self, draft_id: str) -> None:
+        for k, d in list(self._by_key.items()):
+            if d.id == draft_id:
+                del self._by_key[k]
+
+    def begin_edit(self, draft_id: str) -> IntakeDraft | None:
+        """Mark a draft as being edited: the next message in its thread changes it."""
+        d = self.get(draft_id)
+        if d:
+            d.editing = True
+        return d
+
+    def _new(self, key: str, origin: ChatOrigin) -> IntakeDraft:
+        self._by_key.pop(key, None)
+        while len(self._by_key) >= self._max:
+            self._by_key.pop(next(iter(self._by_key)))
+        d = IntakeDraft(id=secrets.token_hex(5), key=key, origin=origin)
+        self._by_key[key] = d
+        return d
+
+    # -- entry points -------------------------------------------------------------
+    async def from_text(self, key: str, origin: ChatOrigin, text: str) -> IntakeReply:
+        """A new errand in free words (read by the model, gaps filled deterministically)."""
+        draft = self._new(key, origin)
+        return await self._update(draft, text)
+
+    def from_command(self, key: str, origin: ChatOrigin, args: str) -> IntakeReply:
+        """A new errand in the deterministic ``/call`` form (no model involved)."""
+        draft = self._new(key, origin)
+        return self._apply(draft, parse_call_args(args), text="")
+
+    async def follow_up(self, key: str, origin: ChatOrigin, text: str) -> IntakeReply | None:
+        """A message in a thread that has a draft; ``None`` when there is none to continue."""
+        draft = self._by_key.get(key)
+        if draft is None:
+            return None
+        draft.origin = (
+            replace(draft.origin, message_id=origin.message_id) if origin.message_id else draft.origin
+        )
+        return await self._update(draft, text)
+
+    async def _update(self, draft: IntakeDraft, text: str) -> IntakeReply:
+        fields: dict[str, Any] = {}
+        quick = self._quick_answer(draft, text)
+        if quick is not None:
+            fields = quick
+        elif self.extractor is not None:
+            fields = await self.extractor.extract(
+                text, context=self._context(draft), today=self._today_words()
+            )
+        elif not draft.missing() or draft.editing:
+            fields = {}
+        else:
+            fields = self._guess_for_missing(draft, text)
+        return self._apply(draft, fields, text=text)
+
+    def _quick_answer(self, draft: IntakeDraft, text: str) -> dict[str, Any] | None:
+        """A bare number or bare window answering exactly what was asked needs no model."""
+        missing = draft.missing()
+        if missing == ["phone"] and (p := find_phone(text, self.region)) and len(text.strip()) <= len(p) + 3:
+            return {"phone": p}
+        if missing == ["window"] and resolve_dates(text, self._today()) and len(text) < 60:
+            return {"when": text, "times_of_day": text}
+        return None
+
+    def _guess_for_missing(self, draft: IntakeDraft, text: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "phone" in draft.missing() and (p := find_phone(text, self.region)):
+            out["phone"] = p
+            text = text.replace(p, " ")
+        out["when"] = out["times_of_day"] = text
+        rest = [m for m in draft.missing() if m in ("business", "service")]
+        if len(rest) == 1 and text.strip() and not resolve_dates(text, self._today()):
+            out["business_name" if rest[0] == "business" else "service"] = text.strip(" ,.")
+        return out
+
+    def _apply(self, draft: IntakeDraft, fields: dict[str, Any], *, text: str) -> IntakeReply:
+        today = self._today()
+        draft.editing = False
+        for k in ("business_name", "service", "notes"):
+            v = str(fields.get(k) or "").strip()
+            if v:
+                setattr(draft, k, v)
+        phone = str(fields.get("phone") or "").strip() or (find_phone(text, self.region) if text else None)
+        if phone:
+            try:
+                checked = check_phone(phone, self.region, self.blocked, prefer_tz=self.person_tz)
+            except IntakeError as e:
+                self.drop(draft.id)
+                return IntakeReply("refuse", str(e))
+            draft.phone, draft.business_tz = checked.e164, checked.tz
+        when = " ".join(str(fields.get(k) or "") for k in ("when", "times_of_day")).strip()
+        for source in (when, text):
+            if source and (dates := resolve_dates(source, today)):
+                draft.dates = dates
+                break
+        for source in (str(fields.get("times_of_day") or ""), when, text):
+            if source and (times := resolve_times(source)):
+                draft.times = times
+                break
+        dur = fields.get("duration_minutes")
+        if isinstance(dur, int) and 5 <= dur <= 480:
+            draft.duration_minutes = dur
+        elif text and (d := parse_duration(text)):
+            draft.duration_minutes = d
+        missing = draft.missing()
+        if missing:
+            return IntakeReply("ask", render.ask_missing(missing, draft_summary(draft)), draft=draft)
+        request = draft.to_request(person_name=self.person_name, person_tz=self.person_tz)
+        return IntakeReply("ready", render.request_summary(request), draft=draft, request=request)
+
+    def _today(self) -> Any:
+        return local_today(self.clock(), self.person_tz)
+
+    def _today_words(self) -> str:
+        d = self._today()
+        return f"{d.strftime('%A')} {d.isoformat()} (time zone {self.person_tz})"
+
+    @staticmethod
+    def _context(draft: IntakeDraft) -> dict[str, Any]:
+        return {k: v for k, v in draft_summary(draft).items() if v}
+
+
+def draft_summary(draft: IntakeDraft) -> dict[str, Any]:
+    """The fields gathered so far, JSON-able (shown to the model and the person)."""
+    return {
+        "business_name": draft.business_name,
+        "phone": draft.phone,
+        "service": draft.service,
+        "dates": f"{draft.dates.start.isoformat()}..{draft.dates.end.isoformat()}" if draft.dates else "",
+        "times": f"{draft.times.earliest:%H:%M}-{draft.times.latest:%H:%M}" if draft.times else "",
+        "notes": draft.notes,
+    }

@@ -1,0 +1,195 @@
+"""Every text the bot says, in one place, as pure functions.
+
+Kept apart from the chat SDKs so the wording can be read, changed and tested
+without a chat server, and so Telegram and Slack say exactly the same thing.
+Plain text only (no Markdown) so nothing needs escaping on either platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from storage.models import CallRequest, Job, JobState, OutcomeKind, Turn
+
+HELP = (
+    "I phone businesses for you and book appointments.\n\n"
+    "Just tell me, e.g.: book me a haircut at Joe's Barbershop, +1 415 555 0100, next week, afternoons\n"
+    "Or the exact form: /call +14155550100 Joe's Barbershop | haircut | next week afternoons\n\n"
+    "/status — your errands\n/cancel ID — cancel one before I call\n/help — this text"
+)
+
+NOT_ALLOWED = (
+    "Sorry — I only take errands from people on my allow-list. "
+    "Ask the person who runs this assistant to add you."
+)
+ACK = "On it…"
+EDIT_PROMPT = "What should I change? Reply here (e.g. “make it Friday morning” or a new number)."
+DRAFT_GONE = "That request is no longer open — send it again if you still need it."
+DRAFT_DROPPED = "OK, dropped. Nothing will be called."
+NOT_YOURS = "Only the person who asked can answer that."
+MODEL_DOWN = (
+    "I couldn't read that just now. Try the exact form: "
+    "/call +14155550100 Joe's Barbershop | haircut | next week afternoons"
+)
+
+_FIELD_WORDS = {
+    "phone": "the business's phone number",
+    "business": "the name of the business",
+    "service": "what to book (e.g. a haircut)",
+    "window": "when it could be (e.g. “next week afternoons”, “Friday morning”)",
+}
+
+
+def refuse_emergency(raw: str) -> str:
+    return (
+        f"I can't call {raw.strip()}: that's an emergency number. "
+        "If this is an emergency, please call it yourself right now."
+    )
+
+
+def refuse_invalid(raw: str) -> str:
+    return f"“{raw.strip()}” doesn't look like a phone number I can call. Please send it with the area code."
+
+
+def refuse_short(raw: str) -> str:
+    return f"I can't call {raw.strip()}: short codes and service numbers aren't allowed."
+
+
+def refuse_premium(raw: str) -> str:
+    return f"I won't call {raw.strip()}: it's a premium-rate number that would cost you money."
+
+
+def refuse_blocked(e164: str) -> str:
+    return f"I won't call {e164}: that number is on the block list."
+
+
+def ask_missing(missing: Sequence[str], so_far: dict[str, Any]) -> str:
+    """Ask back for what is missing, showing what was understood so nothing is retyped."""
+    got = [f"{k.replace('_', ' ')}: {v}" for k, v in so_far.items() if v]
+    need = "; ".join(_FIELD_WORDS[m] for m in missing)
+    head = ("Got it so far — " + ", ".join(got) + ".\n") if got else ""
+    return f"{head}I still need {need}. Reply here and I'll pick it up."
+
+
+def fmt_when(at: datetime, tz: str) -> str:
+    """'Tue 14 Jan 9:00' in ``tz``."""
+    local = at.astimezone(ZoneInfo(tz))
+    return f"{local:%a %d %b} {local.hour}:{local:%M}"
+
+
+def request_summary(r: CallRequest) -> str:
+    w = r.window
+    days = f"{w.start_date:%a %d %b}" + ("" if w.start_date == w.end_date else f" – {w.end_date:%a %d %b}")
+    lines = [
+        f"Call {r.business_name} ({r.phone})",
+        f"to book: {r.service} ({w.duration_minutes} min)",
+        f"when: {days}, between {w.earliest:%H:%M} and {w.latest:%H:%M} (your time, {r.person_tz})",
+    ]
+    if r.notes:
+        lines.append(f"notes: {r.notes}")
+    return "\n".join(lines)
+
+
+def plan_line(due: datetime, request: CallRequest, now: datetime) -> str:
+    """When the call will happen: "They open Tue 9:00 their time — I'll call then."."""
+    if due - now <= timedelta(minutes=1):
+        return "They're open now — I'll call right away once you confirm."
+    theirs = fmt_when(due, request.business_tz)
+    line = f"They open {theirs} their time — I'll call then."
+    if request.business_tz != request.person_tz:
+        line += f" (That's {fmt_when(due, request.person_tz)} for you.)"
+    return line
+
+
+def confirm_prompt(request: CallRequest, due: datetime, now: datetime) -> str:
+    return f"{request_summary(request)}\n\n{plan_line(due, request, now)}\nShall I go ahead?"
+
+
+def confirmed(job: Job, person_tz: str) -> str:
+    return (
+        f"Confirmed — errand {job.id} is queued; I'll call {fmt_when(job.next_attempt_at, person_tz)} "
+        f"your time. (/cancel {job.id} to stop it.)"
+    )
+
+
+def cancelled(job_id: str) -> str:
+    return f"Errand {job_id} is cancelled. Nothing will be called."
+
+
+def cannot_cancel(job_id: str, why: str) -> str:
+    return f"I can't cancel {job_id}: {why}"
+
+
+def status_list(jobs: Sequence[Job], person_tz: str) -> str:
+    if not jobs:
+        return "You have no errands yet."
+    lines = []
+    for j in jobs:
+        r = j.request
+        when = f", next call {fmt_when(j.next_attempt_at, person_tz)}" if j.state == JobState.QUEUED else ""
+        lines.append(f"{j.id} — {r.service} at {r.business_name}: {j.state.value.replace('_', ' ')}{when}")
+    return "\n".join(lines)
+
+
+def progress(job: Job, event: str, person_tz: str) -> str:
+    """The one progress message for an errand, rewritten as it advances."""
+    r = job.request
+    head = f"Errand {job.id}: {r.service} at {r.business_name}"
+    if event == "queued":
+        return f"{head}\nQueued — I'll call {fmt_when(job.next_attempt_at, person_tz)} your time."
+    if event == "calling":
+        return f"{head}\nCalling {r.business_name} now… (attempt {job.attempts} of {job.max_attempts})"
+    if event == "in_call":
+        return f"{head}\nOn the phone with {r.business_name}…"
+    if event == "retry_planned":
+        why = job.outcome.summary if job.outcome and job.outcome.summary else "No luck this time"
+        return f"{head}\n{why}. I'll try again {fmt_when(job.next_attempt_at, person_tz)} your time."
+    if event == "cancelled":
+        return f"{head}\nCancelled."
+    return f"{head}\n{job.state.value.replace('_', ' ').capitalize()}."
+
+
+def result(job: Job, person_tz: str) -> str:
+    """The final word on an errand: what happened and what next."""
+    r, o = job.request, job.outcome
+    summary = o.summary if o and o.summary else ""
+    if job.state == JobState.BOOKED and o and o.booking:
+        when = fmt_when(o.booking.start, person_tz)
+        text = f"Booked: {o.booking.service or r.service} at {r.business_name}, {when}."
+        if o.event_link:
+            text += f"\nIn your calendar: {o.event_link}"
+        return text + (f"\n{summary}" if summary else "")
+    if job.state == JobState.NEEDS_USER:
+        q = o.question if o and o.question else summary or "They need a decision from you."
+        return f"{r.business_name} asks: {q}\nAnswer with a button below (or /cancel {job.id})."
+    if job.state == JobState.CANCELLED:
+        return cancelled(job.id)
+    if job.state == JobState.DECLINED:
+        return (
+            f"Not booked at {r.business_name}: {summary or 'nothing fitted your window'}.\n"
+            "Next: send the request again with a wider window, or try another place."
+        )
+    if o and o.kind == OutcomeKind.WRONG_NUMBER:
+        return (
+            f"Not booked: {r.phone} doesn't seem to be {r.business_name}. Check the number and send it again."
+        )
+    why = summary or job.state.value.replace("_", " ")
+    return (
+        f"I couldn't finish the errand at {r.business_name}: {why}.\n"
+        "Next: send it again later, or call them yourself."
+    )
+
+
+def transcript_text(job: Job, turns: Sequence[Turn]) -> str:
+    """A plain-text transcript for the file attached to the result."""
+    r = job.request
+    lines = [f"Call with {r.business_name} ({r.phone}) — errand {job.id}", ""]
+    for t in turns:
+        who = r.business_name if t.speaker.value == "callee" else "Assistant"
+        mm, ss = divmod(int(t.at), 60)
+        cut = " [interrupted]" if t.interrupted else ""
+        lines.append(f"[{mm:02d}:{ss:02d}] {who}: {t.text}{cut}")
+    return "\n".join(lines) + "\n"

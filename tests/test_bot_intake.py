@@ -1,0 +1,164 @@
+"""Intake: phone vetting, the deterministic /call form, drafts asked back and filled in."""
+
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+import pytest
+
+from bot.intake import Intake, check_phone, find_phone, parse_call_args
+from sandbox.intake_model import extract, respond
+from storage.errors import IntakeError
+from storage.models import ChatOrigin, Platform
+
+NOW = datetime(2025, 3, 12, 18, 0, tzinfo=UTC)  # Wed 11:00 in Los Angeles
+ORIGIN = ChatOrigin(Platform.TELEGRAM, chat_id="42", user_id="7")
+
+
+class RegexExtractor:
+    """The sandbox intake model without the HTTP hop (the HTTP path is tested in test_bot_telegram)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def extract(self, text: str, *, context: dict[str, Any], today: str) -> dict[str, Any]:
+        self.calls.append((text, context))
+        return extract(text)
+
+
+def make_intake(extractor: Any = None, **kw: Any) -> Intake:
+    return Intake(
+        extractor=extractor,
+        person_name="Alex",
+        person_tz="America/Los_Angeles",
+        region="US",
+        clock=lambda: NOW,
+        **kw,
+    )
+
+
+def test_check_phone_e164_and_business_zone() -> None:
+    assert check_phone("(415) 555-0100", "US").e164 == "+14155550100"
+    assert check_phone("(415) 555-0100", "US").tz == "America/Los_Angeles"
+    assert check_phone("+33 1 42 68 53 00", "US").tz == "Europe/Paris"
+    assert check_phone("+1 800 555 0100", "US", prefer_tz="America/Chicago").tz == "America/Chicago"
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "word"),
+    [
+        ("911", "US", "emergency"),
+        ("112", "DE", "emergency"),
+        ("999", "GB", "emergency"),
+        ("000", "AU", "emergency"),
+        ("999", "US", "emergency"),
+        ("12345", "US", "short"),
+        ("+1 900 555 0199", "US", "premium"),
+        ("+44 909 876 5432", "GB", "premium"),
+        ("12", "US", "short"),
+        ("+1 415 555 01", "US", "doesn't look"),
+        ("call me", "US", "couldn.t find"),
+    ],
+)
+def test_check_phone_refuses(raw: str, region: str, word: str) -> None:
+    with pytest.raises(IntakeError, match=word):
+        check_phone(raw, region)
+
+
+def test_check_phone_block_list_compares_normalised() -> None:
+    with pytest.raises(IntakeError, match="block list"):
+        check_phone("415 555 0100", "US", blocked=["+1 (415) 555-0100"])
+
+
+def test_find_phone_in_text() -> None:
+    assert find_phone("their number is 415-555-0100, thanks", "US") == "415-555-0100"
+    assert find_phone("no number here", "US") is None
+
+
+def test_parse_call_args() -> None:
+    assert parse_call_args(
+        "+14155550100 Joe's Barbershop | haircut | next week afternoons | ask for Sam"
+    ) == {
+        "phone": "+14155550100",
+        "business_name": "Joe's Barbershop",
+        "service": "haircut",
+        "when": "next week afternoons",
+        "times_of_day": "next week afternoons",
+        "notes": "ask for Sam",
+    }
+    assert parse_call_args("+1 415 555 0100 Joe's | trim")["phone"] == "+1 415 555 0100"
+    assert parse_call_args("Joe's | trim | friday") == {
+        "phone": "",
+        "business_name": "Joe's",
+        "service": "trim",
+        "when": "friday",
+        "times_of_day": "friday",
+    }
+
+
+def test_deterministic_form_is_ready() -> None:
+    intake = make_intake()
+    reply = intake.from_command("k", ORIGIN, "+14155550100 Joe's Barbershop | haircut | next week afternoons")
+    assert reply.kind == "ready" and reply.request is not None
+    r = reply.request
+    assert (r.phone, r.business_name, r.service, r.business_tz) == (
+        "+14155550100",
+        "Joe's Barbershop",
+        "haircut",
+        "America/Los_Angeles",
+    )
+    assert (r.window.start_date, r.window.end_date) == (date(2025, 3, 17), date(2025, 3, 23))
+    assert (r.window.earliest, r.window.latest) == (time(12), time(17))
+    assert r.origin == ORIGIN and r.person_tz == "America/Los_Angeles"
+
+
+async def test_missing_number_is_asked_back_and_filled_without_the_model() -> None:
+    model = RegexExtractor()
+    intake = make_intake(model)
+    first = await intake.from_text("k", ORIGIN, "book me a haircut at Joe's Barbershop next week afternoons")
+    assert first.kind == "ask" and "phone number" in first.text and "Joe's Barbershop" in first.text
+    second = await intake.follow_up("k", ORIGIN, "+1 415 555 0100")
+    assert second is not None and second.kind == "ready" and second.request is not None
+    assert second.request.phone == "+14155550100" and second.request.service == "haircut"
+    assert len(model.calls) == 1  # the bare number needed no model
+
+
+async def test_missing_window_then_edit_through_the_model_with_context() -> None:
+    model = RegexExtractor()
+    intake = make_intake(model)
+    first = await intake.from_text("k", ORIGIN, "book me a haircut at Joe's Barbershop, +1 415 555 0100")
+    assert first.kind == "ask" and "when it could be" in first.text
+    ready = await intake.follow_up("k", ORIGIN, "tomorrow afternoon please")
+    assert ready is not None and ready.request is not None and ready.draft is not None
+    assert ready.request.window.start_date == date(2025, 3, 13)
+    intake.begin_edit(ready.draft.id)
+    edited = await intake.follow_up("k", ORIGIN, "actually make it Friday morning, ask for Sam")
+    assert edited is not None and edited.request is not None
+    assert edited.request.window.start_date == date(2025, 3, 14)
+    assert edited.request.window.earliest == time(9) and edited.request.notes == "ask for Sam"
+    assert model.calls[-1][1]["phone"] == "+14155550100"  # the model saw the request so far
+
+
+async def test_emergency_number_is_refused_and_the_draft_dropped() -> None:
+    intake = make_intake(RegexExtractor())
+    reply = await intake.from_text("k", ORIGIN, "call 911 and book a table at Luigi tomorrow evening")
+    assert reply.kind == "refuse" and "emergency" in reply.text
+    assert intake.draft_for("k") is None
+
+
+async def test_no_draft_no_follow_up() -> None:
+    assert await make_intake().follow_up("nope", ORIGIN, "hello") is None
+
+
+def test_sandbox_intake_model_answers_one_tool_use_block() -> None:
+    body = {
+        "tools": [{"name": "record_errand"}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "book a trim at Joe's Barbershop on Friday"}],
+            }
+        ],
+    }
+    (block,) = respond(body)
+    assert block["type"] == "tool_use" and block["name"] == "record_errand"
+    assert block["input"] == {"service": "trim", "business_name": "Joe's Barbershop", "when": "on Friday"}
