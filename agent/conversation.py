@@ -1,0 +1,326 @@
+"""The streaming Claude turn loop of one phone call.
+
+Per caller input the model's reply is streamed, cut into clauses and handed to
+TTS while the model is still writing. Tool calls run once the model's message
+is complete and their results go back to the model in the same reply. The
+history sent to the model holds only what the callee actually heard: a
+barge-in (the session cancels the reply iterator, then calls ``interrupted``)
+trims the reply to the played words, and a cancelled reply never leaves a
+``tool_use`` without its ``tool_result``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from datetime import date
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import anthropic
+
+from agent.base import (
+    AgentAction,
+    CallConnected,
+    CalleeSaid,
+    CalleeSilent,
+    CallerInput,
+    DigitsHeard,
+    Hangup,
+    Say,
+    SendDigits,
+)
+from agent.chunking import ClauseChunker
+from agent.llm import RetryPolicy
+from agent.prompts import build_system_prompt
+from agent.tools import BookingTools, FreeBusy
+from storage.models import CallOutcome, CallRequest, OutcomeKind, utcnow
+
+Message = dict[str, Any]
+
+APOLOGY = "I'm sorry, I'm having technical trouble on my end. I'll call back later. Goodbye."
+
+
+def render_input(event: CallerInput) -> str:
+    """What the model reads for one caller input (bracketed notes are not speech)."""
+    if isinstance(event, CalleeSaid):
+        return event.text
+    if isinstance(event, CallConnected):
+        return "[call connected: the callee picked up and has not spoken yet]"
+    if isinstance(event, CalleeSilent):
+        return f"[silence: the callee has said nothing for {event.seconds:.0f} seconds]"
+    if isinstance(event, DigitsHeard):
+        return f"[the callee's phone sent DTMF digits: {event.digits}]"
+    raise TypeError(f"unknown caller input {event!r}")
+
+
+class _RoundFailed(Exception):
+    """A model round failed after speech had started: it cannot be retried invisibly."""
+
+
+class ClaudeAgent:
+    """One call's conversation with Claude (implements ``agent.base.Agent``).
+
+    Args:
+        client: an ``AsyncAnthropic`` (see ``agent.llm.build_anthropic``; built with ``max_retries=0``).
+        model: model name, e.g. settings.anthropic_model.
+        request: the errand.
+        calendar: the person's free/busy source (``agent.calendar.GraphCalendar``).
+        assistant_name: how the assistant introduces itself.
+        clock: aware-UTC wall clock (for "today" in the prompt).
+        monotonic: clock for ``Say.first_token_at``.
+        sleep: waits between retries (tests pass a fast one).
+        retry: back-off policy for transient model errors.
+        max_tool_rounds: model rounds with tool calls per caller input before giving the floor back.
+        max_tokens: cap on one model answer (spoken replies are short).
+        filler_phrases: said once per reply while a transient error is being retried.
+    """
+
+    def __init__(
+        self,
+        client: anthropic.AsyncAnthropic,
+        *,
+        model: str,
+        request: CallRequest,
+        calendar: FreeBusy,
+        assistant_name: str,
+        clock: Callable[[], Any] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry: RetryPolicy | None = None,
+        max_tool_rounds: int = 6,
+        max_tokens: int = 400,
+        filler_phrases: Sequence[str] = ("One moment, please.",),
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._retry = retry or RetryPolicy()
+        self._max_tool_rounds = max_tool_rounds
+        self._max_tokens = max_tokens
+        self._fillers = list(filler_phrases) or ["One moment, please."]
+        self._filler_i = 0
+        self.tools = BookingTools(request, calendar)
+        today: date = clock().astimezone(ZoneInfo(request.business_tz)).date()
+        self.system_prompt = build_system_prompt(request, assistant_name=assistant_name, today=today)
+        schemas = self.tools.schemas()
+        schemas[-1] = {**schemas[-1], "cache_control": {"type": "ephemeral"}}
+        self._tool_defs = schemas
+        self.messages: list[Message] = []
+        self._outcome: CallOutcome | None = None
+        # What the callee was played during the current reply, in order: (assistant message or None
+        # for a filler that is not in history, its text).
+        self._spoken: list[tuple[Message | None, str]] = []
+
+    # -- Agent interface ----------------------------------------------------------------------------
+
+    def outcome(self) -> CallOutcome | None:
+        if self._outcome is not None:
+            return self._outcome
+        if self.tools.booking is not None:
+            return CallOutcome(
+                kind=OutcomeKind.BOOKED,
+                summary="The slot was confirmed, but the call ended before the goodbye.",
+                booking=self.tools.booking,
+            )
+        return None
+
+    async def reply(self, event: CallerInput) -> AsyncIterator[AgentAction]:
+        """Stream the answer to one caller input (see the module docstring)."""
+        if self._outcome is not None:
+            return
+        self._spoken = []
+        self._add_user([{"type": "text", "text": render_input(event)}])
+        first = True
+        for _ in range(self._max_tool_rounds + 1):
+            assistant: Message | None = None
+            async with aclosing(self._round_with_retries(first)) as round_items:
+                async for item in round_items:
+                    if isinstance(item, Say):
+                        first = first and item.first_token_at is None
+                        yield item
+                    else:
+                        assistant = item
+            if self._outcome is not None:  # the model failed for good: apologise and hang up
+                yield Say(APOLOGY)
+                yield Hangup(self._outcome)
+                return
+            if assistant is None:
+                return
+            uses = [b for b in assistant["content"] if b["type"] == "tool_use"]
+            if not uses:
+                return
+            try:
+                results, actions = await self._run_tools(uses)
+            except BaseException:
+                # Cancelled while a tool ran: keep what was said, without the unanswered tool_use.
+                _set_text(assistant, _text_of(assistant))
+                assistant["content"][:] = [b for b in assistant["content"] if b["type"] == "text"]
+                if assistant["content"]:
+                    self.messages.append(assistant)
+                    self._drop_empty()
+                raise
+            # Both appended in one step: a cancellation can never separate tool_use from tool_result.
+            self.messages.append(assistant)
+            self._add_user(results)
+            for action in actions:
+                if isinstance(action, Hangup):
+                    self._outcome = action.outcome
+                yield action
+                if isinstance(action, Hangup):
+                    return
+
+    def interrupted(self, heard: str) -> None:
+        """Trim the last reply in history to exactly what the callee heard (``heard``)."""
+        remaining = heard.strip()
+        for message, text in self._spoken:
+            if len(remaining) >= len(text):
+                keep, remaining = text, remaining[len(text) :].strip()
+            else:
+                keep, remaining = remaining, ""
+            if message is not None:
+                _set_text(message, keep)
+        self._spoken = []
+        self._drop_empty()
+
+    # -- one model round ----------------------------------------------------------------------------
+
+    async def _round_with_retries(self, first: bool) -> AsyncGenerator[Say | Message, None]:
+        """One model call, retried on transient errors while nothing of it was spoken yet.
+
+        Yields ``Say``s as they stream and finally the assistant message to append (with
+        its tool_use blocks), or nothing when the model said nothing. Sets ``_outcome``
+        to an error outcome when it gives up.
+        """
+        attempt = 0
+        filler_said = False
+        while True:
+            attempt += 1
+            spoke = False
+            try:
+                async with aclosing(self._round(first)) as items:
+                    async for item in items:
+                        spoke = spoke or isinstance(item, Say)
+                        yield item
+                return
+            except anthropic.APIError as e:
+                if spoke or not self._retry.should_retry(attempt, e):
+                    # Whatever was spoken stays in history (``_round`` committed it).
+                    if spoke and self._retry.should_retry(attempt, e):
+                        return  # the callee heard a partial answer; let them respond to it
+                    self._outcome = CallOutcome(kind=OutcomeKind.ERROR, summary=f"Model unavailable: {e}")
+                    return
+                if not filler_said:
+                    filler_said = True
+                    text = self._fillers[self._filler_i % len(self._fillers)]
+                    self._filler_i += 1
+                    self._spoken.append((None, text))
+                    yield Say(text)
+                await self._sleep(self._retry.delay(attempt, e))
+
+    async def _round(self, first: bool) -> AsyncGenerator[Say | Message, None]:
+        chunker = ClauseChunker()
+        said: list[str] = []
+        first_token_at: float | None = None
+        done = False
+        try:
+            async with self._client.messages.stream(
+                model=self._model,
+                max_tokens=self._max_tokens,
+                system=[{"type": "text", "text": self.system_prompt, "cache_control": {"type": "ephemeral"}}],
+                tools=self._tool_defs,  # type: ignore[arg-type]
+                messages=self.messages,  # type: ignore[arg-type]
+            ) as stream:
+                async for ev in stream:
+                    pieces: list[str] = []
+                    if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
+                        if first_token_at is None:
+                            first_token_at = self._monotonic()
+                        pieces = chunker.feed(ev.delta.text)
+                    elif ev.type == "content_block_stop":
+                        pieces = chunker.flush()  # speak text before a tool runs
+                    for piece in pieces:
+                        said.append(piece)
+                        yield Say(piece, first_token_at if first and len(said) == 1 else None)
+                final = await stream.get_final_message()
+            for piece in chunker.flush():
+                said.append(piece)
+                yield Say(piece, first_token_at if first and len(said) == 1 else None)
+            content = _clean_content(final.content)
+            done = True
+            if not content:
+                return
+            message: Message = {"role": "assistant", "content": content}
+            if not any(b["type"] == "tool_use" for b in content):
+                self.messages.append(message)
+            self._spoken.append((message, " ".join(said)))
+            yield message
+        finally:
+            if not done and said:
+                # Cut short (cancelled by a barge-in, or the stream broke): keep only what was said,
+                # as plain text — tools the model was about to call never ran.
+                message = {"role": "assistant", "content": [{"type": "text", "text": " ".join(said)}]}
+                self.messages.append(message)
+                self._spoken.append((message, " ".join(said)))
+
+    async def _run_tools(self, uses: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[AgentAction]]:
+        results: list[dict[str, Any]] = []
+        actions: list[AgentAction] = []
+        for use in uses:
+            result = await self.tools.run(use["name"], use.get("input") or {})
+            block: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": use["id"],
+                "content": result.content,
+            }
+            if result.is_error:
+                block["is_error"] = True
+            results.append(block)
+            if isinstance(result.action, SendDigits | Hangup):
+                actions.append(result.action)
+        return results, actions
+
+    # -- history ------------------------------------------------------------------------------------
+
+    def _add_user(self, blocks: list[dict[str, Any]]) -> None:
+        """Append user content, merging into a trailing user message (roles must alternate)."""
+        if self.messages and self.messages[-1]["role"] == "user":
+            self.messages[-1]["content"].extend(blocks)
+        else:
+            self.messages.append({"role": "user", "content": list(blocks)})
+
+    def _drop_empty(self) -> None:
+        """Remove messages left empty by a trim and merge the neighbours that now touch."""
+        merged: list[Message] = []
+        for m in self.messages:
+            if not m["content"]:
+                continue
+            if merged and merged[-1]["role"] == m["role"]:
+                merged[-1]["content"].extend(m["content"])
+            else:
+                merged.append(m)
+        self.messages[:] = merged
+
+
+def _clean_content(blocks: Sequence[Any]) -> list[dict[str, Any]]:
+    """SDK content blocks → request params; empty text blocks are dropped (the API rejects them)."""
+    out: list[dict[str, Any]] = []
+    for b in blocks:
+        if b.type == "text" and b.text.strip():
+            out.append({"type": "text", "text": b.text})
+        elif b.type == "tool_use":
+            out.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
+    return out
+
+
+def _text_of(message: Message) -> str:
+    return " ".join(b["text"] for b in message["content"] if b["type"] == "text")
+
+
+def _set_text(message: Message, text: str) -> None:
+    """Replace a message's text with ``text`` (dropping text blocks if empty), keeping tool_use."""
+    others = [b for b in message["content"] if b["type"] != "text"]
+    message["content"][:] = ([{"type": "text", "text": text}] if text else []) + others
