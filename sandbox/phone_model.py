@@ -45,8 +45,9 @@ _NAME = re.compile(
     r"\b(your name|name for the (booking|appointment)|spell|whose name|who is it for|name,? please)", re.I
 )
 _NEEDS_USER = re.compile(
-    r"insurance|would (he|she|they) like|(does|do) (he|she|they) want|prefer|which (stylist|barber|one|doctor)"
-    r"|what (kind|type|style)|deposit|credit card|card number|first (time|visit)|new (client|patient)|member",
+    r"insurance|would (he|she|they) like|(does|do) (he|she|they) want|prefer"
+    r"|which (stylist|barber|one|doctor)|what (kind|type|style)"
+    r"|deposit|credit card|card number|first (time|visit)|new (client|patient)|member",
     re.I,
 )
 _DONE = re.compile(r"all set|see (you|him|her|them) then|you're booked|booked you in", re.I)
@@ -114,6 +115,8 @@ def _after_tools(errand: dict[str, Any], messages: list[dict[str, Any]], results
         use = uses.get(result.get("tool_use_id", ""), {})
         name, text = use.get("name"), _result_text(result)
         args = use.get("input", {})
+        if result.get("is_error") and name != "end_call":
+            return [_text("Sorry, could you say that time again?")]
         if name == "check_availability":
             if "verdict: FITS" in text:
                 return [_tool("confirm_booking", {**args, "service": errand["service"]})]
@@ -132,8 +135,6 @@ def _after_tools(errand: dict[str, Any], messages: list[dict[str, Any]], results
                     _tool("end_call", {"outcome": "booked", "summary": summary}),
                 ]
             return [_text(f"Ah, that one doesn't work for {_first(errand)}, I'm afraid. Any other time?")]
-        if result.get("is_error"):
-            return [_text("Sorry, could you say that time again?")]
     return []  # after send_dtmf / end_call: nothing to add, listen
 
 
@@ -184,7 +185,10 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
     if slot is not None:
         end = slot + timedelta(minutes=int(errand["window"]["duration_minutes"]))
         return [
-            _tool("check_availability", {"start": slot.isoformat("minutes"), "end": end.isoformat("minutes")})
+            _tool(
+                "check_availability",
+                {"start": slot.isoformat(timespec="minutes"), "end": end.isoformat(timespec="minutes")},
+            )
         ]
     if _NAME.search(said):
         return [_text(f"It's for {person}. That's spelled {_spell(person)}.")]
