@@ -1,0 +1,334 @@
+"""The dispatcher: the business-hours timer between the queue and the phone.
+
+One loop claims due errands (within the concurrency cap), places their calls
+and then *sleeps on the clock* until the next errand falls due, a lease runs
+out, or something wakes it (a new errand, a cancel, a call result). It never
+polls on a fixed tick.
+
+Safety rules enforced here (DESIGN.md): no call outside the business's hours
+in its own zone (checked immediately before every ``place_call``), a hard cap
+on concurrent calls, and no blind redial after a crash — jobs left mid-call
+are reconciled against the provider's call status first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from concierge.clock import Clock
+from concierge.dispatcher_desk import Desk
+from concierge.dispatcher_outcomes import JobLocks, Outcomes, calls_made, current_call_sid, record_call_sid
+from concierge.dispatcher_recovery import CallReconciler
+from concierge.hours import WeeklyHours, parse_weekly
+from storage.errors import JobNotFound, ProviderError
+from storage.jobs import JobStore
+from storage.models import CallOutcome, CallRequest, Job, JobState, OutcomeKind, Turn
+from storage.ports import CallPlacer, JobEvent, Notifier
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Dispatcher", "OnBooked", "calls_made", "current_call_sid"]
+
+OnBooked = Callable[[Job, CallOutcome], Awaitable[CallOutcome]]
+
+_OPEN_STATES = (JobState.QUEUED, JobState.DIALING, JobState.IN_CALL)
+#: A claimed job with no free capacity and nothing else to wait for: guard
+#: against a hot loop if the store and dispatcher clocks ever disagree.
+_SAFETY_PARK = timedelta(seconds=1)
+
+
+@lru_cache(maxsize=256)
+def _hours(spec: str, tz: str) -> WeeklyHours:
+    return parse_weekly(spec, tz)
+
+
+class Dispatcher:
+    """Queue timer, call placer driver, and the desk the chat front ends talk to.
+
+    Implements ``storage.ports.OutcomeSink`` (telephony reports results here)
+    and ``storage.ports.ErrandDesk`` (the bots submit and cancel here).
+
+    Args:
+        store: the job queue; it must use the same clock as ``clock``.
+        placer: places, inspects and hangs up calls.
+        notifier: tells the person what happens.
+        owner: this dispatcher's lease name (stable across restarts of one
+            deployment, so a restart recognises its own unfinished calls).
+        clock: wall time and the interruptible sleep.
+        default_hours: opening-hours spec used when a request has none.
+        max_concurrent: hard cap on calls in dialing/in_call.
+        max_attempts: calls per errand before giving up.
+        lease_seconds: claim lease; must exceed the longest possible call.
+        retry_backoff: first retry delay, doubled on each further attempt.
+        max_queued_per_user: unfinished errands one person may have.
+        errands_per_user_per_hour: submissions one person may make per hour.
+        on_booked: creates the calendar event and returns the outcome with
+            ``event_link``; a failure there never loses the booking.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        placer: CallPlacer,
+        notifier: Notifier,
+        *,
+        owner: str,
+        clock: Clock,
+        default_hours: str,
+        max_concurrent: int,
+        max_attempts: int,
+        lease_seconds: float,
+        retry_backoff: timedelta,
+        max_queued_per_user: int = 10,
+        errands_per_user_per_hour: int = 20,
+        on_booked: OnBooked | None = None,
+    ) -> None:
+        self.store = store
+        self.placer = placer
+        self.notifier = notifier
+        self.owner = owner
+        self.clock = clock
+        self.default_hours = default_hours
+        self.max_concurrent = max_concurrent
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
+        self.retry_backoff = retry_backoff
+        self.max_queued_per_user = max_queued_per_user
+        self.errands_per_user_per_hour = errands_per_user_per_hour
+        self.on_booked = on_booked
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._running = False
+        self._parked = False
+        self._parked_until: datetime | None = None
+        self._change = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._placing: set[str] = set()
+        self.locks = JobLocks()
+        self.outcomes = Outcomes(self)
+        self._reconciler = CallReconciler(self)
+        self._desk = Desk(self)
+
+    # -- hours -------------------------------------------------------------
+
+    def hours_for(self, request: CallRequest) -> WeeklyHours:
+        """The business's weekly hours (its own spec or the default) in its zone.
+
+        Raises:
+            ValueError: the spec or zone is invalid.
+        """
+        return _hours(request.opening_hours or self.default_hours, request.business_tz)
+
+    def next_opening(self, request: CallRequest, after: datetime) -> datetime | None:
+        """Next instant at or after ``after`` the business is open; ``None`` if never (bad hours)."""
+        try:
+            return self.hours_for(request).next_open(after)
+        except ValueError as e:
+            log.warning("no opening time for %s: %s", request.business_name, e)
+            return None
+
+    def is_open_now(self, request: CallRequest) -> bool:
+        try:
+            return self.hours_for(request).is_open(self.clock.now())
+        except ValueError:
+            return False
+
+    # -- ErrandDesk (see concierge.dispatcher_desk) ---------------------------
+
+    async def plan(self, request: CallRequest) -> datetime:
+        """When the call would be placed if submitted now (UTC); IntakeError if never."""
+        return await self._desk.plan(request)
+
+    async def submit(self, request: CallRequest) -> Job:
+        """Queue an errand for the next opening time (IntakeError on a limit) and wake the loop."""
+        return await self._desk.submit(request)
+
+    async def cancel(self, job_id: str, user_id: str) -> Job:
+        """Cancel the person's errand; a call still ringing is hung up."""
+        return await self._desk.cancel(job_id, user_id)
+
+    async def answer(self, job_id: str, user_id: str, answer: str) -> Job:
+        """Re-queue a needs_user errand with the person's answer."""
+        return await self._desk.answer(job_id, user_id, answer)
+
+    async def jobs_for(self, user_id: str, *, limit: int = 10) -> list[Job]:
+        """The person's most recent errands, newest first."""
+        return await self.store.list(user_id=user_id, limit=limit)
+
+    # -- OutcomeSink -------------------------------------------------------
+
+    async def call_answered(self, job_id: str, call_sid: str) -> None:
+        """dialing → in_call; repeats and late callbacks are ignored."""
+        async with self.locks.hold(job_id):
+            try:
+                job = await self.store.get(job_id)
+            except JobNotFound:
+                log.warning("answered callback for unknown errand %s", job_id)
+                return
+            if job.state is not JobState.DIALING:
+                return
+            if current_call_sid(job) is None:  # the callback beat record_call_sid
+                job = await record_call_sid(self.store, job, call_sid)
+            job = await self.store.transition(job_id, JobState.IN_CALL, reason="call answered")
+        await self.notifier.notify(job, JobEvent.IN_CALL)
+
+    async def report_outcome(
+        self, job_id: str, outcome: CallOutcome, transcript: Sequence[Turn] = ()
+    ) -> None:
+        """Record how a call attempt ended (idempotent) and decide what comes next."""
+        await self.outcomes.settle(job_id, outcome, transcript)
+
+    # -- the loop ----------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the loop look at the queue now (new errand, cancel, result)."""
+        self._wake.set()
+        self._changed()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish; in-flight call placements are awaited, not cut off."""
+        self._stopping = True
+        self.wake()
+
+    async def recover(self) -> None:
+        """Adopt and reconcile jobs left mid-call by a previous run or a dead dispatcher."""
+        await self._reconciler.recover(startup=True)
+
+    async def run(self) -> None:
+        """Recover, then dispatch until :meth:`stop`. Owns every task it starts."""
+        if self._running:
+            raise RuntimeError("Dispatcher.run() is already running")
+        self._running, self._stopping = True, False
+        try:
+            await self.recover()
+            while not self._stopping:
+                self._wake.clear()
+                again, until = await self._step()
+                if again or self._stopping:
+                    continue
+                await self._park(until)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(self._tasks)
+            self._running = False
+            self._changed()
+
+    async def wait_idle(self) -> None:
+        """Wait until the loop sleeps with nothing in flight and nothing due (tests, demo)."""
+        while True:
+            changed = self._change
+            if self._is_idle():
+                return
+            await changed.wait()
+
+    async def _step(self) -> tuple[bool, datetime | None]:
+        """One pass: sweep expired leases, claim and start due calls.
+
+        Returns whether to go round again at once (more may be due), and
+        otherwise the instant to sleep until (``None``: until woken).
+        """
+        await self._reconciler.recover(startup=False)
+        free = self.max_concurrent - await self.store.count_active()
+        claimed = await self.store.claim_due(self.owner, limit=free, lease_seconds=self.lease_seconds)
+        for job in claimed:
+            self._start_placing(job)
+        at_cap = len(claimed) >= free  # an outcome or a cancel will wake us when a slot frees
+        deadlines = [await self._next_lease_expiry()]
+        if not at_cap:
+            deadlines.append(await self.store.next_due_at())
+        pending = [d for d in deadlines if d is not None]
+        if not pending:
+            return False, None
+        until, now = min(pending), self.clock.now()
+        if until <= now:
+            return (True, None) if claimed else (False, now + _SAFETY_PARK)
+        return False, until
+
+    async def _next_lease_expiry(self) -> datetime | None:
+        active = await self.store.list(states=(JobState.DIALING, JobState.IN_CALL), limit=10_000)
+        expiries = [j.lease_expires_at for j in active if j.lease_expires_at and j.id not in self._placing]
+        return min(expiries) if expiries else None
+
+    async def _park(self, until: datetime | None) -> None:
+        self._parked, self._parked_until = True, until
+        self._changed()
+        try:
+            await self.clock.wait(self._wake, until)
+        finally:
+            self._parked = False
+
+    def _is_idle(self) -> bool:
+        return (
+            self._parked
+            and not self._wake.is_set()
+            and not self._placing
+            and (self._parked_until is None or self._parked_until > self.clock.now())
+        )
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+
+    # -- placing calls -----------------------------------------------------
+
+    def _start_placing(self, job: Job) -> None:
+        self._placing.add(job.id)
+        task = asyncio.get_running_loop().create_task(self._place(job), name=f"place-call-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _place(self, job: Job) -> None:
+        try:
+            if await self._defer_if_closed(job):
+                return
+            await self.notifier.notify(job, JobEvent.CALLING)
+            if await self._defer_if_closed(job):
+                return
+            # Nothing may await between the hours check above and this call.
+            try:
+                call_sid = await self.placer.place_call(job)
+            except ProviderError as e:
+                kind = OutcomeKind.ERROR if e.retryable else OutcomeKind.FAILED
+                outcome = CallOutcome(kind, summary=f"I couldn't place the call ({e}).")
+                await self.outcomes.settle(job.id, outcome, reason=f"call not placed: {e}")
+                return
+            current = await self.store.get(job.id)
+            if not current.state.is_active:  # cancelled while the call was being created
+                await self.hang_up_quietly(call_sid)
+                return
+            if current_call_sid(current) is None:
+                await record_call_sid(self.store, current, call_sid)
+        except Exception:
+            # A bug or a database error here must not kill the loop; the lease
+            # expires and the sweep reconciles the job with the provider.
+            log.exception("placing the call for errand %s failed", job.id)
+        finally:
+            self._placing.discard(job.id)
+            self._changed()
+
+    async def _defer_if_closed(self, job: Job) -> bool:
+        """Put a claimed job back if its business is closed right now (no call, no attempt used)."""
+        if self.is_open_now(job.request):
+            return False
+        await self.outcomes.requeue_uncounted(job, "business closed now; waiting for opening time")
+        return True
+
+    @property
+    def placing_ids(self) -> frozenset[str]:
+        """Jobs whose call this process is creating right now (recovery leaves them alone)."""
+        return frozenset(self._placing)
+
+    async def hang_up_quietly(self, call_sid: str) -> None:
+        """Hang up; a provider failure is logged, not raised (the call may already be over)."""
+        try:
+            await self.placer.hang_up(call_sid)
+        except ProviderError as e:
+            log.warning("hanging up call %s failed: %s", call_sid, e)

@@ -1,0 +1,124 @@
+"""Crash recovery for the dispatcher: reconcile half-finished calls before any redial.
+
+A job in dialing/in_call whose lease ran out belongs to a dispatcher that
+died (or lost its webhooks). Before deciding anything we adopt the lease
+(``JobStore.take_over`` is atomic, so one dispatcher wins) and ask the
+provider what became of the call:
+
+* no CallSid recorded → the call was never created: back to queued without
+  using an attempt. (The one blind spot: a crash between Twilio accepting the
+  call and ``set_call_sid`` — Twilio has no idempotency key for calls, so that
+  window cannot be closed from here; it is one database write wide.)
+* queued / ringing / in-progress, call of a *previous* process → hang up and
+  retry later. The media stream and the conversation state lived in the dead
+  process; the callee would be talking to nobody, and a fresh call with a
+  fresh conversation is the honest way on. (Leaving the call up and renewing
+  the lease would only be right if the call could be resumed, which it cannot.)
+* queued / ringing / in-progress, call of *this* process (its lease merely
+  expired, e.g. a webhook was lost) → renew the lease; the session reports.
+* completed without a reported outcome → retryable error; busy / no-answer /
+  failed / canceled → the matching outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from concierge.dispatcher_outcomes import current_call_sid
+from storage.errors import JobNotFound, LeaseLost, ProviderError
+from storage.models import CallOutcome, Job, JobState, OutcomeKind
+
+if TYPE_CHECKING:
+    from concierge.dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
+
+LIVE_STATUSES = frozenset({"queued", "ringing", "in-progress"})
+
+#: Provider call status → (outcome kind, what to tell the person).
+ENDED_STATUSES: dict[str, tuple[OutcomeKind, str]] = {
+    "completed": (OutcomeKind.ERROR, "The call ended but its result was lost in a restart; I'll call again."),
+    "busy": (OutcomeKind.BUSY, "The line was busy."),
+    "no-answer": (OutcomeKind.NO_ANSWER, "Nobody answered."),
+    "failed": (OutcomeKind.FAILED, "The call could not be connected."),
+    "canceled": (OutcomeKind.ERROR, "The call was cancelled before it was answered; I'll call again."),
+}
+
+
+class CallReconciler:
+    """Finds and reconciles the dispatcher's orphaned jobs (see module docstring)."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._d = dispatcher
+
+    async def recover(self, *, startup: bool) -> None:
+        """Reconcile every job whose lease expired; at start-up also this owner's old jobs.
+
+        Args:
+            startup: this process just started, so jobs leased under its own
+                owner name belong to a previous run, not to live sessions here.
+        """
+        d = self._d
+        expired = [j for j in await d.store.expired_leases() if j.id not in d.placing_ids]
+        seen = set()
+        for job in expired:
+            seen.add(job.id)
+            adopted = await d.store.take_over(job.id, d.owner, d.lease_seconds)
+            if adopted is None:
+                continue  # another dispatcher won the race
+            live_here = job.lease_owner == d.owner and not startup
+            await self._reconcile_safely(adopted, live_here=live_here)
+        if not startup:
+            return
+        active = await d.store.list(states=(JobState.DIALING, JobState.IN_CALL), limit=10_000)
+        for job in active:
+            if job.lease_owner != d.owner or job.id in seen:
+                continue
+            try:
+                job = await d.store.renew_lease(job.id, d.owner, d.lease_seconds)
+            except LeaseLost:
+                continue
+            await self._reconcile_safely(job, live_here=False)
+
+    async def _reconcile_safely(self, job: Job, *, live_here: bool) -> None:
+        try:
+            await self.reconcile(job, live_here=live_here)
+        except (JobNotFound, LeaseLost) as e:
+            log.info("recovery of errand %s skipped: %s", job.id, e)
+
+    async def reconcile(self, job: Job, *, live_here: bool) -> None:
+        """Decide the fate of one adopted job from the provider's view of its call."""
+        d = self._d
+        call_sid = current_call_sid(job)
+        if call_sid is None:
+            if job.state is JobState.DIALING:
+                await d.outcomes.requeue_uncounted(job, "recovered: the call was never created", notify=True)
+            else:
+                outcome = CallOutcome(OutcomeKind.ERROR, summary="The call was lost; I'll call again.")
+                await d.outcomes.settle(job.id, outcome, reason="recovered: in call without a call id")
+            return
+        try:
+            status = await d.placer.call_status(call_sid)
+        except ProviderError as e:
+            # Cannot tell whether the call is live: keep the (renewed) lease and
+            # look again when it expires rather than risk a second call.
+            log.warning("status of call %s unknown (%s); will check again", call_sid, e)
+            return
+        if status in LIVE_STATUSES:
+            if live_here:
+                await d.store.renew_lease(job.id, d.owner, d.lease_seconds)
+                return
+            await d.hang_up_quietly(call_sid)
+            outcome = CallOutcome(
+                OutcomeKind.ERROR,
+                summary="The call was interrupted by a restart; I'll call again.",
+                call_sid=call_sid,
+            )
+            await d.outcomes.settle(job.id, outcome, reason=f"recovered: call was {status}, hung up")
+            return
+        kind, summary = ENDED_STATUSES.get(
+            status, (OutcomeKind.ERROR, f"The call ended in an unknown state ({status}); I'll call again.")
+        )
+        outcome = CallOutcome(kind, summary=summary, call_sid=call_sid)
+        await d.outcomes.settle(job.id, outcome, reason=f"recovered: provider says call {status}")
