@@ -1,0 +1,228 @@
+"""Sandbox Twilio: the Calls REST API, dialling with signed callbacks, media streams, a scripted callee.
+
+Why: the product places calls with the real ``twilio`` SDK (``client.api.base_url`` pointed here),
+answers signed webhooks and a media-stream websocket exactly as it would with Twilio, and the
+scripted callee (``sandbox.callee``) plays the business. Tests program what each number does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import xml.etree.ElementTree as ET
+
+import aiohttp
+from aiohttp import web
+
+from sandbox.callee import CalleeScript
+from sandbox.twilio_call import FINAL_STATUSES, Behavior, CallRunner, Program, SandboxCall, new_sid
+
+__all__ = ["Behavior", "SandboxCall", "SandboxTwilio"]
+
+_API = "/2010-04-01/Accounts/{account}/Calls"
+_ERRORS = {
+    400: (21201, "Bad Request"),
+    401: (20003, "Authenticate"),
+    404: (20404, "The requested resource was not found"),
+    429: (20429, "Too Many Requests"),
+    500: (20500, "Internal Server Error"),
+    503: (20503, "Service Unavailable"),
+}
+
+
+def _error(status: int, message: str | None = None) -> web.Response:
+    code, default = _ERRORS.get(status, (20500, "Error"))
+    body = {
+        "code": code,
+        "message": message or default,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return web.json_response(body, status=status)
+
+
+class SandboxTwilio:
+    """Local Twilio: REST on 127.0.0.1, one :class:`CallRunner` task per created call."""
+
+    def __init__(
+        self, *, account_sid: str, auth_token: str, pace: float = 1.0, ring_seconds: float = 0.2
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.pace = pace
+        self.ring_seconds = ring_seconds
+        self.calls: dict[str, SandboxCall] = {}
+        self.requests: list[tuple[str, str, dict[str, list[str]], int]] = []  # method, path, form, status
+        self.base_url = ""
+        self._programs: dict[str, Program] = {}
+        self._fail_next: list[int] = []
+        self._new_calls: asyncio.Queue[SandboxCall] = asyncio.Queue()
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Bind 127.0.0.1 on a free port and open the client session used for callbacks/streams."""
+        app = web.Application()
+        app.router.add_post(_API.format(account="{account}") + ".json", self._create)
+        app.router.add_get(_API.format(account="{account}") + "/{sid}.json", self._fetch)
+        app.router.add_post(_API.format(account="{account}") + "/{sid}.json", self._update)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def stop(self) -> None:
+        """Hang up every live call, cancel every task, close every socket."""
+        for call in self.calls.values():
+            call.hangup_requested.set()
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def __aenter__(self) -> SandboxTwilio:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def program(
+        self,
+        to_number: str,
+        behavior: Behavior = Behavior.ANSWER,
+        script: CalleeScript | None = None,
+        *,
+        drop_stream_after: float | None = None,
+        amd: str = "human",
+    ) -> None:
+        """Decide what happens when ``to_number`` is dialled (default: ANSWER with an empty script).
+
+        VOICEMAIL answers, reports ``machine_end_beep`` to async AMD (unless ``amd`` says otherwise)
+        and plays ``script`` as the greeting.
+        """
+        if behavior is Behavior.VOICEMAIL and amd == "human":
+            amd = "machine_end_beep"
+        self._programs[to_number] = Program(behavior, script, drop_stream_after, amd)
+
+    def fail_next_create(self, status: int = 500) -> None:
+        """The next Calls.json POST answers ``status`` with a Twilio error body."""
+        self._fail_next.append(status)
+
+    async def wait_for_call(self, timeout: float = 10) -> SandboxCall:  # noqa: ASYNC109 (contract)
+        """The next created call (in creation order)."""
+        async with asyncio.timeout(timeout):
+            return await self._new_calls.get()
+
+    # ------------------------------------------------------------------ REST
+
+    def _authorized(self, request: web.Request) -> bool:
+        try:
+            auth = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
+        except ValueError:
+            return False
+        return (
+            auth.login == self.account_sid
+            and auth.password == self.auth_token
+            and request.match_info["account"] == self.account_sid
+        )
+
+    def _calls_uri(self) -> str:
+        return _API.format(account=self.account_sid)
+
+    async def _form(self, request: web.Request) -> dict[str, list[str]]:
+        form: dict[str, list[str]] = {}
+        for key, value in (await request.post()).items():
+            form.setdefault(key, []).append(str(value))
+        return form
+
+    def _log(self, request: web.Request, form: dict[str, list[str]], status: int) -> None:
+        self.requests.append((request.method, request.path, form, status))
+
+    async def _create(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        if not self._authorized(request):
+            self._log(request, form, 401)
+            return _error(401)
+        if self._fail_next:
+            status = self._fail_next.pop(0)
+            self._log(request, form, status)
+            return _error(status)
+        to, from_ = form.get("To", [""])[0], form.get("From", [""])[0]
+        if not to or not from_ or not (form.get("Twiml") or form.get("Url")):
+            self._log(request, form, 400)
+            return _error(400, "A 'To', 'From' and 'Url' or 'Twiml' are required")
+        call = SandboxCall(
+            sid=new_sid("CA"),
+            account_sid=self.account_sid,
+            to=to,
+            from_=from_,
+            params=form,
+            program=self._programs.get(to, Program()),
+            twiml=form["Twiml"][0] if form.get("Twiml") else None,
+        )
+        self.calls[call.sid] = call
+        assert self._http is not None
+        runner = CallRunner(
+            call, http=self._http, auth_token=self.auth_token, pace=self.pace, ring_seconds=self.ring_seconds
+        )
+        task = asyncio.get_running_loop().create_task(runner.run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._new_calls.put_nowait(call)
+        self._log(request, form, 201)
+        return web.json_response(call.to_json(self._calls_uri()), status=201)
+
+    def _find(self, request: web.Request) -> SandboxCall | None:
+        return self.calls.get(request.match_info["sid"])
+
+    async def _fetch(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            self._log(request, {}, 401)
+            return _error(401)
+        call = self._find(request)
+        status = 200 if call else 404
+        self._log(request, {}, status)
+        if call is None:
+            return _error(404)
+        return web.json_response(call.to_json(self._calls_uri()))
+
+    async def _update(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        if not self._authorized(request):
+            self._log(request, form, 401)
+            return _error(401)
+        call = self._find(request)
+        if call is None:
+            self._log(request, form, 404)
+            return _error(404)
+        wanted = form.get("Status", [""])[0]
+        if wanted in ("completed", "canceled") and call.status not in FINAL_STATUSES:
+            call.hangup_requested.set()
+        for twiml in form.get("Twiml", []):
+            call.twiml_updates.append(twiml)
+            call.callee.hear_digits(_play_digits(twiml))
+        self._log(request, form, 200)
+        return web.json_response(call.to_json(self._calls_uri()))
+
+
+def _play_digits(twiml: str) -> str:
+    """Digits of ``<Play digits="...">`` (``w`` = wait is dropped)."""
+    try:
+        root = ET.fromstring(twiml)
+    except ET.ParseError:
+        return ""
+    digits = "".join(play.get("digits", "") for play in root.iter("Play"))
+    return re.sub(r"[^0-9A-D*#]", "", digits)

@@ -1,0 +1,164 @@
+"""The media-stream side of a sandbox Twilio call: one audio clock for both directions.
+
+Why one clock: every 20 ms / pace the pump plays up to 160 bytes of the app's buffered audio to
+the callee and sends the callee's next 160-byte frame to the app. Marks, the callee script, the
+time limit and the stream drop all count these frames, so results never depend on pace or load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from sandbox.callee import FRAME_BYTES, FRAME_SECONDS
+
+if TYPE_CHECKING:
+    from sandbox.twilio_call import CallRunner
+
+_DROP_GRACE_SECONDS = 2.0
+
+
+def _new_stream_sid() -> str:
+    import secrets
+
+    return "MZ" + secrets.token_hex(16)
+
+
+class MediaPump:
+    """The stream websocket: one task receives the app's messages, the pump runs the audio clock."""
+
+    def __init__(self, runner: CallRunner, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.runner = runner
+        self.call = runner.call
+        self.ws = ws
+        self.stream_sid = _new_stream_sid()
+        self.buffer = bytearray()
+        self.played = 0  # bytes of app audio played so far
+        self.enqueued = 0  # bytes of app audio received so far (after clears: as if played)
+        self.marks: list[tuple[int, str]] = []
+        self.seq = 0
+        self.app_closed = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.seq += 1
+        message = {"event": message.pop("event"), "sequenceNumber": str(self.seq), **message}
+        if message["event"] == "connected":
+            del message["sequenceNumber"]
+            self.seq -= 1
+        await self.ws.send_str(json.dumps(message))
+
+    async def echo_mark(self, name: str) -> None:
+        self.call.marks_echoed.append(name)
+        await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    async def run(self) -> None:
+        call = self.call
+        await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self.send({
+            "event": "start", "streamSid": self.stream_sid,
+            "start": {
+                "accountSid": call.account_sid, "streamSid": self.stream_sid, "callSid": call.sid,
+                "tracks": ["inbound"], "customParameters": dict(call.stream_params),
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        })  # fmt: skip
+        receiver = self.runner.spawn(self._receive())
+        dropped = await self._pump()
+        if dropped:
+            await self._abort()
+            receiver.cancel()
+            call.ended_by = (
+                "api" if await self.runner.wait_hangup(_DROP_GRACE_SECONDS / self.runner.pace) else "drop"
+            )
+            return
+        if not self.app_closed:
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                await self.send({
+                    "event": "stop", "streamSid": self.stream_sid,
+                    "stop": {"accountSid": call.account_sid, "callSid": call.sid},
+                })  # fmt: skip
+            await self.ws.close()
+        receiver.cancel()
+
+    async def _abort(self) -> None:
+        """Network loss: the TCP connection goes away without a close frame or ``stop``."""
+        conn = self.ws._conn  # aiohttp exposes no public abort for client websockets
+        if conn is not None and conn.transport is not None:
+            conn.transport.abort()
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+    async def _pump(self) -> bool:
+        """Run the audio clock until the call ends; True if the stream was dropped."""
+        call, callee, runner = self.call, self.call.callee, self.runner
+        time_limit = float(call.param("TimeLimit") or 14400)
+        drop_after = call.program.drop_stream_after
+        loop = asyncio.get_running_loop()
+        interval = FRAME_SECONDS / runner.pace
+        next_at = loop.time()
+        while True:
+            played = bytes(self.buffer[:FRAME_BYTES])
+            del self.buffer[: len(played)]
+            self.played += len(played)
+            while self.marks and self.marks[0][0] <= self.played:
+                await self.echo_mark(self.marks.pop(0)[1])
+            frame = callee.tick(played)
+            if frame is None:
+                call.ended_by = "callee"
+                return False
+            payload = base64.b64encode(frame).decode("ascii")
+            media = {
+                "track": "inbound",
+                "chunk": str(callee.frames),
+                "timestamp": str((callee.frames - 1) * 20),
+            }
+            try:
+                await self.send(
+                    {"event": "media", "streamSid": self.stream_sid, "media": media | {"payload": payload}}
+                )
+            except (ConnectionError, aiohttp.ClientError):
+                self.app_closed = True
+            if self.app_closed:
+                call.ended_by = "stream_closed"
+                return False
+            if drop_after is not None and callee.seconds >= drop_after:
+                return True
+            if callee.seconds >= time_limit:
+                call.ended_by = "time_limit"
+                return False
+            if call.hangup_requested.is_set():
+                call.ended_by = "api"
+                return False
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    async def _receive(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            self.call.received.append(data)
+            event = data.get("event")
+            if event == "media":
+                audio = base64.b64decode(data.get("media", {}).get("payload", ""))
+                self.buffer += audio
+                self.enqueued += len(audio)
+            elif event == "mark":
+                name = str(data.get("mark", {}).get("name", ""))
+                if self.enqueued <= self.played:
+                    await self.echo_mark(name)
+                else:
+                    self.marks.append((self.enqueued, name))
+            elif event == "clear":
+                self.call.clears += 1
+                self.buffer.clear()
+                self.enqueued = self.played
+                pending, self.marks = self.marks, []
+                for _, name in pending:
+                    await self.echo_mark(name)
+        self.app_closed = True
