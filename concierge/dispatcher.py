@@ -312,7 +312,7 @@ class Dispatcher:
             log.exception("placing the call for errand %s failed", job.id)
         finally:
             self._placing.discard(job.id)
-            self._changed()
+            self.wake()  # the job's lease expiry is now a deadline the loop must know
 
     async def _defer_if_closed(self, job: Job) -> bool:
         """Put a claimed job back if its business is closed right now (no call, no attempt used)."""
