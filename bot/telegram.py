@@ -1,0 +1,223 @@
+"""The Telegram front end (python-telegram-bot): commands, free text, buttons, webhook.
+
+Only translates: Telegram updates become ``ChatFlow`` calls and ``Out`` answers
+become replies in the same chat and forum topic (``do_quote`` keeps the
+``message_thread_id`` and sets ``reply_parameters``). Long polling is the
+default because it needs no public URL; webhook mode puts
+``POST /telegram/webhook`` into our own aiohttp application, guarded by the
+secret-token header.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from aiohttp import web
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bot import render
+from bot.allow import AllowList
+from bot.flow import Button, ChatFlow, Out
+from storage.models import ChatOrigin, Platform
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_WEBHOOK_BODY = 1 << 20
+
+TgApp = Application  # type: ignore[type-arg]
+
+
+def markup(buttons: tuple[Button, ...]) -> InlineKeyboardMarkup | None:
+    """One row of inline buttons, or ``None`` (which also removes buttons on edit)."""
+    if not buttons:
+        return None
+    return InlineKeyboardMarkup([[InlineKeyboardButton(b.label, callback_data=b.data) for b in buttons]])
+
+
+def thread_key(message: Message, user_id: int) -> str:
+    """Drafts live per chat, forum topic and person."""
+    topic = message.message_thread_id if message.is_topic_message else 0
+    return f"tg:{message.chat_id}:{topic}:{user_id}"
+
+
+def origin_of(message: Message, user_id: int) -> ChatOrigin:
+    return ChatOrigin(
+        platform=Platform.TELEGRAM,
+        chat_id=str(message.chat_id),
+        user_id=str(user_id),
+        thread_id=str(message.message_thread_id) if message.is_topic_message else None,
+        message_id=str(message.message_id),
+    )
+
+
+class _Handlers:
+    def __init__(self, flow: ChatFlow, allow: AllowList) -> None:
+        self.flow = flow
+        self.allow = allow
+
+    async def _allowed(self, update: Update) -> bool:
+        user = update.effective_user
+        if user is not None and self.allow.telegram(user.id):
+            return True
+        log.info("refused telegram user %s", user.id if user else None)
+        if update.callback_query is not None:
+            await update.callback_query.answer(render.NOT_ALLOWED, show_alert=True)
+        elif update.effective_message is not None:
+            await update.effective_message.reply_text(render.NOT_ALLOWED, do_quote=True)
+        return False
+
+    async def _say(self, message: Message, out: Out) -> None:
+        await message.reply_text(out.text, reply_markup=markup(out.buttons), do_quote=True)
+
+    async def help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if update.effective_message is not None:
+            await self._say(update.effective_message, Out(render.HELP))
+
+    async def call(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        msg, user = update.effective_message, update.effective_user
+        if msg is None or user is None or not await self._allowed(update):
+            return
+        args = (msg.text or "").partition(" ")[2].strip()
+        if not args:
+            await self._say(msg, Out(render.HELP))
+            return
+        await self._say(msg, await self.flow.request(thread_key(msg, user.id), origin_of(msg, user.id), args))
+
+    async def status(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        msg, user = update.effective_message, update.effective_user
+        if msg is None or user is None or not await self._allowed(update):
+            return
+        await self._say(msg, await self.flow.status(str(user.id)))
+
+    async def cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        msg, user = update.effective_message, update.effective_user
+        if msg is None or user is None or not await self._allowed(update):
+            return
+        job_id = (msg.text or "").partition(" ")[2].strip()
+        await self._say(msg, await self.flow.cancel(str(user.id), job_id))
+
+    async def text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        msg, user = update.effective_message, update.effective_user
+        if msg is None or user is None or not msg.text:
+            return
+        key = thread_key(msg, user.id)
+        private = msg.chat.type == "private"
+        if not private and not self.flow.has_draft(key):
+            return  # group chatter that is not an answer to us
+        if not await self._allowed(update):
+            return
+        origin = origin_of(msg, user.id)
+        out = await self.flow.follow_up(key, origin, msg.text)
+        if out is None:
+            out = await self.flow.request(key, origin, msg.text)
+        await self._say(msg, out)
+
+    async def button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        if query is None or not await self._allowed(update):
+            return
+        await query.answer()
+        pressed = await self.flow.press(str(query.from_user.id), query.data or "")
+        if pressed.edit is not None:
+            await query.edit_message_text(pressed.edit.text, reply_markup=markup(pressed.edit.buttons))
+        if pressed.reply is not None and isinstance(query.message, Message):
+            await self._say(query.message, pressed.reply)
+
+    async def error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        log.error("telegram handler failed", exc_info=context.error)
+
+
+def build_application(
+    *, token: str, api_base_url: str, flow: ChatFlow, allow: AllowList, webhook: bool = False
+) -> TgApp:
+    """The python-telegram-bot application with every handler.
+
+    Args:
+        api_base_url: Bot API root ("https://api.telegram.org" or a sandbox).
+        webhook: build without an updater; updates then come from ``add_webhook_route``.
+    """
+    root = api_base_url.rstrip("/")
+    builder = Application.builder().token(token).base_url(f"{root}/bot").base_file_url(f"{root}/file/bot")
+    if webhook:
+        builder = builder.updater(None)
+    app = builder.build()
+    h = _Handlers(flow, allow)
+    app.add_handler(CommandHandler(["start", "help"], h.help))
+    app.add_handler(CommandHandler("call", h.call))
+    app.add_handler(CommandHandler("status", h.status))
+    app.add_handler(CommandHandler("cancel", h.cancel))
+    app.add_handler(CallbackQueryHandler(h.button))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, h.text))
+    app.add_error_handler(h.error)
+    return app
+
+
+async def start_polling(app: TgApp, *, poll_timeout: int = 10) -> None:
+    """Initialise, start and long-poll (each ``getUpdates`` waits up to ``poll_timeout`` s)."""
+    await app.initialize()
+    await app.start()
+    assert app.updater is not None, "built for webhook mode"
+    await app.updater.start_polling(timeout=poll_timeout, poll_interval=0.0)
+
+
+async def start_webhook_mode(app: TgApp, *, url: str | None = None, secret: str = "") -> None:
+    """Initialise and start processing; registers ``url`` with Telegram when given."""
+    await app.initialize()
+    await app.start()
+    if url:
+        await app.bot.set_webhook(url=url, secret_token=secret or None)
+
+
+async def stop(app: TgApp) -> None:
+    """Stop polling, processing and the HTTP client, in that order."""
+    if app.updater is not None and app.updater.running:
+        await app.updater.stop()
+    if app.running:
+        await app.stop()
+    await app.shutdown()
+
+
+def add_webhook_route(
+    web_app: web.Application,
+    tg_app: TgApp,
+    secret: str,
+    *,
+    path: str = WEBHOOK_PATH,
+    max_body: int = MAX_WEBHOOK_BODY,
+) -> None:
+    """Serve Telegram's webhook at ``path`` in our aiohttp app.
+
+    Anything without the exact secret-token header gets 403 and is never parsed.
+    """
+    if not secret:
+        raise ValueError("a Telegram webhook needs a secret token")
+
+    async def handle(request: web.Request) -> web.Response:
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            return web.Response(status=403, text="forbidden")
+        if request.content_length is not None and request.content_length > max_body:
+            return web.Response(status=413, text="too large")
+        raw = await request.content.read(max_body + 1)
+        if len(raw) > max_body:
+            return web.Response(status=413, text="too large")
+        try:
+            update = Update.de_json(json.loads(raw), tg_app.bot)
+        except ValueError:
+            return web.Response(status=400, text="bad update")
+        await tg_app.update_queue.put(update)
+        return web.Response(text="ok")
+
+    web_app.router.add_post(path, handle)
