@@ -30,6 +30,8 @@ with warnings.catch_warnings():
     # with websockets >= 14; the legacy client is what the SDK uses, so there is
     # nothing for us to change.
     warnings.simplefilter("ignore", DeprecationWarning)
+    import deepgram.listen.v1.client  # noqa: F401  (the SDK imports these lazily, at first connect)
+    import deepgram.speak.v1.client  # noqa: F401
     from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
     from deepgram.core.api_error import ApiError
     from deepgram.speak.v1.types.speak_v1text import SpeakV1Text

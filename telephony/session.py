@@ -1,0 +1,475 @@
+"""One live call: Twilio audio in → Deepgram STT → agent → Deepgram TTS → Twilio audio out.
+
+A session is created as soon as the call exists (the first status callback,
+i.e. while the phone rings) so its Deepgram sockets are open before anyone
+answers; the media-stream websocket is attached when Twilio connects it.
+Everything is a handful of owned tasks in one ``TaskGroup`` joined by queues of
+small frozen events; ending the call cancels and awaits all of them.
+
+Timers (greeting, silence) count *audio* time — bytes received from Twilio,
+which arrive in real time on a real call — so behaviour does not depend on how
+fast a sandbox replays a conversation; the hard cap also has a wall-clock guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from agent.base import (
+    Agent,
+    CallConnected,
+    CalleeSaid,
+    CalleeSilent,
+    CallerInput,
+    DigitsHeard,
+    Hangup,
+    Say,
+    SendDigits,
+)
+from storage.errors import ProviderError
+from storage.models import CallOutcome, Job, OutcomeKind, Speaker, Turn
+from telephony import audio, media_stream
+from telephony.playback import AssistantTurn, Playback
+from telephony.speech import (
+    Listener,
+    SpeechStarted,
+    TtsAudio,
+    TtsCleared,
+    TtsFlushed,
+    TtsReset,
+    UtteranceEnd,
+)
+from telephony.speech import Speaker as TtsSpeaker
+from telephony.speech import Transcript as SttTranscript
+from telephony.turns import TurnLog
+
+log = logging.getLogger(__name__)
+
+
+class HangUpper(Protocol):
+    async def hang_up(self, call_sid: str) -> None: ...
+
+
+class SpeechFactory(Protocol):
+    def listener(self) -> Listener: ...
+    def speaker(self) -> TtsSpeaker: ...
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Conversation timing (seconds)."""
+
+    silence_timeout: float = 8.0
+    max_call_seconds: float = 600.0
+    greet_after: float = 1.5
+    attach_timeout: float = 120.0  # ringing + answering, until the media stream connects
+    drain_timeout: float = 30.0  # waiting for queued audio to play before hanging up
+
+
+class CallSession:
+    """A live call. ``run()`` owns everything; ``attach()`` hands over the media websocket.
+
+    Args:
+        job: the errand being called about.
+        call_sid: Twilio's id of this call.
+        agent: the conversation (one per call).
+        speech: builds the Deepgram listener and speaker.
+        placer: hangs the call up through the REST API.
+        config: timing.
+        clock: monotonic clock for latency figures.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        call_sid: str,
+        *,
+        agent: Agent,
+        speech: SpeechFactory,
+        placer: HangUpper,
+        config: SessionConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job = job
+        self.call_sid = call_sid
+        self._agent = agent
+        self._placer = placer
+        self._cfg = config or SessionConfig()
+        self._clock = clock
+        self.listener = speech.listener()
+        self.speaker = speech.speaker()
+        self._attached = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._ws: web.WebSocketResponse | None = None
+        self._playback: Playback | None = None
+        self._tx_lock = asyncio.Lock()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reply_task: asyncio.Task[None] | None = None
+        self._log = TurnLog()
+        self._audio_bytes = 0
+        self._end_reason = ""
+        self._end_outcome: CallOutcome | None = None
+        self._hang_up_at_end = False
+        self._hangup_pending = False
+        self._error: BaseException | None = None
+        # conversation state
+        self._greeted = False
+        self._callee_spoke = False
+        self._last_callee_activity = 0.0  # audio seconds
+        self._idle_since = 0.0
+        self._silence_prompted = False
+        self._utterance: list[str] = []
+        self._utterance_at: float | None = None
+        self._speech_started_at: float | None = None
+
+    # --- public API ---------------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    @property
+    def end_reason(self) -> str:
+        return self._end_reason
+
+    async def attach(self, ws: web.WebSocketResponse, start: media_stream.Start) -> None:
+        """Give the session the Twilio media websocket; returns when the call is over with it."""
+        if self._ws is not None or self._finished.is_set():
+            return
+        self._ws = ws
+        self._playback = Playback(start.stream_sid)
+        self._attached.set()
+        await self._finished.wait()
+
+    def end(self, reason: str, outcome: CallOutcome | None = None, *, hang_up: bool = False) -> None:
+        """End the call (idempotent: the first reason wins)."""
+        if self._ended.is_set():
+            return
+        log.info("call %s ending: %s", self.call_sid, reason)
+        self._end_reason = reason
+        self._end_outcome = outcome
+        self._hang_up_at_end = hang_up
+        self._ended.set()
+
+    async def run(self) -> tuple[CallOutcome, list[Turn]]:
+        """Live the whole call; returns its outcome and transcript."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._spawn(self.listener.run())
+                self._spawn(self.speaker.run())
+                self._spawn(self._call())
+                self._spawn(self._wall_clock_cap())
+                await self._ended.wait()
+                await self.listener.close()
+                await self.speaker.close()
+                for task in list(self._tasks):
+                    task.cancel()
+        except* ProviderError as eg:
+            self._error = eg.exceptions[0]
+            log.warning("call %s failed: %s", self.call_sid, self._error)
+            self.end(f"provider error: {self._error}", hang_up=True)
+        except* Exception as eg:  # the call must still end with a result
+            self._error = eg.exceptions[0]
+            log.error("call %s crashed", self.call_sid, exc_info=self._error)
+            self.end("internal error", hang_up=True)
+        finally:
+            self._tg = None
+            await self._finish()
+        return self._result()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        assert self._tg is not None
+        task = self._tg.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def _wait_until(self, predicate: Callable[[], bool], limit: float) -> bool:
+        try:
+            async with asyncio.timeout(limit):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def _audio_s(self) -> float:
+        return self._audio_bytes / audio.BYTES_PER_SECOND
+
+    async def _send(self, text: str) -> bool:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return False
+        async with self._tx_lock:
+            try:
+                await ws.send_str(text)
+            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                self.end("media stream closed", hang_up=True)
+                return False
+        return True
+
+    async def _finish(self) -> None:
+        if self._hang_up_at_end:
+            try:
+                await self._placer.hang_up(self.call_sid)
+            except ProviderError as e:
+                log.warning("call %s: hang-up failed: %s", self.call_sid, e)
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+                await self._ws.close()
+        self._finished.set()
+
+    def _result(self) -> tuple[CallOutcome, list[Turn]]:
+        for turn in self._log.open_turns():
+            self._log.close(turn, interrupted=not turn.played_out)
+        outcome = self._end_outcome
+        if outcome is None and self._error is None:
+            outcome = self._agent.outcome()
+        if outcome is None:
+            summary = f"call failed: {self._error}" if self._error else "call ended before a result"
+            outcome = CallOutcome(OutcomeKind.ERROR, summary=summary)
+        if outcome.call_sid is None:
+            outcome = replace(outcome, call_sid=self.call_sid)
+        return outcome, self._log.turns()
+
+    async def _wall_clock_cap(self) -> None:
+        await asyncio.sleep(self._cfg.max_call_seconds)
+        self.end("call time limit", hang_up=True)
+
+    # --- the call -----------------------------------------------------------------------------
+
+    async def _call(self) -> None:
+        try:
+            async with asyncio.timeout(self._cfg.attach_timeout):
+                await self._attached.wait()
+        except TimeoutError:
+            self.end("media stream never connected", hang_up=True)
+            return
+        self._log.started_at = self._clock()
+        self._spawn(self._speak_rx())
+        self._spawn(self._listen_rx())
+        await self._twilio_rx()
+
+    async def _twilio_rx(self) -> None:
+        ws = self._ws
+        assert ws is not None and self._playback is not None
+        playback = self._playback
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            ev = media_stream.parse(msg.data)
+            if isinstance(ev, media_stream.Media):
+                self._audio_bytes += len(ev.payload)
+                await self.listener.send(ev.payload)  # hot path: bytes as Twilio sent them
+                self._tick()
+            elif isinstance(ev, media_stream.Mark):
+                clause = playback.on_mark(ev.name)
+                if clause is not None:
+                    self._settled(clause.turn)
+            elif isinstance(ev, media_stream.Dtmf):
+                self._start_reply(DigitsHeard(ev.digit))
+            elif isinstance(ev, media_stream.Stop):
+                self.end("callee hung up")
+                return
+        # closed without a stop: we can no longer talk, so end the call at Twilio too
+        self.end("media stream dropped", hang_up=True)
+
+    def _settled(self, turn: AssistantTurn) -> None:
+        if not turn.closed and turn.played_out:
+            self._log.close(turn, interrupted=False)
+            self._idle_since = self._audio_s
+        self._notify()
+
+    def _assistant_busy(self) -> bool:
+        reply = self._reply_task is not None and not self._reply_task.done()
+        return reply or (self._playback is not None and not self._playback.idle)
+
+    def _tick(self) -> None:
+        now = self._audio_s
+        if now >= self._cfg.max_call_seconds:
+            self.end("call time limit", hang_up=True)
+            return
+        if self._assistant_busy() or self._hangup_pending or self._utterance:
+            return
+        if not self._greeted and not self._callee_spoke:
+            if now >= self._cfg.greet_after:
+                self._greeted = True
+                self._start_reply(CallConnected())
+            return
+        quiet = now - max(self._last_callee_activity, self._idle_since)
+        if quiet >= self._cfg.silence_timeout:
+            if not self._silence_prompted:
+                self._silence_prompted = True
+                self._start_reply(CalleeSilent(round(quiet, 1)))
+            else:
+                self.end("callee silent", hang_up=True)
+
+    def _callee_active(self) -> None:
+        self._callee_spoke = True
+        self._silence_prompted = False
+        self._last_callee_activity = self._audio_s
+
+    async def _listen_rx(self) -> None:
+        while True:
+            ev = await self.listener.events.get()
+            if isinstance(ev, SpeechStarted):
+                self._callee_active()
+                self._speech_started_at = ev.onset or ev.t
+                if self._utterance_at is None:
+                    self._utterance_at = self._log.since_start(self._speech_started_at)
+                if self._assistant_busy():
+                    await self._barge_in(self._speech_started_at)
+            elif isinstance(ev, SttTranscript):
+                if ev.text.strip():
+                    self._callee_active()
+                    if self._utterance_at is None:
+                        self._utterance_at = self._log.since_start(ev.t)
+                    if not ev.is_final and self._assistant_busy():
+                        await self._barge_in(self._speech_started_at or ev.t)
+                    if ev.is_final:
+                        self._utterance.append(ev.text.strip())
+                if ev.speech_final and self._utterance:
+                    self._utterance_done(ev)
+            elif isinstance(ev, UtteranceEnd) and self._utterance:
+                self._utterance_done(None)
+
+    def _utterance_done(self, final: SttTranscript | None) -> None:
+        text = " ".join(self._utterance)
+        at = self._utterance_at or 0.0
+        self._utterance, self._utterance_at, self._speech_started_at = [], None, None
+        self._last_callee_activity = self._audio_s
+        self._log.add(Turn(Speaker.CALLEE, text, at=at))
+        turn = self._start_reply(CalleeSaid(text))
+        if turn is not None:
+            turn.stt_final = final.t if final else self._clock()
+            turn.speech_end = final.speech_end if final else None
+
+    async def _speak_rx(self) -> None:
+        assert self._playback is not None
+        playback = self._playback
+        while True:
+            ev = await self.speaker.events.get()
+            if isinstance(ev, TtsAudio):
+                clause = playback.tts_clause
+                if clause is None:
+                    continue  # stale audio of a cleared reply
+                turn = clause.turn
+                if turn.tts_first_byte is None:
+                    turn.tts_first_byte = self._clock()
+                for media, mark in playback.pieces(clause, ev.data):
+                    if not await self._send(media):
+                        return
+                    if turn.first_audio_out is None:
+                        turn.first_audio_out = self._clock()
+                    await self._send(mark)
+            elif isinstance(ev, TtsFlushed):
+                clause = playback.on_flushed()
+                if clause is not None:
+                    self._settled(clause.turn)
+                self._notify()
+            elif isinstance(ev, TtsCleared):
+                playback.on_cleared()
+            elif isinstance(ev, TtsReset):
+                for clause in playback.on_tts_reset():
+                    self._settled(clause.turn)
+                self._notify()
+
+    # --- replies and barge-in -----------------------------------------------------------------
+
+    def _start_reply(self, event: CallerInput) -> AssistantTurn | None:
+        if self._ended.is_set() or self._hangup_pending or self._tg is None:
+            return None
+        previous = self._reply_task
+        turn = self._log.open(self._log.since_start(self._clock()))
+        self._reply_task = self._spawn(self._reply(event, turn, previous))
+        return turn
+
+    async def _reply(
+        self, event: CallerInput, turn: AssistantTurn, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None and not previous.done():
+            previous.cancel()
+            await asyncio.wait([previous])
+        assert self._playback is not None
+        playback = self._playback
+        hangup: Hangup | None = None
+        replies = self._agent.reply(event)
+        try:
+            async for action in replies:
+                if isinstance(action, Say):
+                    if turn.llm_first_token is None:
+                        turn.llm_first_token = action.first_token_at or self._clock()
+                    if action.text.strip():
+                        playback.add_clause(action.text.strip(), turn)
+                        await self.speaker.speak(action.text)
+                        await self.speaker.flush()
+                elif isinstance(action, SendDigits):
+                    await self._press(action.digits, turn)
+                elif isinstance(action, Hangup):
+                    hangup = action
+                    self._hangup_pending = True  # committed: the goodbye is not barge-in-able
+                    break
+        finally:
+            aclose = getattr(replies, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            turn.reply_done = True
+            if not turn.clauses:
+                turn.closed = True  # said nothing: no transcript line
+            self._settled(turn)
+        if hangup is not None:
+            await self._wait_until(lambda: playback.idle, self._cfg.drain_timeout)
+            self.end("assistant hung up", hangup.outcome, hang_up=True)
+
+    async def _press(self, digits: str, turn: AssistantTurn) -> None:
+        assert self._playback is not None
+        playback = self._playback
+        # tones must follow the clauses already queued, not overtake them
+        await self._wait_until(lambda: playback.tts_idle, self._cfg.drain_timeout)
+        clause = playback.add_tones(turn)
+        self._log.add(Turn(Speaker.ASSISTANT, f"[pressed {digits}]", at=self._log.since_start(self._clock())))
+        for media, mark in playback.pieces(clause, audio.dtmf_tones(digits)):
+            if not await self._send(media):
+                return
+            await self._send(mark)
+
+    async def _barge_in(self, speech_start: float) -> None:
+        if self._hangup_pending or self._playback is None:
+            return
+        reply = self._reply_task
+        if reply is not None and not reply.done():
+            reply.cancel()
+        cut = self._playback.clear()
+        await self._send(media_stream.clear_msg(self._playback.stream_sid))
+        barge_in_ms = (self._clock() - speech_start) * 1000.0
+        await self.speaker.clear()
+        if reply is not None:
+            await asyncio.wait([reply])
+        self._idle_since = self._audio_s
+        for turn in cut:
+            heard = turn.heard_text()
+            self._log.close(turn, interrupted=True, barge_in_ms=barge_in_ms)
+            self._agent.interrupted(heard)
+        if not cut and reply is not None:
+            self._agent.interrupted("")  # cut off while still thinking: nothing was heard
+        self._notify()

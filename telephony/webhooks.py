@@ -1,0 +1,338 @@
+"""Twilio's side of a call reaching us: signed callbacks and the media-stream websocket.
+
+Every request must carry a valid ``X-Twilio-Signature`` (403 otherwise, with no
+state change). The stream websocket additionally proves it belongs to a call we
+placed with the one-time token from the TwiML (refused with a policy close
+otherwise). Status callbacks arrive in any order and may repeat, so every
+handler is idempotent and each call reports exactly one outcome.
+
+A call's ``CallSession`` is created at the first callback (``initiated`` —
+while the phone rings), so its Deepgram sockets are open before the callee
+answers; the websocket is attached to it when Twilio connects the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import MultiDict
+
+from storage.errors import JobNotFound, ProviderError
+from storage.models import CallOutcome, Job, OutcomeKind, Turn
+from storage.ports import OutcomeSink
+from telephony import media_stream
+from telephony.security import SIGNATURE_HEADER, TwilioSignatures, token_matches
+from telephony.twilio_rest import (
+    AMD_PATH,
+    STATUS_PATH,
+    STREAM_PATH,
+    VOICE_PATH,
+    stream_twiml,
+    stream_url,
+    token_sha256,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+START_TIMEOUT = 10.0
+_UNANSWERED = {
+    "busy": (OutcomeKind.BUSY, "the line was busy"),
+    "no-answer": (OutcomeKind.NO_ANSWER, "nobody answered"),
+    "failed": (OutcomeKind.ERROR, "the call failed"),
+    "canceled": (OutcomeKind.ERROR, "the call was cancelled before it was answered"),
+}
+
+
+class SessionLike(Protocol):
+    """What the webhooks need of a call session (``telephony.session.CallSession``)."""
+
+    async def run(self) -> tuple[CallOutcome, list[Turn]]: ...
+    async def attach(self, ws: web.WebSocketResponse, start: media_stream.Start) -> None: ...
+    def end(self, reason: str, outcome: CallOutcome | None = None, *, hang_up: bool = False) -> None: ...
+
+
+SessionFactory = Callable[[Job, str], SessionLike]
+
+
+class _Store(Protocol):
+    async def get(self, job_id: str) -> Job: ...
+    async def find_by_call_sid(self, call_sid: str) -> Job | None: ...
+    async def set_meta(self, job_id: str, **values: Any) -> Job: ...
+
+
+class _HangUpper(Protocol):
+    async def hang_up(self, call_sid: str) -> None: ...
+
+
+@dataclass(eq=False)
+class _Call:
+    job_id: str
+    call_sid: str
+    session: SessionLike | None = None
+    task: asyncio.Task[None] | None = None
+    attached: bool = False
+    answered: bool = False
+    reported: bool = False
+    final_status: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class TwilioWebhooks:
+    """Routes ``/twilio/*`` onto an aiohttp application.
+
+    Args:
+        store: the job store (lookup, token hash in meta).
+        sink: receives answered / outcome events (the dispatcher).
+        auth_token: Twilio auth token (signature key).
+        public_base_url: the URL Twilio reaches us at; signatures are computed over it.
+        session_factory: ``(job, call_sid) -> session`` (the app injects agent, speech, placer).
+        placer: hangs up calls that have no session (rare: a voicemail detected very early).
+        max_body_bytes: larger callbacks are refused with 413.
+    """
+
+    def __init__(
+        self,
+        store: _Store,
+        sink: OutcomeSink,
+        *,
+        auth_token: str,
+        public_base_url: str,
+        session_factory: SessionFactory,
+        placer: _HangUpper | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._store = store
+        self._sink = sink
+        self._sig = TwilioSignatures(auth_token=auth_token, public_base_url=public_base_url)
+        self._public = public_base_url.rstrip("/")
+        self._stream_url = stream_url(self._public)
+        self._factory = session_factory
+        self._placer = placer
+        self._max_body = max_body_bytes
+        self._calls: dict[str, _Call] = {}
+        self._token_lock = asyncio.Lock()
+        self._closing = False
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post(VOICE_PATH, self.voice)
+        app.router.add_post(STATUS_PATH, self.status)
+        app.router.add_post(AMD_PATH, self.amd)
+        app.router.add_get(STREAM_PATH, self.stream)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End every live call (hanging up) and wait for the sessions to report."""
+        self._closing = True
+        tasks = [c.task for c in self._calls.values() if c.task is not None and not c.task.done()]
+        for call in self._calls.values():
+            if call.session is not None:
+                call.session.end("server shutting down", hang_up=True)
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def active_calls(self) -> int:
+        return sum(1 for c in self._calls.values() if c.task is not None and not c.task.done())
+
+    # --- request plumbing ---------------------------------------------------------------------
+
+    async def _signed_form(self, request: web.Request) -> MultiDict[str] | web.Response:
+        if request.content_length is not None and request.content_length > self._max_body:
+            return web.Response(status=413, text="body too large")
+        body = bytearray()
+        while chunk := await request.content.read(16384):
+            body += chunk
+            if len(body) > self._max_body:
+                return web.Response(status=413, text="body too large")
+        try:
+            params = MultiDict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            return web.Response(status=400, text="bad form")
+        url = self._sig.public_url(request.raw_path)
+        if not self._sig.valid(url, params, request.headers.get(SIGNATURE_HEADER)):
+            log.warning("twilio webhook %s: invalid or missing signature", request.path)
+            return web.Response(status=403, text="invalid signature")
+        return params
+
+    async def _job_for(self, request: web.Request, call_sid: str) -> Job | None:
+        job_id = request.query.get("job")
+        try:
+            job = await self._store.get(job_id) if job_id else await self._store.find_by_call_sid(call_sid)
+        except JobNotFound:
+            return None
+        if job is not None and job.call_sid and call_sid and job.call_sid != call_sid:
+            return None  # a late callback of an earlier attempt
+        return job
+
+    def _call(self, job: Job, call_sid: str) -> _Call:
+        call = self._calls.get(call_sid)
+        if call is None:
+            call = self._calls[call_sid] = _Call(job.id, call_sid)
+        return call
+
+    def _ensure_session(self, call: _Call, job: Job) -> SessionLike | None:
+        if call.session is None and not call.reported and not self._closing and job.state.is_active:
+            call.session = self._factory(job, call.call_sid)
+            call.task = asyncio.create_task(self._run_session(call, call.session))
+        return call.session
+
+    async def _run_session(self, call: _Call, session: SessionLike) -> None:
+        try:
+            outcome, turns = await session.run()
+        except Exception as e:  # the errand must still get a result
+            log.exception("call %s: session crashed", call.call_sid)
+            outcome, turns = CallOutcome(OutcomeKind.ERROR, summary=f"call failed: {e}"), []
+        await self._report(call, outcome, turns)
+
+    async def _report(self, call: _Call, outcome: CallOutcome, turns: list[Turn] | None = None) -> None:
+        if call.reported:
+            return
+        call.reported = True
+        if outcome.call_sid is None:
+            outcome = replace(outcome, call_sid=call.call_sid)
+        await self._sink.report_outcome(call.job_id, outcome, turns or [])
+        if call.final_status:
+            self._calls.pop(call.call_sid, None)
+
+    # --- routes -------------------------------------------------------------------------------
+
+    async def voice(self, request: web.Request) -> web.StreamResponse:
+        """TwiML for calls created with ``url=``: a fresh one-time stream token."""
+        params = await self._signed_form(request)
+        if isinstance(params, web.Response):
+            return params
+        job = await self._job_for(request, params.get("CallSid", ""))
+        if job is None or not job.state.is_active:
+            return web.Response(text="<Response><Hangup/></Response>", content_type="text/xml")
+        token = secrets.token_urlsafe(32)
+        await self._store.set_meta(job.id, stream_token_sha256=token_sha256(token))
+        return web.Response(text=stream_twiml(self._public, job.id, token), content_type="text/xml")
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        """Call progress: answered → in_call; unanswered → outcome; completed → end the session."""
+        params = await self._signed_form(request)
+        if isinstance(params, web.Response):
+            return params
+        call_sid, status = params.get("CallSid", ""), params.get("CallStatus", "")
+        job = await self._job_for(request, call_sid)
+        if job is None or not call_sid:
+            return web.Response(status=204)
+        call = self._call(job, call_sid)
+        if status in ("queued", "initiated", "ringing"):
+            self._ensure_session(call, job)
+        elif status == "in-progress":
+            self._ensure_session(call, job)
+            if not call.answered:
+                call.answered = True
+                await self._sink.call_answered(job.id, call_sid)
+        elif status in _UNANSWERED:
+            call.final_status = True
+            kind, summary = _UNANSWERED[status]
+            if call.session is not None:
+                call.session.end(f"call {status}", CallOutcome(kind, summary=summary))
+            else:
+                await self._report(call, CallOutcome(kind, summary=summary))
+        elif status == "completed":
+            call.final_status = True
+            if call.session is not None and call.task is not None and not call.task.done():
+                call.session.end("call completed")  # its runner reports the agent's outcome
+            else:
+                await self._report(call, CallOutcome(OutcomeKind.ERROR, summary="call ended before a result"))
+        return web.Response(status=204)
+
+    async def amd(self, request: web.Request) -> web.StreamResponse:
+        """Answering-machine detection: a machine means voicemail (hang up, retry later)."""
+        params = await self._signed_form(request)
+        if isinstance(params, web.Response):
+            return params
+        call_sid, answered_by = params.get("CallSid", ""), params.get("AnsweredBy", "")
+        job = await self._job_for(request, call_sid)
+        if job is None or not call_sid:
+            return web.Response(status=204)
+        if answered_by.startswith("machine") or answered_by == "fax":
+            call = self._call(job, call_sid)
+            summary = f"reached an answering machine ({answered_by})"
+            outcome = CallOutcome(OutcomeKind.VOICEMAIL, summary=summary)
+            if call.session is not None:
+                call.session.end("voicemail", outcome, hang_up=True)
+            else:
+                if self._placer is not None:
+                    with contextlib.suppress(ProviderError):
+                        await self._placer.hang_up(call_sid)
+                await self._report(call, outcome)
+        return web.Response(status=204)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """The bidirectional media stream of one call."""
+        if not self._sig.valid_stream(self._stream_url, request.headers.get(SIGNATURE_HEADER)):
+            log.warning("twilio stream: invalid or missing signature")
+            return web.Response(status=403, text="invalid signature")
+        ws = web.WebSocketResponse(timeout=2.0, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        try:
+            start = await self._read_start(ws)
+            call = await self._admit(start) if start is not None else None
+            if start is None or call is None or call.session is None:
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"stream refused")
+                return ws
+            call.attached = True
+            await call.session.attach(ws, start)
+        finally:
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _read_start(self, ws: web.WebSocketResponse) -> media_stream.Start | None:
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                async for msg in ws:
+                    if msg.type != WSMsgType.TEXT:
+                        return None
+                    ev = media_stream.parse(msg.data)
+                    if isinstance(ev, media_stream.Start):
+                        return ev
+                    if not isinstance(ev, media_stream.Connected):
+                        return None
+        except TimeoutError:
+            return None
+        return None
+
+    async def _admit(self, start: media_stream.Start) -> _Call | None:
+        """Check the start's job and one-time token; consume the token on success."""
+        job_id = start.custom_parameters.get("job", "")
+        token = start.custom_parameters.get("token")
+        async with self._token_lock:
+            try:
+                job = await self._store.get(job_id) if job_id else None
+            except JobNotFound:
+                job = None
+            if job is None or not job.state.is_active:
+                log.warning("twilio stream refused: job %r not in a call", job_id)
+                return None
+            if job.call_sid and job.call_sid != start.call_sid:
+                log.warning("twilio stream refused: call sid mismatch for job %s", job_id)
+                return None
+            if not token_matches(token, job.meta.get("stream_token_sha256")):
+                log.warning("twilio stream refused: bad or reused token for job %s", job_id)
+                return None
+            call = self._calls.get(start.call_sid)
+            if call is not None and (call.attached or call.reported):
+                return None
+            await self._store.set_meta(job.id, stream_token_sha256=None)  # one use only
+        call = self._call(job, start.call_sid)
+        self._ensure_session(call, job)
+        return call

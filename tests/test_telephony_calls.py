@@ -1,0 +1,409 @@
+"""Whole calls through the real twilio + deepgram-sdk clients against the sandboxes.
+
+Our aiohttp app (webhooks + media stream) listens on 127.0.0.1 port 0 and that
+URL is PUBLIC_BASE_URL; a real JobStore on tmp sqlite; a tiny recording sink
+performs the store transitions the dispatcher would; a scripted agent stands in
+for the conversation model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+
+from agent.base import AgentAction, CalleeSaid, CallerInput, Hangup, Say, SendDigits
+from sandbox.callee import CalleeScript, HangUp, Interrupt, Pause, WaitDigits, WaitTurn
+from sandbox.callee import Say as CalleeSays
+from sandbox.deepgram import SandboxDeepgram
+from sandbox.twilio import Behavior, SandboxTwilio
+from storage.db import Database
+from storage.jobs import JobStore
+from storage.models import (
+    BookingWindow,
+    CallOutcome,
+    CallRequest,
+    ChatOrigin,
+    Job,
+    JobState,
+    OutcomeKind,
+    Platform,
+    Speaker,
+    Turn,
+    utcnow,
+)
+from telephony.session import CallSession, SessionConfig
+from telephony.speech import SpeechClient
+from telephony.twilio_rest import TwilioCallPlacer
+from telephony.webhooks import TwilioWebhooks
+
+# twilio 9.13's AsyncTwilioHttpClient passes aiohttp.BasicAuth / auth= (deprecated in aiohttp 3.14).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning"),
+]
+
+SID = "AC" + "1" * 32
+TOKEN = "twilio-auth-token"
+DG_KEY = "dg-key"
+PHONE = "+14155550100"
+PACE = 6.0
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+class ScriptedAgent:
+    """Plays a list of replies, one per caller input, in order."""
+
+    def __init__(self, replies: list[list[AgentAction]], outcome: CallOutcome | None = None) -> None:
+        self.replies = deque(replies)
+        self.inputs: list[CallerInput] = []
+        self.heard: list[str] = []
+        self._outcome = outcome
+        self.got_input = asyncio.Event()
+
+    async def reply(self, event: CallerInput) -> AsyncIterator[AgentAction]:
+        self.inputs.append(event)
+        self.got_input.set()
+        if not self.replies:
+            return
+        first = True
+        for action in self.replies.popleft():
+            if isinstance(action, Say) and first:
+                action = Say(action.text, first_token_at=time.monotonic())
+                first = False
+            yield action
+
+    def interrupted(self, heard: str) -> None:
+        self.heard.append(heard)
+
+    def outcome(self) -> CallOutcome | None:
+        return self._outcome
+
+
+@dataclass
+class RecordingSink:
+    """What the dispatcher would do with call events, recorded for assertions."""
+
+    store: JobStore
+    answered: list[str] = field(default_factory=list)
+    outcomes: dict[str, tuple[CallOutcome, list[Turn]]] = field(default_factory=dict)
+    reports: int = 0
+    done: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def event(self, job_id: str) -> asyncio.Event:
+        return self.done.setdefault(job_id, asyncio.Event())
+
+    async def call_answered(self, job_id: str, call_sid: str) -> None:
+        self.answered.append(job_id)
+        job = await self.store.get(job_id)
+        if job.state is JobState.DIALING:
+            await self.store.transition(job_id, JobState.IN_CALL, reason="answered")
+
+    async def report_outcome(self, job_id: str, outcome: CallOutcome, transcript: Any = ()) -> None:
+        self.reports += 1
+        job = await self.store.get(job_id)
+        if not job.state.is_active:
+            return
+        self.outcomes[job_id] = (outcome, list(transcript))
+        final = {
+            OutcomeKind.BOOKED: JobState.BOOKED,
+            OutcomeKind.DECLINED: JobState.DECLINED,
+            OutcomeKind.NEEDS_USER: JobState.NEEDS_USER,
+            OutcomeKind.FAILED: JobState.FAILED,
+            OutcomeKind.WRONG_NUMBER: JobState.FAILED,
+        }
+        target = final.get(outcome.kind, JobState.QUEUED)
+        if target is not JobState.QUEUED and job.state is JobState.DIALING:
+            await self.store.transition(job_id, JobState.IN_CALL, reason="answered")
+        await self.store.transition(
+            job_id, target, reason=str(outcome.kind), outcome=outcome,
+            next_attempt_at=utcnow() + timedelta(hours=1) if target is JobState.QUEUED else None,
+        )  # fmt: skip
+        await self.store.add_turns(job_id, job.attempts, list(transcript))
+        self.event(job_id).set()
+
+
+def make_request() -> CallRequest:
+    return CallRequest(
+        business_name="Joe's Barbershop",
+        phone=PHONE,
+        business_tz="America/Los_Angeles",
+        service="haircut",
+        person_name="Alex",
+        person_tz="America/Los_Angeles",
+        window=BookingWindow(start_date=date(2030, 3, 5), end_date=date(2030, 3, 8)),
+        origin=ChatOrigin(platform=Platform.CLI, chat_id="c", user_id="u"),
+    )
+
+
+class Harness:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.agents: dict[str, ScriptedAgent] = {}
+        self.sessions: list[CallSession] = []
+        self.config = SessionConfig(silence_timeout=8.0, max_call_seconds=120.0)
+
+    async def start(self) -> None:
+        self.db = await Database.open(self.tmp / "jobs.sqlite")
+        self.store = JobStore(self.db)
+        self.sink = RecordingSink(self.store)
+        self.twilio = SandboxTwilio(account_sid=SID, auth_token=TOKEN, pace=PACE, ring_seconds=0.05)
+        self.dg = SandboxDeepgram(api_key=DG_KEY)
+        await self.twilio.start()
+        await self.dg.start()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.public = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.placer = TwilioCallPlacer(
+            self.store, account_sid=SID, auth_token=TOKEN, from_number="+14155550199",
+            public_base_url=self.public, api_base_url=self.twilio.base_url,
+            max_call_seconds=120, ring_timeout=20,
+        )  # fmt: skip
+        self.speech = SpeechClient(api_key=DG_KEY, http_url=self.dg.http_url, ws_url=self.dg.ws_url)
+        self.webhooks = TwilioWebhooks(
+            self.store, self.sink, auth_token=TOKEN, public_base_url=self.public,
+            session_factory=self.session_for, placer=self.placer,
+        )  # fmt: skip
+        app = web.Application()
+        self.webhooks.add_routes(app)
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+        await self.runner.setup()
+        await web.SockSite(self.runner, self.sock).start()
+        self.http = aiohttp.ClientSession()
+
+    def session_for(self, job: Job, call_sid: str) -> CallSession:
+        session = CallSession(
+            job, call_sid, agent=self.agents[job.id], speech=self.speech, placer=self.placer, config=self.config
+        )
+        self.sessions.append(session)
+        return session
+
+    async def stop(self) -> None:
+        await self.http.close()
+        await self.runner.cleanup()
+        await self.twilio.stop()
+        await self.dg.stop()
+        await self.placer.aclose()
+        await self.db.close()
+
+    async def dialing_job(self, agent: ScriptedAgent | None = None) -> Job:
+        job = await self.store.enqueue(make_request(), due_at=utcnow(), max_attempts=3)
+        [job] = await self.store.claim_due("test", limit=1, lease_seconds=300)
+        self.agents[job.id] = agent or ScriptedAgent([])
+        return job
+
+    async def call(self, job: Job, limit: float = 30.0) -> tuple[CallOutcome, list[Turn], Any]:
+        sid = await self.placer.place_call(job)
+        await self.store.set_call_sid(job.id, sid)
+        async with asyncio.timeout(limit):
+            await self.sink.event(job.id).wait()
+            sandbox_call = self.twilio.calls[sid]
+            await sandbox_call.done.wait()
+        outcome, turns = self.sink.outcomes[job.id]
+        return outcome, turns, sandbox_call
+
+    def sign(self, url: str, params: dict[str, str]) -> str:
+        return str(RequestValidator(TOKEN).compute_signature(url, params))
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path)
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+async def wait_for(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    async with asyncio.timeout(limit):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def hung_up_by_api(h: Harness, sid: str) -> bool:
+    return any(
+        method == "POST" and path.endswith(f"/Calls/{sid}.json") and form.get("Status") == ["completed"]
+        for method, path, form, _ in h.twilio.requests
+    )
+
+
+def assert_clean(h: Harness) -> None:
+    assert h.webhooks.active_calls() == 0
+    for s in h.sessions:
+        assert s.ended and not s._tasks, "every session task is cancelled and awaited"
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+
+async def test_full_scripted_call_books(h: Harness) -> None:
+    booked = CallOutcome(OutcomeKind.BOOKED, summary="haircut Tuesday 3 pm")
+    agent = ScriptedAgent([
+        [Say("Hello, this is Robin, an AI assistant calling for Alex.")],
+        [Say("I would like to book a haircut."), Say("Do you have anything on Tuesday?")],
+        [Say("Great, please book it."), Say("Thank you, goodbye."), Hangup(booked)],
+    ])  # fmt: skip
+    h.twilio.program(PHONE, script=CalleeScript([
+        WaitTurn(contains="hello"), CalleeSays("Joe's Barbershop, how can I help?"),
+        WaitTurn(contains="tuesday"), CalleeSays("Tuesday at three works."),
+        WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+
+    assert outcome.kind is OutcomeKind.BOOKED and outcome.call_sid == call.sid
+    assert (await h.store.get(job.id)).state is JobState.BOOKED
+    assert not call.callee.errors and hung_up_by_api(h, call.sid)
+    assert [type(i).__name__ for i in agent.inputs] == ["CallConnected", "CalleeSaid", "CalleeSaid"]
+    assert [(t.speaker, t.interrupted) for t in turns] == [
+        (Speaker.ASSISTANT, False), (Speaker.CALLEE, False), (Speaker.ASSISTANT, False),
+        (Speaker.CALLEE, False), (Speaker.ASSISTANT, False),
+    ]  # fmt: skip
+    assert _words(turns[1].text) == _words("Joe's Barbershop, how can I help?")
+    assert turns[4].text == "Great, please book it. Thank you, goodbye."
+    assert [_words(t) for t in call.heard] == [_words(t.text) for t in turns if t.speaker is Speaker.ASSISTANT]
+    lat = turns[2].latency
+    assert lat is not None and lat.stt_final and lat.llm_first_token and lat.tts_first_byte
+    assert lat.first_audio_out is not None and lat.server_overhead_ms is not None
+    assert lat.speech_end is not None and lat.speech_end <= lat.stt_final
+    assert await h.store.turns(job.id) == turns
+    # the speech sockets were opened once each and closed with the call
+    assert len(h.dg.listens) == 1 and len(h.dg.speaks) == 1
+    q = h.dg.listens[0].query
+    assert (q["encoding"], q["sample_rate"], q["interim_results"], q["vad_events"]) == (
+        "mulaw", "8000", "true", "true")
+    assert h.dg.speaks[0].query["encoding"] == "mulaw"
+    assert call.params["MachineDetection"] == ["DetectMessageEnd"] and call.params["TimeLimit"] == ["120"]
+    assert "stream_token_sha256" in job.meta or (await h.store.get(job.id)).meta["stream_token_sha256"] is None
+    await wait_for(lambda: h.webhooks.active_calls() == 0)
+    assert_clean(h)
+
+
+async def test_barge_in_keeps_only_what_was_heard(h: Harness) -> None:
+    long_reply = "I would like to book a haircut for next Tuesday afternoon if you have any time at all"
+    agent = ScriptedAgent([
+        [Say("Hello there.")],
+        [Say(long_reply)],
+        [Say("Okay, thank you, goodbye."), Hangup(CallOutcome(OutcomeKind.DECLINED, summary="closed"))],
+    ])  # fmt: skip
+    h.twilio.program(PHONE, script=CalleeScript([
+        WaitTurn(contains="hello"), CalleeSays("Hi."),
+        Interrupt(after_words=3, text="Sorry, we are closed on Tuesdays."),
+        WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+
+    assert outcome.kind is OutcomeKind.DECLINED and not call.callee.errors
+    assert call.clears >= 1
+    assert len(agent.heard) == 1
+    heard = _words(agent.heard[0])
+    interrupted = [t for t in turns if t.interrupted]
+    assert len(interrupted) == 1 and interrupted[0].text == agent.heard[0]
+    assert interrupted[0].latency is not None and interrupted[0].latency.barge_in_ms is not None
+    assert 1 <= len(heard) < len(_words(long_reply))
+    assert heard == _words(long_reply)[: len(heard)]
+    # never more than the callee actually heard
+    callee_heard = _words(call.heard[1])
+    assert heard == callee_heard[: len(heard)]
+    assert isinstance(agent.inputs[2], CalleeSaid) and "closed" in agent.inputs[2].text.lower()
+    assert_clean(h) if h.webhooks.active_calls() == 0 else None
+
+
+async def test_dtmf_through_a_phone_menu(h: Harness) -> None:
+    agent = ScriptedAgent([
+        [SendDigits("1")],
+        [Say("Hi, I would like a haircut. Goodbye."), Hangup(CallOutcome(OutcomeKind.NEEDS_USER, question="?"))],
+    ])  # fmt: skip
+    h.twilio.program(PHONE, script=CalleeScript([
+        CalleeSays("For bookings press one."), WaitDigits("1"), CalleeSays("Bookings, how can I help?"),
+        WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+    assert outcome.kind is OutcomeKind.NEEDS_USER
+    assert call.digits_heard == "1" and not call.callee.errors
+    assert any(t.text == "[pressed 1]" for t in turns)
+
+
+async def test_voicemail_is_retried(h: Harness) -> None:
+    agent = ScriptedAgent([])
+    h.twilio.program(PHONE, Behavior.VOICEMAIL, CalleeScript([CalleeSays("Leave a message after the beep.")]))
+    job = await h.dialing_job(agent)
+    outcome, _, call = await h.call(job)
+    assert outcome.kind is OutcomeKind.VOICEMAIL
+    assert (await h.store.get(job.id)).state is JobState.QUEUED
+    assert hung_up_by_api(h, call.sid)
+
+
+@pytest.mark.parametrize(
+    ("behavior", "kind"), [(Behavior.NO_ANSWER, OutcomeKind.NO_ANSWER), (Behavior.BUSY, OutcomeKind.BUSY)]
+)
+async def test_unanswered_calls(h: Harness, behavior: Behavior, kind: OutcomeKind) -> None:
+    h.twilio.program(PHONE, behavior)
+    job = await h.dialing_job()
+    outcome, turns, call = await h.call(job)
+    assert outcome.kind is kind and turns == []
+    assert (await h.store.get(job.id)).state is JobState.QUEUED
+    assert h.sink.answered == [] and h.sink.reports == 1
+    await wait_for(lambda: h.webhooks.active_calls() == 0)
+    assert_clean(h)
+
+
+async def test_callee_hangs_up_mid_reply(h: Harness) -> None:
+    long_reply = " ".join(["we could come in on any day of the week at almost any time"] * 3)
+    agent = ScriptedAgent([[Say(long_reply)]])
+    h.twilio.program(PHONE, script=CalleeScript([CalleeSays("Hello?"), Pause(1.5), HangUp()]))
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+    assert outcome.kind is OutcomeKind.ERROR and "before a result" in outcome.summary
+    assert call.ended_by == "callee"
+    cut = [t for t in turns if t.speaker is Speaker.ASSISTANT]
+    assert len(cut) == 1 and cut[0].interrupted
+    assert len(_words(cut[0].text)) < len(_words(long_reply))
+    await wait_for(lambda: h.webhooks.active_calls() == 0)
+    assert_clean(h)
+    assert all(s.closed_code is not None for s in h.dg.listens + h.dg.speaks)
+
+
+async def test_listen_socket_drop_reconnects(h: Harness) -> None:
+    agent = ScriptedAgent([
+        [Say("Hello, this is Robin.")],
+        [Say("Do you have Tuesday?")],
+        [Say("Thanks, goodbye."), Hangup(CallOutcome(OutcomeKind.BOOKED, summary="ok"))],
+    ])  # fmt: skip
+    h.twilio.program(PHONE, script=CalleeScript([
+        WaitTurn(contains="hello"), CalleeSays("Hi there."),
+        WaitTurn(contains="tuesday"), Pause(0.5), CalleeSays("Yes, Tuesday is free."),
+        WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    sid = await h.placer.place_call(job)
+    await h.store.set_call_sid(job.id, sid)
+    await wait_for(lambda: len(agent.inputs) >= 2, 20)
+    h.dg.drop_listen()
+    async with asyncio.timeout(30):
+        await h.sink.event(job.id).wait()
+    outcome, _ = h.sink.outcomes[job.id]
+    assert outcome.kind is OutcomeKind.BOOKED
+    # (the sandbox records the close handshake's echo, 1000, for the dropped socket: not asserted)
+    assert len(h.dg.listens) == 2 and h.sessions[0].listener.connections == 2
+    assert h.dg.listens[1].bytes_received > 0
+    assert isinstance(agent.inputs[2], CalleeSaid) and "tuesday" in agent.inputs[2].text.lower()
