@@ -377,3 +377,15 @@ async def test_rest_errors(env: Any) -> None:
         await client.calls("CA" + "f" * 32).fetch_async()
     assert err.value.status == 404
     assert sandbox.calls == {} and [r[3] for r in sandbox.requests] == [401, 503, 404]
+
+
+async def test_stop_with_a_live_call_sends_stop_and_completes(env: Any) -> None:
+    sandbox, app, client = env
+    await create(client, app)
+    call = await sandbox.wait_for_call()
+    stream = await app.streams.get()
+    await stream.until(lambda: len(stream.events("media")) >= 2)
+    await sandbox.stop()
+    assert call.done.is_set() and call.status == "completed" and call.ended_by == "api"
+    await stream.until(lambda: stream.closed)
+    assert stream.messages[-1]["event"] == "stop"
