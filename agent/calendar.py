@@ -1,0 +1,278 @@
+"""The person's Outlook calendar through Microsoft Graph (the real msgraph-sdk).
+
+Free/busy comes from ``getSchedule``; the booking becomes an event whose
+``transactionId`` is the job id, so however often a create is retried (a lost
+answer, a crashed dispatcher) Graph keeps exactly one event. The SDK's own
+retry handler is turned off: it would sleep through Retry-After inside a call
+without our knowing; our loop honours Retry-After up to a cap and otherwise
+hands a retryable error to the caller. SDK errors are mapped onto
+``storage.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import warnings
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import httpx
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import ClientAuthenticationError
+from kiota_abstractions.api_error import APIError
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_authentication_azure.azure_identity_authentication_provider import (
+    AzureIdentityAuthenticationProvider,
+)
+from kiota_http.middleware.options import RetryHandlerOption
+from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.generated.models.body_type import BodyType
+from msgraph.generated.models.date_time_time_zone import DateTimeTimeZone
+from msgraph.generated.models.event import Event
+from msgraph.generated.models.item_body import ItemBody
+from msgraph.generated.models.location import Location
+from msgraph.generated.users.item.calendar.get_schedule.get_schedule_post_request_body import (
+    GetSchedulePostRequestBody,
+)
+from msgraph.graph_request_adapter import options as graph_default_options
+from msgraph_core import GraphClientFactory
+
+# The generated request builders emit DeprecationWarnings (their own deprecated config classes) when
+# first imported, which the SDK does lazily mid-request. Import them here, once, with those warnings
+# silenced, so they neither leak into logs at call time nor trip ``filterwarnings = error``.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import kiota_abstractions.default_query_parameters  # noqa: F401
+    import msgraph.generated.users.item.calendar.calendar_request_builder  # noqa: F401
+    import msgraph.generated.users.item.calendar.calendar_view.calendar_view_request_builder  # noqa: F401
+    import msgraph.generated.users.item.calendar.get_schedule.get_schedule_request_builder  # noqa: F401
+    import msgraph.generated.users.item.events.events_request_builder  # noqa: F401
+    import msgraph.generated.users.item.user_item_request_builder  # noqa: F401
+    import msgraph.generated.users.users_request_builder  # noqa: F401
+
+from storage.errors import ProviderConnectionError, ProviderError, ProviderStatusError, ProviderTimeoutError
+from storage.models import Booking, CallRequest
+
+PROVIDER = "graph"
+SCOPES = ["https://graph.microsoft.com/.default"]
+_FREE = {"free", "workingelsewhere", "unknown"}
+T = TypeVar("T")
+
+
+def build_graph_client(
+    tenant_id: str,
+    client_id: str,
+    client_secret: str,
+    base_url: str,
+    credential: AsyncTokenCredential | None = None,
+    *,
+    sdk_max_retries: int = 0,
+) -> GraphServiceClient:
+    """A ``GraphServiceClient`` for ``base_url`` (e.g. ``https://graph.microsoft.com/v1.0`` or the sandbox).
+
+    App-only: by default an ``azure.identity.aio.ClientSecretCredential`` (the service runs unattended,
+    reaching ``/users/{id}`` with the Calendars.ReadWrite application permission). Tests pass a fake
+    async credential. ``sdk_max_retries`` configures kiota's RetryHandler (off: ``GraphCalendar`` retries).
+    """
+    if credential is None:
+        from azure.identity.aio import ClientSecretCredential
+
+        credential = ClientSecretCredential(tenant_id, client_id, client_secret)
+    options = {
+        **graph_default_options,
+        RetryHandlerOption.get_key(): RetryHandlerOption(max_retries=sdk_max_retries, delay=0),
+    }
+    # Our own transport: the SDK's AsyncGraphTransport wrapper does not close the transport it wraps,
+    # so ``close_graph_client`` closes it explicitly (otherwise sockets leak at shutdown).
+    transport = httpx.AsyncHTTPTransport(http2=_has_h2())
+    http_client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(30.0, connect=10.0))
+    http_client = GraphClientFactory.create_with_default_middleware(client=http_client, options=options)
+    adapter = GraphRequestAdapter(
+        AzureIdentityAuthenticationProvider(credential, scopes=SCOPES), client=http_client
+    )
+    adapter.base_url = base_url.rstrip("/")
+    client = GraphServiceClient(request_adapter=adapter)
+    _OWNED[client] = (http_client, transport)
+    return client
+
+
+_OWNED: weakref.WeakKeyDictionary[GraphServiceClient, tuple[httpx.AsyncClient, httpx.AsyncHTTPTransport]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _has_h2() -> bool:
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def close_graph_client(client: GraphServiceClient) -> None:
+    """Close the connection pool of a client made by ``build_graph_client`` (idempotent)."""
+    owned = _OWNED.pop(client, None)
+    if owned is not None:
+        http_client, transport = owned
+        await http_client.aclose()
+        await transport.aclose()
+
+
+def _parse_graph_dt(value: DateTimeTimeZone | None) -> datetime:
+    if value is None or not value.date_time:
+        raise ProviderStatusError(
+            "Graph returned a schedule item without a time", provider=PROVIDER, status=502
+        )
+    text = re.sub(r"(\.\d{6})\d+", r"\1", value.date_time.rstrip("Z"))
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=ZoneInfo(value.time_zone or "UTC"))
+    return dt
+
+
+def _retry_after(headers: Mapping[str, str] | Any) -> float | None:
+    if not headers:
+        return None
+    for key in ("Retry-After", "retry-after"):
+        raw = headers.get(key) if hasattr(headers, "get") else None
+        if raw is not None:
+            try:
+                return max(0.0, float(raw))
+            except ValueError:
+                return None
+    return None
+
+
+def to_provider_error(exc: BaseException) -> ProviderError:
+    """Map an msgraph/kiota/httpx/azure exception onto ``storage.errors``."""
+    if isinstance(exc, APIError):  # ODataError is an APIError
+        status = exc.response_status_code or 500
+        detail = getattr(getattr(exc, "error", None), "message", None) or exc.message or type(exc).__name__
+        return ProviderStatusError(f"Graph answered {status}: {detail}", provider=PROVIDER, status=status)
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeoutError(f"Graph timed out: {exc}", provider=PROVIDER)
+    if isinstance(exc, httpx.HTTPError):
+        return ProviderConnectionError(f"Graph unreachable: {exc!r}", provider=PROVIDER)
+    if isinstance(exc, ClientAuthenticationError):
+        return ProviderStatusError(f"Graph sign-in failed: {exc}", provider=PROVIDER, status=401)
+    return ProviderError(f"Graph failed: {exc!r}", provider=PROVIDER, retryable=False)
+
+
+class GraphCalendar:
+    """Free/busy and event creation for one mailbox.
+
+    Args:
+        client: from ``build_graph_client``.
+        user_id: the mailbox (``/users/{user_id}``).
+        max_attempts: tries per operation for transient failures.
+        max_retry_after: longest Retry-After honoured in-line; longer waits are the caller's business.
+        base_delay: back-off before the second try when the server gives no Retry-After.
+        sleep: injectable wait.
+    """
+
+    def __init__(
+        self,
+        client: GraphServiceClient,
+        user_id: str,
+        *,
+        max_attempts: int = 3,
+        max_retry_after: float = 10.0,
+        base_delay: float = 0.5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.user_id = user_id
+        self.max_attempts = max_attempts
+        self.max_retry_after = max_retry_after
+        self.base_delay = base_delay
+        self._sleep = sleep
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await fn()
+            except (APIError, httpx.HTTPError, ClientAuthenticationError) as e:
+                err = to_provider_error(e)
+                if not err.retryable or attempt >= self.max_attempts:
+                    raise err from e
+                wait = _retry_after(getattr(e, "response_headers", None))
+                if wait is None:
+                    wait = self.base_delay * 2 ** (attempt - 1) * (1 + random.random() / 4)
+                elif wait > self.max_retry_after:
+                    raise err from e  # too long to hold a caller: let the caller retry later
+                await self._sleep(wait)
+
+    async def busy(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        """Busy spans (aware, UTC) overlapping ``start``–``end``, from ``getSchedule``."""
+        body = GetSchedulePostRequestBody(
+            schedules=[self.user_id],
+            start_time=DateTimeTimeZone(
+                date_time=start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"), time_zone="UTC"
+            ),
+            end_time=DateTimeTimeZone(
+                date_time=end.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"), time_zone="UTC"
+            ),
+            availability_view_interval=15,
+        )
+        config: RequestConfiguration[Any] = RequestConfiguration()
+        config.headers.add("Prefer", 'outlook.timezone="UTC"')
+        builder = self.client.users.by_user_id(self.user_id).calendar.get_schedule
+        answer = await self._call("getSchedule", lambda: builder.post(body, request_configuration=config))
+        spans: list[tuple[datetime, datetime]] = []
+        for info in (answer.value if answer else None) or []:
+            for item in info.schedule_items or []:
+                status = str(getattr(item.status, "value", item.status) or "busy").lower()
+                if status in _FREE:
+                    continue
+                s, e = _parse_graph_dt(item.start), _parse_graph_dt(item.end)
+                if s < end and e > start:
+                    spans.append((s.astimezone(UTC), e.astimezone(UTC)))
+        return sorted(spans)
+
+    async def create_event(
+        self, *, transaction_id: str, request: CallRequest, booking: Booking, summary: str
+    ) -> str:
+        """Create the appointment in the person's calendar; returns its ``webLink``.
+
+        ``transaction_id`` (the job id) makes the create idempotent: Graph returns the
+        existing event instead of making a second one.
+        """
+        zone = ZoneInfo(request.business_tz)
+
+        def dttz(dt: datetime) -> DateTimeTimeZone:
+            return DateTimeTimeZone(
+                date_time=dt.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S"), time_zone=zone.key
+            )
+
+        lines = [
+            f"{booking.service.capitalize()} at {request.business_name}, {request.phone}.",
+            f"Booked by phone by Concierge: {summary}",
+        ]
+        if booking.notes:
+            lines.append(f"Notes: {booking.notes}")
+        event = Event(
+            subject=f"{booking.service.capitalize()} at {request.business_name}",
+            body=ItemBody(content_type=BodyType.Text, content="\n".join(lines)),
+            start=dttz(booking.start),
+            end=dttz(booking.end),
+            location=Location(display_name=f"{request.business_name} ({request.phone})"),
+            transaction_id=transaction_id,
+        )
+        builder = self.client.users.by_user_id(self.user_id).events
+        created = await self._call("create event", lambda: builder.post(event))
+        if created is None or not created.web_link:
+            raise ProviderStatusError(
+                "Graph created an event without a webLink", provider=PROVIDER, status=502
+            )
+        return created.web_link
+
+    async def aclose(self) -> None:
+        """Close the SDK's HTTP connection pool."""
+        await close_graph_client(self.client)
