@@ -1,0 +1,170 @@
+"""The Slack front end (slack-bolt): ``/call``, thread replies, buttons.
+
+A slash command has no thread, so after acking within Slack's 3 seconds
+("On it…") the bot posts a parent message in the channel and keeps the whole
+errand — questions, confirmation, progress and result — threaded under its
+``ts``. Requests reach ``POST /slack/events`` in our own aiohttp app through
+Bolt's aiohttp adapter, which checks the ``v0`` signature and its 5-minute
+timestamp window before any listener runs. Socket Mode is offered for
+installs without a public URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import render
+from bot.allow import AllowList
+from bot.flow import Button, ChatFlow, Out
+from storage.models import ChatOrigin, Platform
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+MAX_BODY = 1 << 20
+ACTION_RE = re.compile(r"^errand_")
+
+
+def blocks(out: Out) -> list[dict[str, Any]]:
+    """Block Kit for one message: the text, then its buttons (values carry the flow's data)."""
+    result: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "plain_text", "text": out.text[:2900]}}
+    ]
+    if out.buttons:
+        result.append(
+            {"type": "actions", "block_id": "errand", "elements": [_button(b) for b in out.buttons]}
+        )
+    return result
+
+
+def _button(b: Button) -> dict[str, Any]:
+    el: dict[str, Any] = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": b.label},
+        "action_id": f"errand_{b.data.partition(':')[0]}_{b.label.lower().replace(' ', '_')}",
+        "value": b.data,
+    }
+    if b.style:
+        el["style"] = b.style
+    return el
+
+
+def thread_key(channel: str, thread_ts: str) -> str:
+    return f"sl:{channel}:{thread_ts}"
+
+
+def build_slack_app(
+    *,
+    bot_token: str,
+    signing_secret: str,
+    flow: ChatFlow,
+    allow: AllowList,
+    api_base_url: str = "https://slack.com/api/",
+) -> AsyncApp:
+    """The Bolt app with the ``/call`` command, thread replies and button actions."""
+    client = AsyncWebClient(token=bot_token, base_url=api_base_url)
+    app = AsyncApp(signing_secret=signing_secret, client=client)
+
+    async def post(client: AsyncWebClient, channel: str, thread_ts: str, out: Out) -> None:
+        await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=out.text, blocks=blocks(out))
+
+    @app.command("/call")
+    async def on_call(
+        ack: AsyncAck, command: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond
+    ) -> None:
+        user, team, channel = command.get("user_id"), command.get("team_id"), command.get("channel_id", "")
+        text = (command.get("text") or "").strip()
+        if not allow.slack(user, team):
+            await ack(render.NOT_ALLOWED)
+            return
+        if not text:
+            await ack(render.HELP)
+            return
+        await ack(render.ACK)
+        try:
+            parent = await client.chat_postMessage(channel=channel, text=f"<@{user}> asked me to: {text}")
+        except SlackApiError as e:
+            log.warning("cannot post in %s: %s", channel, e.response.get("error"))
+            await respond(f"I can't post in this channel ({e.response.get('error')}). Invite me first.")
+            return
+        ts = str(parent["ts"])
+        origin = ChatOrigin(Platform.SLACK, chat_id=channel, user_id=str(user), thread_id=ts, team_id=team)
+        await post(client, channel, ts, await flow.request(thread_key(channel, ts), origin, text))
+
+    @app.event("message")
+    async def on_message(event: dict[str, Any], body: dict[str, Any], client: AsyncWebClient) -> None:
+        thread_ts, channel = event.get("thread_ts"), event.get("channel", "")
+        if event.get("subtype") or event.get("bot_id") or not thread_ts:
+            return
+        key = thread_key(channel, thread_ts)
+        if not flow.has_draft(key):
+            return
+        user, team = event.get("user"), body.get("team_id")
+        if not allow.slack(user, team):
+            await post(client, channel, thread_ts, Out(render.NOT_ALLOWED))
+            return
+        origin = ChatOrigin(
+            Platform.SLACK, chat_id=channel, user_id=str(user), thread_id=thread_ts, team_id=team
+        )
+        out = await flow.follow_up(key, origin, event.get("text") or "")
+        if out is not None:
+            await post(client, channel, thread_ts, out)
+
+    @app.action(ACTION_RE)
+    async def on_button(
+        ack: AsyncAck,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: AsyncWebClient,
+        respond: AsyncRespond,
+    ) -> None:
+        await ack()
+        user = (body.get("user") or {}).get("id")
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
+        if not allow.slack(user, team):
+            await respond(text=render.NOT_ALLOWED, response_type="ephemeral", replace_original=False)
+            return
+        pressed = await flow.press(str(user), str(action.get("value") or ""))
+        channel = (body.get("channel") or {}).get("id", "")
+        message = body.get("message") or {}
+        ts = str(message.get("ts", ""))
+        thread_ts = str(message.get("thread_ts") or ts)
+        if pressed.edit is not None:
+            await client.chat_update(
+                channel=channel, ts=ts, text=pressed.edit.text, blocks=blocks(pressed.edit)
+            )
+        if pressed.reply is not None:
+            await post(client, channel, thread_ts, pressed.reply)
+
+    @app.error
+    async def on_error(error: Exception) -> None:
+        log.error("slack listener failed", exc_info=error)
+
+    return app
+
+
+def add_slack_routes(web_app: web.Application, bolt_app: AsyncApp, *, path: str = EVENTS_PATH) -> None:
+    """Mount Bolt at ``path`` in our aiohttp app (Bolt verifies signatures: 401 otherwise)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return web.Response(status=413, text="too large")
+        return await to_aiohttp_response(await bolt_app.async_dispatch(await to_bolt_request(request)))
+
+    web_app.router.add_post(path, handle)
+
+
+async def start_socket_mode(bolt_app: AsyncApp, app_token: str) -> AsyncSocketModeHandler:
+    """Connect over Socket Mode (``SLACK_APP_TOKEN``, ``xapp-…``); close with ``close_async()``."""
+    handler = AsyncSocketModeHandler(bolt_app, app_token)
+    await handler.connect_async()
+    return handler
