@@ -221,6 +221,11 @@ class Dispatcher:
             self._running = False
             self._changed()
 
+    @property
+    def sleeping_until(self) -> datetime | None:
+        """The deadline the parked loop sleeps until (``None``: until woken); for tests and the demo."""
+        return self._parked_until if self._parked else None
+
     async def wait_idle(self) -> None:
         """Wait until the loop sleeps with nothing in flight and nothing due (tests, demo)."""
         while True:

@@ -133,6 +133,21 @@ class Harness:
                     return
                 self.task.result()  # surface a crash of the loop
 
+    async def run_until(self, target: datetime) -> None:
+        """Let fake time flow to ``target``, stopping at every deadline the loop sleeps until.
+
+        Unlike ``clock.set(target)`` (a jump, as after a suspended VM), this is
+        how real time passes: the loop wakes at each deadline on the way.
+        """
+        while True:
+            await self.idle()
+            deadline = self.dispatcher.sleeping_until
+            if deadline is None or deadline >= target:
+                break
+            self.clock.set(max(deadline, self.clock.now()))
+        self.clock.set(max(target, self.clock.now()))
+        await self.idle()
+
     async def stop(self) -> None:
         if self.task is not None:
             self.dispatcher.stop()
