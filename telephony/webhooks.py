@@ -145,6 +145,11 @@ class TwilioWebhooks:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
+    async def join(self) -> None:
+        """Wait until every session that is running now has ended and reported."""
+        tasks = [c.task for c in self._calls.values() if c.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def active_calls(self) -> int:
         return sum(1 for c in self._calls.values() if c.task is not None and not c.task.done())
 
