@@ -18,8 +18,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -40,7 +40,6 @@ from storage.models import CallOutcome, Job, OutcomeKind, Speaker, Turn
 from telephony import audio, media_stream
 from telephony.playback import AssistantTurn, Playback
 from telephony.speech import (
-    Listener,
     SpeechStarted,
     TtsAudio,
     TtsCleared,
@@ -48,31 +47,12 @@ from telephony.speech import (
     TtsReset,
     UtteranceEnd,
 )
-from telephony.speech import Speaker as TtsSpeaker
 from telephony.speech import Transcript as SttTranscript
-from telephony.turns import TurnLog
+from telephony.turns import HangUpper, SessionConfig, SpeechFactory, Timers, TurnLog
+
+__all__ = ["CallSession", "SessionConfig"]
 
 log = logging.getLogger(__name__)
-
-
-class HangUpper(Protocol):
-    async def hang_up(self, call_sid: str) -> None: ...
-
-
-class SpeechFactory(Protocol):
-    def listener(self) -> Listener: ...
-    def speaker(self) -> TtsSpeaker: ...
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """Conversation timing (seconds)."""
-
-    silence_timeout: float = 8.0
-    max_call_seconds: float = 600.0
-    greet_after: float = 1.5
-    attach_timeout: float = 120.0  # ringing + answering, until the media stream connects
-    drain_timeout: float = 30.0  # waiting for queued audio to play before hanging up
 
 
 class CallSession:
@@ -124,12 +104,7 @@ class CallSession:
         self._hang_up_at_end = False
         self._hangup_pending = False
         self._error: BaseException | None = None
-        # conversation state
-        self._greeted = False
-        self._callee_spoke = False
-        self._last_callee_activity = 0.0  # audio seconds
-        self._idle_since = 0.0
-        self._silence_prompted = False
+        self._timers = Timers(greet_after=self._cfg.greet_after, silence_timeout=self._cfg.silence_timeout)
         self._utterance: list[str] = []
         self._utterance_at: float | None = None
         self._speech_started_at: float | None = None
@@ -297,7 +272,7 @@ class CallSession:
     def _settled(self, turn: AssistantTurn) -> None:
         if not turn.closed and turn.played_out:
             self._log.close(turn, interrupted=False)
-            self._idle_since = self._audio_s
+            self._timers.idle_since = self._audio_s
         self._notify()
 
     def _assistant_busy(self) -> bool:
@@ -311,29 +286,19 @@ class CallSession:
             return
         if self._assistant_busy() or self._hangup_pending or self._utterance:
             return
-        if not self._greeted and not self._callee_spoke:
-            if now >= self._cfg.greet_after:
-                self._greeted = True
-                self._start_reply(CallConnected())
-            return
-        quiet = now - max(self._last_callee_activity, self._idle_since)
-        if quiet >= self._cfg.silence_timeout:
-            if not self._silence_prompted:
-                self._silence_prompted = True
-                self._start_reply(CalleeSilent(round(quiet, 1)))
-            else:
-                self.end("callee silent", hang_up=True)
-
-    def _callee_active(self) -> None:
-        self._callee_spoke = True
-        self._silence_prompted = False
-        self._last_callee_activity = self._audio_s
+        due = self._timers.due(now)
+        if due == "greet":
+            self._start_reply(CallConnected())
+        elif due == "prompt":
+            self._start_reply(CalleeSilent(round(self._timers.quiet(now), 1)))
+        elif due == "give_up":
+            self.end("callee silent", hang_up=True)
 
     async def _listen_rx(self) -> None:
         while True:
             ev = await self.listener.events.get()
             if isinstance(ev, SpeechStarted):
-                self._callee_active()
+                self._timers.callee_active(self._audio_s)
                 self._speech_started_at = ev.onset or ev.t
                 if self._utterance_at is None:
                     self._utterance_at = self._log.since_start(self._speech_started_at)
@@ -341,7 +306,7 @@ class CallSession:
                     await self._barge_in(self._speech_started_at)
             elif isinstance(ev, SttTranscript):
                 if ev.text.strip():
-                    self._callee_active()
+                    self._timers.callee_active(self._audio_s)
                     if self._utterance_at is None:
                         self._utterance_at = self._log.since_start(ev.t)
                     if not ev.is_final and self._assistant_busy():
@@ -357,7 +322,7 @@ class CallSession:
         text = " ".join(self._utterance)
         at = self._utterance_at or 0.0
         self._utterance, self._utterance_at, self._speech_started_at = [], None, None
-        self._last_callee_activity = self._audio_s
+        self._timers.last_callee_activity = self._audio_s
         self._log.add(Turn(Speaker.CALLEE, text, at=at))
         turn = self._start_reply(CalleeSaid(text))
         if turn is not None:
@@ -465,7 +430,7 @@ class CallSession:
         await self.speaker.clear()
         if reply is not None:
             await asyncio.wait([reply])
-        self._idle_since = self._audio_s
+        self._timers.idle_since = self._audio_s
         for turn in cut:
             heard = turn.heard_text()
             self._log.close(turn, interrupted=True, barge_in_ms=barge_in_ms)

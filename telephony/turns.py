@@ -7,8 +7,32 @@ merely generated, so the transcript matches what the callee heard.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 from storage.models import Turn
 from telephony.playback import AssistantTurn
+from telephony.speech import Listener, Speaker
+
+
+class HangUpper(Protocol):
+    async def hang_up(self, call_sid: str) -> None: ...
+
+
+class SpeechFactory(Protocol):
+    def listener(self) -> Listener: ...
+    def speaker(self) -> Speaker: ...
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Conversation timing (seconds)."""
+
+    silence_timeout: float = 8.0
+    max_call_seconds: float = 600.0
+    greet_after: float = 1.5
+    attach_timeout: float = 120.0  # ringing + answering, until the media stream connects
+    drain_timeout: float = 30.0  # waiting for queued audio to play before hanging up
 
 
 class TurnLog:
@@ -47,3 +71,42 @@ class TurnLog:
     def turns(self) -> list[Turn]:
         """The transcript in spoken order (by start time; stable for ties)."""
         return sorted(self._turns, key=lambda t: t.at)
+
+
+class Timers:
+    """When to greet, prompt a silent callee, or give up — in audio seconds (pure).
+
+    Audio time (bytes received from Twilio) runs at wall speed on a real call and
+    faster in a sandbox replay, so timing behaviour never depends on replay speed.
+    """
+
+    def __init__(self, *, greet_after: float, silence_timeout: float) -> None:
+        self.greet_after = greet_after
+        self.silence_timeout = silence_timeout
+        self.greeted = False
+        self.callee_spoke = False
+        self.last_callee_activity = 0.0
+        self.idle_since = 0.0
+        self.silence_prompted = False
+
+    def callee_active(self, now: float) -> None:
+        self.callee_spoke = True
+        self.silence_prompted = False
+        self.last_callee_activity = now
+
+    def due(self, now: float) -> str | None:
+        """Call while the assistant is idle: "greet", "prompt" (with ``quiet``), "give_up" or None."""
+        if not self.greeted and not self.callee_spoke:
+            if now >= self.greet_after:
+                self.greeted = True
+                return "greet"
+            return None
+        if self.quiet(now) >= self.silence_timeout:
+            if not self.silence_prompted:
+                self.silence_prompted = True
+                return "prompt"
+            return "give_up"
+        return None
+
+    def quiet(self, now: float) -> float:
+        return now - max(self.last_callee_activity, self.idle_since)
