@@ -80,7 +80,9 @@ async def test_busy_reads_get_schedule(graph: SandboxGraph, calendar: tuple[Grap
     cal, _ = calendar
     spans = await cal.busy(datetime(2026, 12, 2, 9, 0, tzinfo=LA), datetime(2026, 12, 2, 18, 0, tzinfo=LA))
     assert spans == [(BUSY[0][0].astimezone(UTC), BUSY[0][1].astimezone(UTC))]
-    assert await cal.busy(datetime(2026, 12, 3, 9, 0, tzinfo=LA), datetime(2026, 12, 3, 18, 0, tzinfo=LA)) == []
+    assert (
+        await cal.busy(datetime(2026, 12, 3, 9, 0, tzinfo=LA), datetime(2026, 12, 3, 18, 0, tzinfo=LA)) == []
+    )
     method, path, body = graph.requests[0]
     assert (method, path) == ("POST", f"/v1.0/users/{USER}/calendar/getSchedule")
     assert body["Schedules"] == [USER]  # getSchedule's body keys go out PascalCase
@@ -118,14 +120,20 @@ async def test_event_created_once_when_the_answer_is_lost_and_the_create_retried
     graph: SandboxGraph, calendar: tuple[GraphCalendar, Sleeps]
 ) -> None:
     cal, sleeps = calendar
-    booking = Booking(datetime(2026, 12, 1, 15, 0, tzinfo=LA), datetime(2026, 12, 1, 15, 30, tzinfo=LA), "haircut")
+    booking = Booking(
+        datetime(2026, 12, 1, 15, 0, tzinfo=LA), datetime(2026, 12, 1, 15, 30, tzinfo=LA), "haircut"
+    )
     graph.fail_next(503, retry_after=1, apply_first=True)  # created, but the client sees a 503
-    link = await cal.create_event(transaction_id="job-7", request=london_request(), booking=booking, summary="ok")
+    link = await cal.create_event(
+        transaction_id="job-7", request=london_request(), booking=booking, summary="ok"
+    )
     assert sleeps.waits == [1.0]  # Retry-After honoured
     assert [m for m, p, _ in graph.requests if p.endswith("/events")] == ["POST", "POST"]
     assert len(graph.events) == 1 and graph.events[0]["webLink"] == link
     # A later retry of the whole job (e.g. after a crash) is idempotent too.
-    again = await cal.create_event(transaction_id="job-7", request=london_request(), booking=booking, summary="ok")
+    again = await cal.create_event(
+        transaction_id="job-7", request=london_request(), booking=booking, summary="ok"
+    )
     assert again == link and len(graph.events) == 1
 
 
