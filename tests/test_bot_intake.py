@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from bot.intake import Intake, check_phone, find_phone, parse_call_args
+from bot.intake import Intake, parse_call_args
+from bot.phone import check_phone, find_phone
 from sandbox.intake_model import extract, respond
 from storage.errors import IntakeError
 from storage.models import ChatOrigin, Platform
