@@ -1,0 +1,263 @@
+"""The ``concierge`` command: serve, demo, jobs, doctor.
+
+``jobs`` reads the queue straight from the database named by DATABASE_URL,
+so it works whether or not the server is running (SQLite WAL lets it read
+while the server writes). ``serve`` and ``demo`` import their modules lazily:
+they pull in every SDK, which ``jobs`` and ``doctor`` do not need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo
+
+from concierge.doctor import run_doctor
+from concierge.settings import Settings
+from storage.db import Database
+from storage.errors import ConciergeError, IllegalTransition, JobNotFound
+from storage.jobs import HistoryEntry, JobStore
+from storage.models import Job, JobState, Turn
+
+EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="concierge", description="AI phone assistant: queue errands, phone businesses, book slots."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server (webhooks, bots, dispatcher)")
+    serve.add_argument("--sandbox", action="store_true", help="use local stand-ins for every outside service")
+    serve.add_argument("--host", help="interface to bind (default: HOST setting)")
+    serve.add_argument("--port", type=int, help="port to bind (default: PORT setting)")
+
+    demo = sub.add_parser("demo", help="run a scripted call end to end against the sandbox")
+    demo.add_argument("--scenario", help="scenario name (see --list)")
+    demo.add_argument("--list", action="store_true", help="list the scenarios and exit")
+
+    sub.add_parser("doctor", help="check configuration: what is set, what is missing")
+
+    jobs = sub.add_parser("jobs", help="inspect and cancel errands")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    listing = jobs_sub.add_parser("list", help="errands, newest first")
+    listing.add_argument("--state", choices=[s.value for s in JobState], help="only this state")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    show = jobs_sub.add_parser("show", help="one errand with its history and transcript")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    cancel = jobs_sub.add_parser("cancel", help="cancel an errand that is not on the phone yet")
+    cancel.add_argument("id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``concierge`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    out = sys.stdout
+    if args.command == "doctor":
+        return run_doctor(out)
+    if args.command == "serve":
+        return _run_lazy("concierge.app", "serve_main", args, "concierge serve")
+    if args.command == "demo":
+        return _run_lazy("concierge.demo", "demo_main", args, "concierge demo")
+    return _jobs(args, out)
+
+
+def _run_lazy(module: str, func: str, args: argparse.Namespace, what: str) -> int:
+    try:
+        target: Callable[[argparse.Namespace], Any] = getattr(__import__(module, fromlist=[func]), func)
+    except (ImportError, AttributeError) as e:
+        print(f"{what} is not available: cannot load {module}.{func} ({e}).", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    result = target(args)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+# -- jobs -------------------------------------------------------------------
+
+
+def _jobs(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        settings = Settings()
+        path = settings.database_path
+    except (ConciergeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if path != ":memory:" and not Path(path).exists():
+        if args.jobs_command == "list":
+            out.write("[]\n" if args.json else f"No errands yet (no database at {path}).\n")
+            return EXIT_OK
+        print(f"error: no errand with id {args.id!r} (no database at {path})", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return asyncio.run(_jobs_async(args, path, out))
+    except JobNotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+    except IllegalTransition as e:
+        print(f"error: cannot cancel: {e}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+async def _jobs_async(args: argparse.Namespace, path: str, out: TextIO) -> int:
+    db = await Database.open(path)
+    try:
+        store = JobStore(db)
+        if args.jobs_command == "list":
+            states = [JobState(args.state)] if args.state else None
+            jobs = await store.list(states=states, limit=args.limit)
+            out.write(_dump([job_to_dict(j) for j in jobs]) if args.json else render_table(jobs))
+        elif args.jobs_command == "show":
+            job = await store.get(args.id)
+            history, turns = await store.history(job.id), await store.turns(job.id)
+            if args.json:
+                data = job_to_dict(job)
+                data["history"] = [_history_to_dict(h) for h in history]
+                data["turns"] = [_turn_to_dict(t) for t in turns]
+                out.write(_dump(data))
+            else:
+                out.write(render_job(job, history, turns))
+        else:
+            before = await store.get(args.id)
+            job = await store.cancel(args.id, reason="cancelled from the command line")
+            out.write(f"Cancelled {job.id} ({job.request.business_name}).\n")
+            if before.state is JobState.DIALING and before.call_sid:
+                out.write(
+                    f"Note: a call was being placed (CallSid {before.call_sid}); if it still rings,"
+                    " the running server or the Twilio console can end it.\n"
+                )
+        return EXIT_OK
+    finally:
+        await db.close()
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt is not None else None
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """JSON shape of a job for ``--json`` (stable keys, ISO-8601 UTC times)."""
+    return {
+        "id": job.id,
+        "state": str(job.state),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "next_attempt_at": _iso(job.next_attempt_at),
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+        "lease_owner": job.lease_owner,
+        "lease_expires_at": _iso(job.lease_expires_at),
+        "call_sid": job.call_sid,
+        "request": job.request.to_dict(),
+        "outcome": job.outcome.to_dict() if job.outcome else None,
+        "meta": job.meta,
+    }
+
+
+def _history_to_dict(h: HistoryEntry) -> dict[str, Any]:
+    return {
+        "at": _iso(h.at),
+        "from_state": str(h.from_state) if h.from_state else None,
+        "to_state": str(h.to_state),
+        "reason": h.reason,
+        "owner": h.owner,
+    }
+
+
+def _turn_to_dict(t: Turn) -> dict[str, Any]:
+    lat = t.latency
+    return {
+        "speaker": str(t.speaker),
+        "text": t.text,
+        "at": t.at,
+        "interrupted": t.interrupted,
+        "server_overhead_ms": lat.server_overhead_ms if lat else None,
+        "barge_in_ms": lat.barge_in_ms if lat else None,
+    }
+
+
+def _local(dt: datetime, tz: str) -> str:
+    """A UTC instant as the business's wall-clock time, e.g. ``2026-06-08 09:00 EDT``."""
+    try:
+        return dt.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
+    except (ValueError, KeyError):
+        return dt.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(jobs: Sequence[Job]) -> str:
+    """Fixed-width table of jobs (times in each business's own zone)."""
+    if not jobs:
+        return "No errands.\n"
+    header = f"{'ID':<8}  {'STATE':<10}  {'BUSINESS':<24}  {'PHONE':<16}  {'TRIES':<5}  NEXT / LAST CHANGE"
+    rows = [header, "-" * len(header)]
+    for job in jobs:
+        when = job.next_attempt_at if job.state is JobState.QUEUED else job.updated_at
+        rows.append(
+            f"{job.id:<8}  {job.state.value:<10}  {_cut(job.request.business_name, 24):<24}  "
+            f"{job.request.phone:<16}  {f'{job.attempts}/{job.max_attempts}':<5}  "
+            f"{_local(when, job.request.business_tz)}"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def render_job(job: Job, history: Sequence[HistoryEntry], turns: Sequence[Turn]) -> str:
+    """Human-readable detail of one errand."""
+    req, tz = job.request, job.request.business_tz
+    win = req.window
+    lines = [
+        f"Errand {job.id}: {job.state.value}",
+        f"  business   {req.business_name}, {req.phone} ({tz})",
+        f"  service    {req.service} for {req.person_name}"
+        f" between {win.start_date} and {win.end_date},"
+        f" {win.earliest.isoformat('minutes')}-{win.latest.isoformat('minutes')} ({req.person_tz})",
+        f"  hours      {req.opening_hours or '(default)'}",
+        f"  attempts   {job.attempts} of {job.max_attempts}",
+        f"  from       {req.origin.platform.value} chat {req.origin.chat_id}, user {req.origin.user_id}",
+    ]
+    if job.state is JobState.QUEUED:
+        lines.append(f"  next call  {_local(job.next_attempt_at, tz)}")
+    if req.notes:
+        lines.append(f"  notes      {req.notes}")
+    if job.call_sid:
+        lines.append(f"  call       {job.call_sid}")
+    if job.outcome:
+        o = job.outcome
+        lines.append(f"  outcome    {o.kind.value}: {o.summary}")
+        if o.booking:
+            lines.append(f"  booked     {_local(o.booking.start, req.person_tz)} ({o.booking.service})")
+        if o.question:
+            lines.append(f"  question   {o.question}")
+        if o.event_link:
+            lines.append(f"  calendar   {o.event_link}")
+    lines += ["", "History:"]
+    for h in history:
+        frm = h.from_state.value if h.from_state else "-"
+        owner = f" [{h.owner}]" if h.owner else ""
+        lines.append(f"  {_local(h.at, 'UTC')}  {frm:>10} -> {h.to_state.value:<10} {h.reason}{owner}")
+    lines += ["", "Transcript:" if turns else "Transcript: (none)"]
+    for t in turns:
+        extra = " (interrupted)" if t.interrupted else ""
+        overhead = t.latency.server_overhead_ms if t.latency else None
+        if overhead is not None:
+            extra += f" [{overhead:.0f} ms]"
+        lines.append(f"  {t.at:7.1f}s  {t.speaker.value:<9}  {t.text}{extra}")
+    return "\n".join(lines) + "\n"

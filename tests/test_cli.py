@@ -1,0 +1,230 @@
+"""The ``concierge`` command: doctor (as a subprocess with a clean environment) and jobs list/show/cancel."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from concierge import cli
+from concierge.doctor import diagnose
+from concierge.settings import REQUIRED, Settings
+from storage.db import Database
+from storage.jobs import JobStore
+from storage.models import (
+    BookingWindow,
+    CallOutcome,
+    CallRequest,
+    ChatOrigin,
+    JobState,
+    OutcomeKind,
+    Platform,
+    Speaker,
+    Turn,
+    TurnLatency,
+)
+
+ALL_SET = {
+    "TELEGRAM_BOT_TOKEN": "123:abc",
+    "TELEGRAM_ALLOWED_USERS": "42",
+    "SLACK_BOT_TOKEN": "xoxb-1",
+    "SLACK_SIGNING_SECRET": "s3cret",
+    "SLACK_ALLOWED_TEAMS": "T1",
+    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "TWILIO_AUTH_TOKEN": "tok",
+    "TWILIO_FROM_NUMBER": "+14155550123",
+    "PUBLIC_BASE_URL": "https://concierge.example.com",
+    "DEEPGRAM_API_KEY": "dg",
+    "ANTHROPIC_API_KEY": "sk-ant",
+    "GRAPH_TENANT_ID": "t",
+    "GRAPH_CLIENT_ID": "c",
+    "GRAPH_CLIENT_SECRET": "s",
+    "GRAPH_USER_ID": "u",
+}
+
+
+def run_cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m concierge`` in ``tmp_path`` (no .env there) with only the given variables."""
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "concierge", *args],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_doctor_with_empty_environment_names_every_missing_variable(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "doctor")
+    assert result.returncode == 1, result.stderr
+    for names in REQUIRED.values():
+        for name in names:
+            assert name in result.stdout
+    assert "Twilio phone calls: set TWILIO_ACCOUNT_SID" in result.stdout
+    assert "will be created" in result.stdout  # database in the (writable) working folder
+    assert not (tmp_path / "concierge.db").exists()  # doctor creates nothing
+
+
+def test_doctor_with_everything_set_is_ready(tmp_path: Path) -> None:
+    env = {**ALL_SET, "DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}
+    result = run_cli(tmp_path, "doctor", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[MISSING]" not in result.stdout and "Ready." in result.stdout
+    assert "s3cret" not in result.stdout  # values are never printed
+
+
+def test_doctor_one_chat_front_end_is_enough_and_urls_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    values: dict[str, object] = {k.lower(): v for k, v in ALL_SET.items() if not k.startswith("SLACK")}
+    values["telegram_allowed_users"] = ["42"]
+    local = {**values, "public_base_url": "http://localhost:8080/", "database_url": f"sqlite:///{tmp_path}/x.db"}
+    report = diagnose(Settings.model_validate(local))
+    text = "\n".join(report.lines)
+    assert report.errors == 0, text
+    assert "Slack /call command (chat front end): not configured (optional" in text
+    assert "Twilio cannot reach it" in text and "drop it" in text
+
+    broken = {
+        **values,
+        "public_base_url": "concierge.example.com",
+        "database_url": f"sqlite:///{tmp_path}/no/such/dir/x.db",
+        "default_business_hours": "weekdays 9-5",
+    }
+    report = diagnose(Settings.model_validate(broken))
+    text = "\n".join(report.lines)
+    assert report.errors == 3, text
+    assert "is not a URL" in text and "does not exist or is not writable" in text
+    assert "DEFAULT_BUSINESS_HOURS" in text
+
+
+def _request(name: str) -> CallRequest:
+    return CallRequest(
+        business_name=name,
+        phone="+14155550100",
+        business_tz="America/New_York",
+        service="haircut",
+        person_name="Alex",
+        person_tz="America/Los_Angeles",
+        window=BookingWindow(date(2026, 6, 8), date(2026, 6, 12)),
+        origin=ChatOrigin(platform=Platform.SLACK, chat_id="C1", user_id="U1", thread_id="1.2"),
+    )
+
+
+async def _seed(path: Path) -> tuple[str, str]:
+    db = await Database.open(path)
+    try:
+        store = JobStore(db)
+        due = datetime(2026, 6, 8, 13, 0, tzinfo=UTC)
+        queued = await store.enqueue(_request("Joe's Barbershop"), due_at=due, max_attempts=3)
+        called = await store.enqueue(_request("Ana's Salon"), due_at=due - timedelta(days=1), max_attempts=3)
+        await store.claim_due("disp", limit=1, lease_seconds=60)
+        await store.set_call_sid(called.id, "CA123")
+        await store.transition(called.id, JobState.IN_CALL, reason="call answered")
+        turns = [
+            Turn(Speaker.CALLEE, "Ana's Salon, how can I help?", at=0.5),
+            Turn(
+                Speaker.ASSISTANT,
+                "Hi, I'm an AI assistant calling for Alex.",
+                at=1.2,
+                latency=TurnLatency(stt_final=10.0, first_audio_out=10.25),
+            ),
+        ]
+        await store.add_turns(called.id, 1, turns)
+        outcome = CallOutcome(OutcomeKind.DECLINED, summary="No slots this week.", call_sid="CA123")
+        await store.transition(called.id, JobState.DECLINED, reason="call ended", outcome=outcome)
+        return queued.id, called.id
+    finally:
+        await db.close()
+
+
+@pytest.fixture
+def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    db_path = tmp_path / "q.db"
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{db_path}")
+    # The test runs outside any event loop, so asyncio.run seeds the database here.
+    return asyncio.run(_seed(db_path))
+
+
+def test_jobs_list_table_and_json(seeded: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    queued_id, declined_id = seeded
+    assert cli.main(["jobs", "list"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["ID", "STATE", "BUSINESS"]
+    assert queued_id in table and declined_id in table
+    assert "2026-06-08 09:00 EDT" in table  # queued: next call in the business's own time
+
+    assert cli.main(["jobs", "list", "--state", "declined", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["id"] for d in data] == [declined_id]
+    assert data[0]["outcome"]["kind"] == "declined" and data[0]["request"]["business_name"] == "Ana's Salon"
+
+
+def test_jobs_show_human_and_json(seeded: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    _, declined_id = seeded
+    assert cli.main(["jobs", "show", declined_id]) == 0
+    text = capsys.readouterr().out
+    assert f"Errand {declined_id}: declined" in text
+    assert "outcome    declined: No slots this week." in text
+    assert "in_call -> declined   call ended" in text  # history
+    assert "next call" not in text  # only for queued errands
+    assert "I'm an AI assistant calling for Alex. [250 ms]" in text  # transcript with server overhead
+
+    assert cli.main(["jobs", "show", declined_id, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [h["to_state"] for h in data["history"]] == ["queued", "dialing", "in_call", "declined"]
+    assert [t["speaker"] for t in data["turns"]] == ["callee", "assistant"]
+    assert data["turns"][1]["server_overhead_ms"] == pytest.approx(250.0)
+
+
+def test_jobs_cancel(seeded: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    queued_id, declined_id = seeded
+    assert cli.main(["jobs", "cancel", queued_id]) == 0
+    assert "Cancelled" in capsys.readouterr().out
+    assert cli.main(["jobs", "list", "--state", "cancelled", "--json"]) == 0
+    assert [d["id"] for d in json.loads(capsys.readouterr().out)] == [queued_id]
+    assert cli.main(["jobs", "cancel", declined_id]) == 1
+    assert "cannot cancel" in capsys.readouterr().err
+    assert cli.main(["jobs", "show", "nope"]) == 1
+    assert "no errand with id 'nope'" in capsys.readouterr().err
+
+
+def test_jobs_list_without_database_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/none.db")
+    assert cli.main(["jobs", "list", "--json"]) == 0
+    assert capsys.readouterr().out == "[]\n"
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_unavailable_subcommand_module_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli._run_lazy("concierge.not_written_yet", "serve_main", argparse.Namespace(), "concierge serve")
+    assert code == 2
+    assert "concierge serve is not available" in capsys.readouterr().err
+
+
+def test_parser_knows_every_command() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["serve", "--sandbox", "--host", "127.0.0.1", "--port", "0"])
+    assert (args.sandbox, args.host, args.port) == (True, "127.0.0.1", 0)
+    args = parser.parse_args(["demo", "--scenario", "happy", "--list"])
+    assert (args.scenario, args.list) == ("happy", True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["jobs", "list", "--state", "nonsense"])
