@@ -411,3 +411,15 @@ async def test_listen_socket_drop_reconnects(h: Harness) -> None:
     assert len(h.dg.listens) == 2 and h.sessions[0].listener.connections == 2
     assert h.dg.listens[1].bytes_received > 0
     assert isinstance(agent.inputs[2], CalleeSaid) and "tuesday" in agent.inputs[2].text.lower()
+
+
+async def test_silent_callee_is_prompted_once_then_the_call_ends(h: Harness) -> None:
+    h.config = SessionConfig(silence_timeout=1.0, max_call_seconds=120.0)
+    agent = ScriptedAgent([[Say("Hello, is anyone there?")], [Say("Hello? Are you still there?")]])
+    h.twilio.program(PHONE, script=CalleeScript([WaitTurn(contains="hello")]))
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+    assert [type(i).__name__ for i in agent.inputs] == ["CallConnected", "CalleeSilent"]
+    assert outcome.kind is OutcomeKind.ERROR and h.sessions[0].end_reason == "callee silent"
+    assert [t.text for t in turns] == ["Hello, is anyone there?", "Hello? Are you still there?"]
+    assert hung_up_by_api(h, call.sid)
