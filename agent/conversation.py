@@ -12,6 +12,7 @@ trims the reply to the played words, and a cancelled reply never leaves a
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -39,6 +40,10 @@ from agent.tools import BookingTools, FreeBusy
 from storage.models import CallOutcome, CallRequest, OutcomeKind, utcnow
 
 Message = dict[str, Any]
+
+#: The disclosure rule (DESIGN.md, safety): the callee learns in the assistant's first words that
+#: it is an AI. The prompt asks for it; this guard makes it hold whatever the model writes.
+_DISCLOSES = re.compile(r"\bAI\b|artificial intelligence", re.IGNORECASE)
 
 APOLOGY = "I'm sorry, I'm having technical trouble on my end. I'll call back later. Goodbye."
 
@@ -101,6 +106,10 @@ class ClaudeAgent:
         self._retry = retry or RetryPolicy()
         self._max_tool_rounds = max_tool_rounds
         self._max_tokens = max_tokens
+        self.disclosure = (
+            f"Hi, this is {assistant_name}, an AI assistant calling on behalf of {request.person_name}."
+        )
+        self._disclosed = False
         self._fillers = list(filler_phrases) or ["One moment, please."]
         self._filler_i = 0
         self.tools = BookingTools(request, calendar)
@@ -186,6 +195,25 @@ class ClaudeAgent:
         self._spoken = []
         self._drop_empty()
 
+    def _disclose(self, pieces: list[str], held: list[str], *, final: bool) -> list[str]:
+        """Hold the call's first sentence until it is known to disclose; otherwise say the disclosure first.
+
+        Costs nothing after the first sentence of the call: the guard is then off.
+        """
+        if self._disclosed or not (pieces or held):
+            return pieces
+        held.extend(pieces)
+        if _DISCLOSES.search(" ".join(held)):
+            self._disclosed = True
+        elif final or any(p.rstrip().endswith((".", "!", "?")) for p in held):
+            self._disclosed = True
+            held.insert(0, self.disclosure)
+        else:
+            return []
+        out = list(held)
+        held.clear()
+        return out
+
     # -- one model round ----------------------------------------------------------------------------
 
     async def _round_with_retries(self, first: bool) -> AsyncGenerator[Say | Message, None]:
@@ -223,6 +251,7 @@ class ClaudeAgent:
 
     async def _round(self, first: bool) -> AsyncGenerator[Say | Message, None]:
         chunker = ClauseChunker()
+        held: list[str] = []
         said: list[str] = []
         first_token_at: float | None = None
         done = False
@@ -239,18 +268,20 @@ class ClaudeAgent:
                     if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
                         if first_token_at is None:
                             first_token_at = self._monotonic()
-                        pieces = chunker.feed(ev.delta.text)
-                    elif ev.type == "content_block_stop":
-                        pieces = chunker.flush()  # speak text before a tool runs
+                        pieces = self._disclose(chunker.feed(ev.delta.text), held, final=False)
+                    elif ev.type == "content_block_stop":  # speak text before a tool runs
+                        pieces = self._disclose(chunker.flush(), held, final=True)
                     for piece in pieces:
                         said.append(piece)
                         yield Say(piece, first_token_at if first and len(said) == 1 else None)
                 final = await stream.get_final_message()
-            for piece in chunker.flush():
+            for piece in self._disclose(chunker.flush(), held, final=True):
                 said.append(piece)
                 yield Say(piece, first_token_at if first and len(said) == 1 else None)
             content = _clean_content(final.content)
             done = True
+            if said and said[0] is self.disclosure:
+                _prefix_text(content, self.disclosure)
             if not content:
                 return
             message: Message = {"role": "assistant", "content": content}
@@ -303,6 +334,15 @@ class ClaudeAgent:
             else:
                 merged.append(m)
         self.messages[:] = merged
+
+
+def _prefix_text(content: list[dict[str, Any]], prefix: str) -> None:
+    """Put ``prefix`` (spoken before the model's words) at the start of the message's text."""
+    for block in content:
+        if block["type"] == "text":
+            block["text"] = f"{prefix} {block['text']}"
+            return
+    content.insert(0, {"type": "text", "text": prefix})
 
 
 def _clean_content(blocks: Sequence[Any]) -> list[dict[str, Any]]:

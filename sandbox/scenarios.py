@@ -89,7 +89,12 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
         steps: list[CalleeStep] = [*prefix]
         if first_offer == clash:
             steps += [Say(f"Sure. We have {offer_text(clash)}."), WaitTurn()]
-        steps += [Say(f"How about {offer_text(free)}?"), WaitTurn(), Say("Perfect, see you then."), WaitTurn()]
+        steps += [
+            Say(f"How about {offer_text(free)}?"),
+            WaitTurn(),
+            Say("Perfect, see you then."),
+            WaitTurn(),
+        ]
         return _script(*steps, wps=wps)
 
     greet = (Say(GREETING), WaitTurn(contains="haircut"))
@@ -114,7 +119,9 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
             [
                 Attempt(
                     Behavior.ANSWER,
-                    booking(Say(GREETING), Interrupt(after_words=4, text="Sorry, who is calling?"), WaitTurn()),
+                    booking(
+                        Say(GREETING), Interrupt(after_words=4, text="Sorry, who is calling?"), WaitTurn()
+                    ),
                 )
             ],
             busy=busy,
@@ -127,8 +134,10 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
                 Attempt(
                     Behavior.ANSWER,
                     booking(
-                        Say("Thank you for calling Joe's Barbershop. For appointments, press 1. "
-                            "For opening hours, press 2."),
+                        Say(
+                            "Thank you for calling Joe's Barbershop. For appointments, press 1. "
+                            "For opening hours, press 2."
+                        ),
                         WaitDigits("1"),
                         *greet,
                     ),
@@ -161,8 +170,10 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
             [
                 Attempt(
                     Behavior.VOICEMAIL,
-                    _script(Say("You have reached Joe's Barbershop. Please leave a message after the tone."),
-                            wps=wps),
+                    _script(
+                        Say("You have reached Joe's Barbershop. Please leave a message after the tone."),
+                        wps=wps,
+                    ),
                 ),
                 Attempt(Behavior.ANSWER, booking(*greet)),
             ],

@@ -201,7 +201,8 @@ async def test_busy_slot_is_refused_then_another_is_booked(sandbox: SandboxAnthr
     )
     agent = make_agent(client, calendar)
     first = await run(agent, CalleeSaid("We have 2 PM on Tuesday."))
-    assert says(first) == "Sorry, that time doesn't work for Alex. Anything later?"
+    # the model skipped the AI disclosure, so the agent said it first
+    assert says(first) == f"{agent.disclosure} Sorry, that time doesn't work for Alex. Anything later?"
     refusal = sandbox.requests[1]["messages"][-1]["content"][0]
     assert refusal["type"] == "tool_result" and refusal["content"].startswith("REFUSED: the person is busy")
     assert agent.outcome() is None
@@ -309,10 +310,10 @@ async def test_cancelled_while_a_tool_runs_leaves_no_dangling_tool_use(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert says(got) == "Let me check that for you."
+    assert says(got) == f"{agent.disclosure} Let me check that for you."
     assert agent.messages[-1] == {
         "role": "assistant",
-        "content": [{"type": "text", "text": "Let me check that for you."}],
+        "content": [{"type": "text", "text": f"{agent.disclosure} Let me check that for you."}],
     }
     await run(agent, CalleeSaid("Hello?"))
     check_history(sandbox.requests[-1]["messages"])
@@ -328,7 +329,7 @@ async def test_tool_failure_goes_back_to_the_model_as_an_error(
     result = sandbox.requests[-1]["messages"][-1]["content"][0]
     assert result["type"] == "tool_result" and result["is_error"] is True
     assert "graph unreachable" in result["content"]
-    assert says(actions) == "Sorry, could you say that time again?"
+    assert says(actions) == f"{agent.disclosure} Sorry, could you say that time again?"
 
 
 async def test_phone_menu_presses_a_key_and_hold_is_polite(sandbox: SandboxAnthropic, client: Any) -> None:
@@ -370,3 +371,26 @@ async def test_wrong_api_key_is_a_final_error(sandbox: SandboxAnthropic) -> None
         await bad.close()
     assert isinstance(actions[-1], Hangup) and actions[-1].outcome.kind is OutcomeKind.ERROR
     assert "One moment" not in says(actions)  # 401 is not retried
+
+
+async def test_the_first_words_always_disclose_an_ai_once(sandbox: SandboxAnthropic, client: Any) -> None:
+    sandbox.responder = scripted(
+        [text("Hello! I'd like to book a haircut, please.")],
+        [text("Next week, in the afternoon.")],
+    )
+    agent = make_agent(client, FakeCalendar())
+    first = await run(agent, CalleeSaid("Joe's Barbershop, how can I help?"))
+    assert isinstance(first[0], Say) and first[0].text == agent.disclosure
+    assert "AI assistant" in agent.disclosure and "Alex Doe" in agent.disclosure
+    assert agent.messages[-1]["content"][0]["text"].startswith(agent.disclosure)
+    second = await run(agent, CalleeSaid("When would you like it?"))
+    assert says(second) == "Next week, in the afternoon."
+
+
+async def test_a_reply_that_discloses_is_not_prefixed(sandbox: SandboxAnthropic, client: Any) -> None:
+    sandbox.responder = scripted(
+        [text("Hi, this is Robin, an AI assistant calling for Alex. A haircut, please.")]
+    )
+    agent = make_agent(client, FakeCalendar())
+    actions = await run(agent, CalleeSaid("Hello?"))
+    assert says(actions) == "Hi, this is Robin, an AI assistant calling for Alex. A haircut, please."

@@ -1,0 +1,343 @@
+"""The composition root: one aiohttp application with every route, the dispatcher and the chat bots.
+
+``Concierge`` builds every component from ``Settings`` — each outside
+service through its official SDK, pointed at the base URL the settings give —
+and owns their lifetimes. ``concierge serve`` runs it until SIGINT/SIGTERM;
+``concierge serve --sandbox`` and ``concierge demo`` run the same object
+against ``sandbox/`` (see ``concierge.demo_env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import anthropic
+from aiohttp import web
+from azure.core.credentials_async import AsyncTokenCredential
+from slack_bolt.async_app import AsyncApp
+
+from agent.calendar import GraphCalendar, build_graph_client
+from agent.conversation import ClaudeAgent
+from agent.llm import build_anthropic
+from bot import slack as slack_bot
+from bot import telegram as telegram_bot
+from bot.allow import AllowList
+from bot.flow import ChatFlow
+from bot.intake import ClaudeExtractor, Intake
+from bot.notify import ChatNotifier
+from concierge.clock import Clock, SystemClock
+from concierge.dispatcher import Dispatcher
+from concierge.settings import Settings
+from storage.db import Database
+from storage.jobs import JobStore
+from storage.models import CallOutcome, Job
+from telephony.session import CallSession
+from telephony.speech import SpeechClient
+from telephony.turns import SessionConfig
+from telephony.twilio_rest import TwilioCallPlacer
+from telephony.webhooks import TwilioWebhooks
+
+log = logging.getLogger(__name__)
+
+#: Components a server cannot place a single call without.
+CALL_COMPONENTS = ("twilio", "deepgram", "anthropic", "graph")
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Where the server ended up listening."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so ``PUBLIC_BASE_URL`` can name a port chosen by the OS."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Concierge:
+    """Everything the server runs, built from settings.
+
+    Args:
+        settings: configuration (``settings.public_base_url`` must be final).
+        clock: wall clock for the queue and the dispatcher (the demo fast-forwards it).
+        graph_credential: token source for Microsoft Graph; ``None`` uses the app-only
+            client-secret credential from settings.
+        owner: lease name of this server; stable across restarts so a restart adopts
+            its own unfinished calls.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        graph_credential: AsyncTokenCredential | None = None,
+        owner: str | None = None,
+    ) -> None:
+        settings.require(*CALL_COMPONENTS)
+        if settings.telegram_mode == "webhook" and settings.configured("telegram"):
+            if not settings.telegram_webhook_secret:
+                from storage.errors import ConfigError
+
+                raise ConfigError("Telegram webhook mode needs TELEGRAM_WEBHOOK_SECRET")
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.owner = owner or f"{socket.gethostname()}:{settings.port}"
+        self._graph_credential = graph_credential
+        self.db: Database | None = None
+        self.web_app = web.Application(client_max_size=256 * 1024)
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closers: list[Any] = []
+        self.listening: Listening | None = None
+
+    # -- building ---------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket | None = None) -> Listening:
+        """Open the database, build every component, start listening and dispatching."""
+        s = self.settings
+        self.db = await Database.open(s.database_path)
+        self.store = JobStore(self.db, clock=self.clock.now)
+        self.llm: anthropic.AsyncAnthropic = build_anthropic(s.anthropic_api_key, s.anthropic_base_url)
+        graph = build_graph_client(
+            s.graph_tenant_id,
+            s.graph_client_id,
+            s.graph_client_secret,
+            s.graph_base_url,
+            credential=self._graph_credential,
+        )
+        self.calendar = GraphCalendar(graph, s.graph_user_id)
+        self.placer = TwilioCallPlacer(
+            self.store,
+            account_sid=s.twilio_account_sid,
+            auth_token=s.twilio_auth_token,
+            from_number=s.twilio_from_number,
+            public_base_url=s.public_base_url,
+            api_base_url=s.twilio_api_base_url,
+            max_call_seconds=s.max_call_seconds,
+        )
+        self.speech = SpeechClient(
+            api_key=s.deepgram_api_key,
+            http_url=s.deepgram_http_url,
+            ws_url=s.deepgram_ws_url,
+            stt_model=s.deepgram_stt_model,
+            tts_model=s.deepgram_tts_model,
+        )
+        self.flow = self._build_flow()
+        self.tg_app = self._build_telegram() if s.configured("telegram") else None
+        self.bolt: AsyncApp | None = self._build_slack() if s.configured("slack") else None
+        self.notifier = ChatNotifier(
+            self.store,
+            telegram_bot=self.tg_app.bot if self.tg_app else None,
+            slack_client=self.bolt.client if self.bolt else None,
+            person_tz=s.person_timezone,
+        )
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.placer,
+            self.notifier,
+            owner=self.owner,
+            clock=self.clock,
+            default_hours=s.default_business_hours,
+            max_concurrent=s.max_concurrent_calls,
+            max_attempts=s.max_attempts,
+            lease_seconds=s.lease_seconds,
+            retry_backoff=timedelta(minutes=s.retry_backoff_minutes),
+            max_queued_per_user=s.max_queued_per_user,
+            errands_per_user_per_hour=s.errands_per_user_per_hour,
+            on_booked=self._create_event,
+        )
+        self.flow.desk = self.dispatcher
+        self.session_config = SessionConfig(
+            silence_timeout=s.silence_timeout_seconds, max_call_seconds=float(s.max_call_seconds)
+        )
+        self.webhooks = TwilioWebhooks(
+            self.store,
+            self.dispatcher,
+            auth_token=s.twilio_auth_token,
+            public_base_url=s.public_base_url,
+            session_factory=self._new_session,
+            placer=self.placer,
+        )
+        self._add_routes()
+        self._runner = web.AppRunner(self.web_app, handle_signals=False, shutdown_timeout=5.0)
+        await self._runner.setup()
+        sock = sock or bind(s.host, s.port)
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        host, port = sock.getsockname()[:2]
+        self.listening = Listening(host, port)
+        await self._start_chats()
+        self._spawn(self.dispatcher.run(), "dispatcher")
+        return self.listening
+
+    def _build_telegram(self) -> Any:
+        s = self.settings
+        return telegram_bot.build_application(
+            token=s.telegram_bot_token,
+            api_base_url=s.telegram_api_base_url,
+            flow=self.flow,
+            allow=self.allow,
+            webhook=s.telegram_mode == "webhook",
+        )
+
+    def _build_slack(self) -> AsyncApp:
+        s = self.settings
+        return slack_bot.build_slack_app(
+            bot_token=s.slack_bot_token,
+            signing_secret=s.slack_signing_secret,
+            flow=self.flow,
+            allow=self.allow,
+            api_base_url=s.slack_api_base_url,
+        )
+
+    def _build_flow(self) -> ChatFlow:
+        """The chat conversation logic shared by Telegram and Slack.
+
+        The bots need the flow, the notifier needs the bots and the dispatcher needs the
+        notifier, so the flow starts with a placeholder desk and gets the dispatcher once
+        it exists (before anything can reach the flow: nothing listens yet).
+        """
+        s = self.settings
+        intake = Intake(
+            extractor=ClaudeExtractor(self.llm, model=s.anthropic_model),
+            person_name=s.person_name,
+            person_tz=s.person_timezone,
+            region=s.person_region,
+            blocked_numbers=s.blocked_numbers,
+            clock=self.clock.now,
+        )
+        return ChatFlow(intake=intake, desk=_LateDesk(), clock=self.clock.now)
+
+    @property
+    def allow(self) -> AllowList:
+        s = self.settings
+        return AllowList.build(
+            telegram_users=s.telegram_allowed_users,
+            slack_users=s.slack_allowed_users,
+            slack_teams=s.slack_allowed_teams,
+        )
+
+    def _add_routes(self) -> None:
+        self.web_app.router.add_get("/healthz", self._healthz)
+        self.webhooks.add_routes(self.web_app)
+        if self.bolt is not None:
+            slack_bot.add_slack_routes(self.web_app, self.bolt)
+        if self.tg_app is not None and self.settings.telegram_mode == "webhook":
+            telegram_bot.add_webhook_route(self.web_app, self.tg_app, self.settings.telegram_webhook_secret)
+
+    async def _start_chats(self) -> None:
+        s = self.settings
+        if self.tg_app is not None:
+            if s.telegram_mode == "webhook":
+                await telegram_bot.start_webhook_mode(
+                    self.tg_app,
+                    url=f"{s.public_base_url.rstrip('/')}/telegram/webhook",
+                    secret=s.telegram_webhook_secret,
+                )
+            else:
+                await telegram_bot.start_polling(self.tg_app)
+        if self.bolt is not None and s.slack_app_token:
+            handler = await slack_bot.start_socket_mode(self.bolt, s.slack_app_token)
+            self._closers.append(handler.close_async)
+
+    # -- per call ---------------------------------------------------------------------------
+
+    def _new_session(self, job: Job, call_sid: str) -> CallSession:
+        agent = ClaudeAgent(
+            self.llm,
+            model=self.settings.anthropic_model,
+            request=job.request,
+            calendar=self.calendar,
+            assistant_name=self.settings.assistant_name,
+            clock=self.clock.now,
+        )
+        return CallSession(
+            job, call_sid, agent=agent, speech=self.speech, placer=self.placer, config=self.session_config
+        )
+
+    async def _create_event(self, job: Job, outcome: CallOutcome) -> CallOutcome:
+        """After a booked call: the calendar event (idempotent on the job id) and its link."""
+        assert outcome.booking is not None, "a booked outcome carries its booking"
+        link = await self.calendar.create_event(
+            transaction_id=job.id, request=job.request, booking=outcome.booking, summary=outcome.summary
+        )
+        return outcome.with_event_link(link)
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        assert self.db is not None
+        active = await self.store.count_active()
+        return web.json_response(
+            {"ok": True, "active_calls": active, "live_sessions": self.webhooks.active_calls()}
+        )
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_crash)
+
+    async def stop(self, *, grace: float = 30.0) -> None:
+        """Graceful shutdown: take no new calls, let live calls finish (up to ``grace``), release.
+
+        Calls still running after ``grace`` are hung up and reported as interrupted, so
+        their errands go back to the queue instead of being lost.
+        """
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.stop()
+        if hasattr(self, "webhooks") and self.webhooks.active_calls():
+            log.info("waiting up to %.0f s for %d live call(s)", grace, self.webhooks.active_calls())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.webhooks.join()
+        tg_app = getattr(self, "tg_app", None)
+        if tg_app is not None:
+            await telegram_bot.stop(tg_app)
+        for close in self._closers:
+            with contextlib.suppress(Exception):
+                await close()
+        if self._runner is not None:
+            await self._runner.cleanup()  # on_shutdown: webhooks.close() hangs up what is left
+            self._runner = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for name in ("placer", "calendar", "llm"):
+            obj = getattr(self, name, None)
+            closer = getattr(obj, "aclose", None) or getattr(obj, "close", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+
+
+class _LateDesk:
+    """Placeholder desk until the dispatcher exists (the flow is built before it)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("the errand desk is not ready yet")
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s crashed", task.get_name(), exc_info=task.exception())
