@@ -194,6 +194,10 @@ class ClaudeAgent:
                 _set_text(message, keep)
         self._spoken = []
         self._drop_empty()
+        # A disclosure cut off before the callee heard "AI" does not count: say it again.
+        self._disclosed = any(
+            _DISCLOSES.search(_text_of(m)) for m in self.messages if m["role"] == "assistant"
+        )
 
     def _disclose(self, pieces: list[str], held: list[str], *, final: bool) -> list[str]:
         """Hold the call's first sentence until it is known to disclose; otherwise say the disclosure first.

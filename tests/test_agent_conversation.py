@@ -394,3 +394,16 @@ async def test_a_reply_that_discloses_is_not_prefixed(sandbox: SandboxAnthropic,
     agent = make_agent(client, FakeCalendar())
     actions = await run(agent, CalleeSaid("Hello?"))
     assert says(actions) == "Hi, this is Robin, an AI assistant calling for Alex. A haircut, please."
+
+
+async def test_a_disclosure_cut_off_by_the_callee_is_said_again(sandbox: SandboxAnthropic, client: Any) -> None:
+    sandbox.responder = scripted(
+        [text("Hi, this is Robin, an AI assistant calling for Alex.")],
+        [text("I'd like to book a haircut.")],
+    )
+    agent = make_agent(client, FakeCalendar())
+    async with aclosing(agent.reply(CalleeSaid("Hello?"))) as replies:
+        await anext(replies)
+    agent.interrupted("Hi, this is")  # cut off before "AI"
+    again = await run(agent, CalleeSaid("Sorry, who is calling?"))
+    assert says(again) == f"{agent.disclosure} I'd like to book a haircut."

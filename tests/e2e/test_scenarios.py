@@ -1,0 +1,122 @@
+"""Every scenario end to end: chat → queue → call → result in the chat thread, through the real SDKs.
+
+Each run starts the whole sandbox world and the real ``Concierge`` application on
+loopback, writes to the Telegram bot as the person, presses Confirm, and lets the
+sandbox receptionist take the call(s). Audio is paced 4× faster than real time;
+every timing decision in the product and the sandbox counts audio, not wall time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from concierge.demo import ErrandRun, run_scenario, start_stack
+from concierge.demo_env import DEMO_TELEGRAM_USER
+from sandbox import scenarios
+from storage.models import JobState, OutcomeKind, Speaker
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:.*BasicAuth.*:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:.*'auth' parameter.*:DeprecationWarning"),
+]
+
+
+async def run(name: str) -> ErrandRun:
+    world, app, clock = await start_stack(pace=4.0, silence_timeout_seconds=6.0)
+    try:
+        return await run_scenario(world, app, clock, name, timeout=90)
+    finally:
+        await app.stop(grace=5)
+        await world.stop()
+
+
+def chat_texts(result: ErrandRun) -> list[str]:
+    return [s.text or s.caption or "" for s in result.chat]
+
+
+def assert_common(result: ErrandRun) -> None:
+    assert result.ok, result.problems
+    # every message went to the person's own chat
+    assert {s.chat_id for s in result.chat} == {DEMO_TELEGRAM_USER}
+    # the transcript file was attached when a call happened
+    if result.turns:
+        assert any(s.method == "sendDocument" for s in result.chat)
+    # the assistant disclosed it is an AI in the first words the callee heard in full
+    spoken = [t for t in result.turns if t.speaker is Speaker.ASSISTANT]
+    if spoken:
+        first_whole = next(t for t in spoken if not t.interrupted)
+        assert "AI assistant" in first_whole.text, spoken
+
+
+@pytest.mark.parametrize("name", ["happy", "clash", "interrupt", "menu", "hold"])
+async def test_booking_scenarios(name: str) -> None:
+    result = await run(name)
+    assert_common(result)
+    job = result.job
+    assert job.state is JobState.BOOKED and job.outcome is not None
+    assert job.outcome.kind is OutcomeKind.BOOKED and job.outcome.event_link
+    events = [e for e in result.events if e.get("transactionId") == job.id]
+    assert len(events) == 1
+    texts = chat_texts(result)
+    assert any(job.outcome.event_link in t for t in texts), texts
+    assert len(result.calls) == 1  # dialled exactly once
+    callee = [t.text for t in result.turns if t.speaker is Speaker.CALLEE]
+    assert any("Wednesday" in t for t in callee)
+    if name == "clash":
+        assert any("Tuesday" in t for t in callee)
+    if name == "interrupt":
+        assert any(t.interrupted for t in result.turns)
+        assert result.calls[0].clears >= 1
+    if name == "menu":
+        assert result.calls[0].digits_heard.startswith("1")
+
+
+async def test_voicemail_then_booked_on_the_second_call() -> None:
+    result = await run("voicemail")
+    assert_common(result)
+    assert result.job.state is JobState.BOOKED and result.job.attempts == 2
+    assert len(result.calls) == 2
+    assert len([e for e in result.events if e.get("transactionId") == result.job.id]) == 1
+    assert any("retry" in t.lower() or "try again" in t.lower() for t in chat_texts(result))
+
+
+async def test_no_answer_three_times_gives_up_and_tells_the_person() -> None:
+    result = await run("no_answer")
+    assert_common(result)
+    assert result.job.state is JobState.GAVE_UP and result.job.attempts == 3
+    assert len(result.calls) == 3 and not result.events
+    assert result.turns == []
+
+
+@pytest.mark.parametrize(
+    ("name", "state", "kind"),
+    [
+        ("fully_booked", JobState.DECLINED, OutcomeKind.DECLINED),
+        ("wrong_number", JobState.FAILED, OutcomeKind.WRONG_NUMBER),
+        ("needs_user", JobState.NEEDS_USER, OutcomeKind.NEEDS_USER),
+    ],
+)
+async def test_unbooked_endings(name: str, state: JobState, kind: OutcomeKind) -> None:
+    result = await run(name)
+    assert_common(result)
+    assert result.job.state is state and result.job.outcome is not None
+    assert result.job.outcome.kind is kind
+    assert not [e for e in result.events if e.get("transactionId") == result.job.id]
+    assert len(result.calls) == 1
+    if name == "needs_user":
+        question = result.job.outcome.question or ""
+        assert "beard trim" in question
+        asked = [s for s in result.chat if question and question in (s.text or "")]
+        assert asked and any(label == "Yes" for label, _ in asked[-1].buttons)
+
+
+@pytest.fixture(autouse=True)
+def _names_cover_every_scenario() -> AsyncIterator[None] | None:
+    assert set(scenarios.NAMES) == {
+        "happy", "clash", "interrupt", "menu", "hold", "voicemail", "no_answer",
+        "fully_booked", "wrong_number", "needs_user",
+    }  # fmt: skip
+    return None
