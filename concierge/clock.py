@@ -65,7 +65,7 @@ class _ReschedulingClock:
         if event.is_set() or (until is not None and until <= self.now()):
             return
         try:
-            async with asyncio.timeout(self._loop_deadline(until)) as cm:
+            async with asyncio.timeout_at(self._loop_deadline(until)) as cm:
                 waiter = _Waiter(until, cm)
                 self._waiters.add(waiter)
                 try:

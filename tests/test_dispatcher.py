@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from test_dispatcher_helpers import harness, local, request
 
+from concierge.clock import OffsetClock
 from concierge.dispatcher import calls_made
 from storage.errors import IllegalTransition, IntakeError, JobNotFound, ProviderError, ProviderStatusError
 from storage.models import (
@@ -311,3 +312,19 @@ async def test_stop_waits_for_in_flight_placement(tmp_path: Path) -> None:
         h.task = None
         assert (await h.store.get(job.id)).call_sid == h.placer.calls[0].call_sid
         assert not h.dispatcher._tasks
+
+
+async def test_offset_clock_fast_forward_places_the_call_at_opening(tmp_path: Path) -> None:
+    """The demo's path: real time flowing, then a jump to opening time wakes the loop."""
+    clock = OffsetClock()
+    clock.jump_to(SUNDAY_NOON)
+    async with harness(tmp_path / "q.db", SUNDAY_NOON, clock=clock) as h:
+        job = await h.dispatcher.submit(request())
+        await h.idle()
+        assert h.placer.calls == [] and h.dispatcher.sleeping_until == MONDAY_9
+        clock.jump_to(MONDAY_9)
+        async with asyncio.timeout(5):
+            await h.placer.entered.wait()
+        await h.idle()
+        assert [c.job_id for c in h.placer.calls] == [job.id]
+        assert h.placer.calls[0].at - MONDAY_9 < timedelta(seconds=5)

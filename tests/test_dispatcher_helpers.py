@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from concierge.clock import FakeClock
+from concierge.clock import Clock, FakeClock
 from concierge.dispatcher import Dispatcher
 from storage.db import Database
 from storage.errors import ProviderError
@@ -58,7 +58,7 @@ class PlacedCall:
 class FakePlacer:
     """Records every call with the fake time it was placed at."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.calls: list[PlacedCall] = []
         self.hung_up: list[str] = []
@@ -172,9 +172,11 @@ async def harness(
     start: datetime,
     *,
     start_loop: bool = True,
+    clock: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
-    clock = FakeClock(start)
+    """Real store and dispatcher with fakes around them; ``clock`` overrides ``FakeClock(start)``."""
+    clock = clock if clock is not None else FakeClock(start)
     db = await Database.open(path)
     try:
         store = JobStore(db, clock=clock)
