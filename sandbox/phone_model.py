@@ -45,7 +45,7 @@ _NAME = re.compile(
     r"\b(your name|name for the (booking|appointment)|spell|whose name|who is it for|name,? please)", re.I
 )
 _NEEDS_USER = re.compile(
-    r"insurance|would (he|she|they) like|(does|do) (he|she|they) want|prefer"
+    r"insurance|would (he|she|they) (also )?like|(does|do) (he|she|they) (also )?want|prefer"
     r"|which (stylist|barber|one|doctor)|what (kind|type|style)"
     r"|deposit|credit card|card number|first (time|visit)|new (client|patient)|member",
     re.I,
@@ -67,9 +67,9 @@ def respond(body: dict[str, Any]) -> list[Block]:
         last["content"] if isinstance(last["content"], list) else [{"type": "text", "text": last["content"]}]
     )
     results = [b for b in content if b.get("type") == "tool_result"]
-    if results:
-        return _after_tools(errand, messages, results)
     said = " ".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
+    if results and not said:  # words after the tool results are newer: answer those
+        return _after_tools(errand, messages, results)
     return _answer(errand, system, messages, said)
 
 

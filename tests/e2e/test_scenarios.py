@@ -45,7 +45,9 @@ def assert_common(result: ErrandRun) -> None:
     if result.turns:
         assert any(s.method == "sendDocument" for s in result.chat)
     # the assistant disclosed it is an AI in the first words the callee heard in full
-    spoken = [t for t in result.turns if t.speaker is Speaker.ASSISTANT]
+    spoken = [
+        t for t in result.turns if t.speaker is Speaker.ASSISTANT and not t.text.startswith("[pressed")
+    ]
     if spoken:
         first_whole = next(t for t in spoken if not t.interrupted)
         assert "AI assistant" in first_whole.text, spoken
