@@ -396,7 +396,9 @@ async def test_a_reply_that_discloses_is_not_prefixed(sandbox: SandboxAnthropic,
     assert says(actions) == "Hi, this is Robin, an AI assistant calling for Alex. A haircut, please."
 
 
-async def test_a_disclosure_cut_off_by_the_callee_is_said_again(sandbox: SandboxAnthropic, client: Any) -> None:
+async def test_a_disclosure_cut_off_by_the_callee_is_said_again(
+    sandbox: SandboxAnthropic, client: Any
+) -> None:
     sandbox.responder = scripted(
         [text("Hi, this is Robin, an AI assistant calling for Alex.")],
         [text("I'd like to book a haircut.")],
