@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from typing import Any
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import render
 from bot.allow import AllowList
 from bot.flow import Button, ChatFlow, Out
+from bot.webbody import BodyTooLarge, read_body, too_large
 from storage.models import ChatOrigin, Platform
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 MAX_BODY = 1 << 20
 ACTION_RE = re.compile(r"^errand_")
+#: The signing secret of each Bolt app built here, so the route can verify raw bytes first.
+_VERIFIERS: weakref.WeakKeyDictionary[AsyncApp, SignatureVerifier] = weakref.WeakKeyDictionary()
 
 
 def blocks(out: Out) -> list[dict[str, Any]]:
@@ -73,6 +79,7 @@ def build_slack_app(
     """The Bolt app with the ``/call`` command, thread replies and button actions."""
     client = AsyncWebClient(token=bot_token, base_url=api_base_url)
     app = AsyncApp(signing_secret=signing_secret, client=client)
+    _VERIFIERS[app] = SignatureVerifier(signing_secret)
 
     async def post(client: AsyncWebClient, channel: str, thread_ts: str, out: Out) -> None:
         await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=out.text, blocks=blocks(out))
@@ -153,12 +160,39 @@ def build_slack_app(
 
 
 def add_slack_routes(web_app: web.Application, bolt_app: AsyncApp, *, path: str = EVENTS_PATH) -> None:
-    """Mount Bolt at ``path`` in our aiohttp app (Bolt verifies signatures: 401 otherwise)."""
+    """Mount Bolt at ``path`` in our aiohttp app.
+
+    The signature is checked here on the raw bytes *before* anything parses the
+    body (Bolt's adapter builds its request — JSON and form parsing included —
+    before Bolt's own check runs, so junk could raise there), and a malformed
+    timestamp is a 401 rather than the ``int()`` error inside ``slack_sdk``.
+    Bolt checks the signature again; a body it cannot read is a 400.
+    """
+    verifier = _VERIFIERS.get(bolt_app)
 
     async def handle(request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            return web.Response(status=413, text="too large")
-        return await to_aiohttp_response(await bolt_app.async_dispatch(await to_bolt_request(request)))
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        signature = request.headers.get("X-Slack-Signature", "")
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12) or not signature:
+            return web.Response(status=401, text="invalid request")
+        try:
+            raw = await read_body(request, MAX_BODY)
+        except BodyTooLarge:
+            return too_large()
+        try:
+            text = raw.decode("utf-8")  # Slack sends UTF-8; slack_sdk would raise on anything else
+        except UnicodeDecodeError:
+            return web.Response(status=400, text="bad request")
+        if verifier is not None and not verifier.is_valid(
+            body=text, timestamp=timestamp, signature=signature
+        ):
+            return web.Response(status=401, text="invalid request")
+        try:
+            bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=request.headers)  # type: ignore[arg-type]
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as e:
+            log.warning("slack request unreadable (%s)", type(e).__name__)
+            return web.Response(status=400, text="bad request")
+        return await to_aiohttp_response(await bolt_app.async_dispatch(bolt_request))
 
     web_app.router.add_post(path, handle)
 

@@ -28,6 +28,7 @@ from telegram.ext import (
 from bot import render
 from bot.allow import AllowList
 from bot.flow import Button, ChatFlow, Out
+from bot.webbody import BodyTooLarge, read_body, too_large
 from storage.models import ChatOrigin, Platform
 
 log = logging.getLogger(__name__)
@@ -208,14 +209,19 @@ def add_webhook_route(
         given = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), secret.encode()):
             return web.Response(status=403, text="forbidden")
-        if request.content_length is not None and request.content_length > max_body:
-            return web.Response(status=413, text="too large")
-        raw = await request.content.read(max_body + 1)
-        if len(raw) > max_body:
-            return web.Response(status=413, text="too large")
         try:
-            update = Update.de_json(json.loads(raw), tg_app.bot)
-        except ValueError:
+            raw = await read_body(request, max_body)
+        except BodyTooLarge:
+            return too_large()
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+                raise ValueError("an Update is a JSON object with an integer update_id")
+            # PTB's de_json trusts the shape it is given (KeyError, AttributeError, TypeError
+            # on a wrong one); only the secret holder can get here, but a 500 is still wrong.
+            update = Update.de_json(data, tg_app.bot)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            log.warning("telegram webhook: unusable update (%s)", type(e).__name__)
             return web.Response(status=400, text="bad update")
         await tg_app.update_queue.put(update)
         return web.Response(text="ok")
