@@ -4,8 +4,15 @@ Both use the real ``deepgram-sdk`` websocket clients, pointed at any base URL
 (the sandbox in tests). Each call opens one listen socket and one speak socket
 as early as possible (while the phone rings) so that answering costs no
 handshake, and keeps them for the whole call. A dropped socket (Deepgram
-closes with 1011 on errors) is reopened with back-off; inbound audio is
-buffered meanwhile so the callee is still transcribed and the call goes on.
+closes with 1011 on errors) is reopened with back-off and the call goes on:
+
+* listen: inbound audio is kept from the end of the last *final* transcript
+  on, so after a drop the new socket is sent everything the old one had not
+  finalized (words cut by the drop included) plus what arrived meanwhile;
+* speak: text not yet acknowledged by ``Flushed`` is sent again on the new
+  socket, so a clause cut by the drop is spoken again instead of lost (the
+  callee may hear its first words twice — better than a silent gap that the
+  transcript would claim was said).
 
 Audio passes through untouched: Twilio's 8 kHz µ-law bytes go straight to the
 listen socket and the speak socket is asked for the same format, so nothing is
@@ -111,7 +118,12 @@ class TtsCleared:
 
 @dataclass(frozen=True, slots=True)
 class TtsReset:
-    """The speak socket dropped and was reopened: pending text produced no more audio."""
+    """Pending text will produce no more audio.
+
+    No longer emitted: since ``Speaker`` resends unacknowledged text after a
+    reconnect, every flushed clause gets its ``TtsFlushed``. Kept so consumers
+    that still handle it keep working.
+    """
 
 
 SpeakEvent = TtsAudio | TtsFlushed | TtsCleared | TtsReset
@@ -183,7 +195,10 @@ class Listener:
         self.connected = asyncio.Event()
         self.connections = 0
         self._conn: Any = None
-        self._buf = bytearray()
+        # Audio not yet covered by a final transcript (stream offsets _pending_base..._accepted):
+        # what a new socket must be sent after a drop.
+        self._pending = bytearray()
+        self._pending_base = 0
         self._accepted = 0  # bytes ever passed to send()
         self._conn_base = 0  # stream offset of the first byte the current socket received
         self._last_send = self._clock()
@@ -196,17 +211,18 @@ class Listener:
         """Forward inbound µ-law bytes untouched (buffered while reconnecting)."""
         self._accepted += len(audio)
         self._arrivals.append((self._accepted, self._clock()))
+        self._pending += audio
+        if len(self._pending) > MAX_BUFFER_BYTES + BYTES_PER_SECOND:  # trim in 1 s steps, not per frame
+            cut = len(self._pending) - MAX_BUFFER_BYTES
+            del self._pending[:cut]
+            self._pending_base += cut
         conn = self._conn
         if conn is not None:
             try:
                 await conn.send_media(audio)
                 self._last_send = self._clock()
-                return
             except _CONNECTION_ERRORS:
-                self._conn = None  # run() notices the drop and reconnects
-        self._buf += audio
-        if len(self._buf) > MAX_BUFFER_BYTES:
-            del self._buf[: len(self._buf) - MAX_BUFFER_BYTES]
+                self._conn = None  # run() notices the drop, reconnects and replays _pending
 
     def arrival_time(self, stream_seconds: float) -> float | None:
         """Clock time at which the audio at ``stream_seconds`` arrived, if still known."""
@@ -235,13 +251,15 @@ class Listener:
         """
         failures = 0
         while not self._closing:
+            opened = self.connections
             try:
                 await self._session()
                 failures = 0
             except (ApiError, *_CONNECTION_ERRORS) as e:
                 if self._closing:
                     return
-                failures += 1
+                # count failures in a row: a socket that was up before it dropped starts afresh
+                failures = 1 if self.connections > opened else failures + 1
                 log.warning("deepgram listen socket lost (%r); reconnect #%d", e, failures)
                 if failures > self.max_reconnects or (isinstance(e, ApiError) and e.status_code == 401):
                     raise _map_error(e, "listen") from e
@@ -265,13 +283,13 @@ class Listener:
             punctuate="true",
         ) as conn:
             self.connections += 1
-            # Replay what arrived while disconnected, then go live; anything that
-            # arrives during the replay is appended and replayed in order.
-            self._conn_base = self._accepted - len(self._buf)
-            while self._buf:
-                chunk = bytes(self._buf)
-                self._buf.clear()
-                await conn.send_media(chunk)
+            # Replay everything not yet finalized (cut off by a drop, or arrived while
+            # disconnected), then go live; audio arriving during the replay follows in order.
+            self._conn_base = position = self._pending_base
+            while position < (end := self._pending_base + len(self._pending)):
+                start = max(position, self._pending_base)
+                await conn.send_media(bytes(self._pending[start - self._pending_base :]))
+                position = end
             self._conn = conn
             self._last_send = self._clock()
             self.connected.set()
@@ -288,6 +306,13 @@ class Listener:
                     await keepalive
             if not self._closing:
                 raise ConnectionClosed(None, None)  # closed cleanly by the server: reopen
+
+    def _finalized(self, stream_seconds: float) -> None:
+        """Deepgram will not revisit audio before ``stream_seconds``: stop keeping it for a replay."""
+        done = min(int(stream_seconds * BYTES_PER_SECOND), self._accepted)
+        if done > self._pending_base:
+            del self._pending[: done - self._pending_base]
+            self._pending_base = done
 
     async def _keepalive(self, conn: Any) -> None:
         # Deepgram closes an idle socket after 10 s; before the callee answers
@@ -311,6 +336,8 @@ class Listener:
             speech_end = None
             if msg.is_final and alts and alts[0].words:
                 speech_end = self.arrival_time(base + alts[0].words[-1].end)
+            if msg.is_final:
+                self._finalized(base + float(msg.start or 0) + float(msg.duration or 0))
             self.events.put_nowait(
                 Transcript(text or "", bool(msg.is_final), bool(msg.speech_final), now, speech_end)
             )
@@ -328,10 +355,13 @@ class Speaker:
     ``speak(text)`` + ``flush()`` per clause; ``clear()`` on barge-in. Audio and
     acknowledgements arrive on ``events``. Deepgram's SDK parses ``Cleared`` into
     its ``Flushed`` class, so messages are told apart by ``msg.type`` only.
+
+    Everything sent since the last ``Flushed`` is remembered; when the socket
+    drops, ``run()`` reopens it and sends that again, so each flushed clause
+    still ends in exactly one ``TtsFlushed`` and its audio is never lost.
     """
 
     max_reconnects = 6
-    connect_timeout = 10.0
 
     def __init__(self, client: SpeechClient) -> None:
         self._client = client
@@ -340,27 +370,22 @@ class Speaker:
         self.connections = 0
         self._conn: Any = None
         self._closing = False
-
-    async def _live(self) -> Any:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await self.connected.wait()
-        except TimeoutError as e:
-            raise ProviderConnectionError("deepgram speak socket not connected", provider="deepgram") from e
-        return self._conn
+        self._unacked: list[tuple[str, str]] = []  # ("speak", text) / ("flush", "") since the last Flushed
+        self._clearing = False  # a Clear was asked for and its Cleared has not come back
 
     async def _send(self, op: str, text: str = "") -> None:
-        conn = await self._live()
+        if op == "clear":
+            self._unacked.clear()  # never replay what the callee must no longer hear
+            self._clearing = True
+        else:
+            self._unacked.append((op, text))
+        conn = self._conn
+        if conn is None:
+            return  # not connected: run() sends it (or, for a clear, confirms it) on connect
         try:
-            if op == "speak":
-                await conn.send_text(SpeakV1Text(type="Speak", text=text))
-            elif op == "flush":
-                await conn.send_flush()
-            else:
-                await conn.send_clear()
+            await _send_op(conn, op, text)
         except _CONNECTION_ERRORS:
-            # run() reconnects and reports TtsReset; the clause is lost, never half-claimed
-            log.warning("deepgram speak socket lost during %s", op)
+            log.warning("deepgram speak socket lost during %s; it is resent after the reconnect", op)
 
     async def speak(self, text: str) -> None:
         await self._send("speak", text)
@@ -386,13 +411,14 @@ class Speaker:
         """
         failures = 0
         while not self._closing:
+            opened = self.connections
             try:
                 await self._session()
                 failures = 0
             except (ApiError, *_CONNECTION_ERRORS) as e:
                 if self._closing:
                     return
-                failures += 1
+                failures = 1 if self.connections > opened else failures + 1
                 log.warning("deepgram speak socket lost (%r); reconnect #%d", e, failures)
                 if failures > self.max_reconnects or (isinstance(e, ApiError) and e.status_code == 401):
                     raise _map_error(e, "speak") from e
@@ -406,16 +432,26 @@ class Speaker:
             model=self._client.tts_model, encoding="mulaw", sample_rate=8000
         ) as conn:
             self.connections += 1
+            if self._clearing:
+                # the Clear never reached the old socket; this one holds nothing from before it
+                self._clearing = False
+                self.events.put_nowait(TtsCleared())
+            i = 0
+            while i < len(self._unacked):  # sends made during the replay are appended: keep going
+                op, text = self._unacked[i]
+                await _send_op(conn, op, text)
+                i += 1
+            if self._clearing:  # cleared during the replay: clear what was just resent
+                await conn.send_clear()
             self._conn = conn
             self.connected.set()
-            try:
-                await self._receive(conn)
-            finally:
-                if not self._closing:
-                    # whatever text was pending on the lost socket will never be spoken
-                    self.events.put_nowait(TtsReset())
+            await self._receive(conn)
             if not self._closing:
                 raise ConnectionClosed(None, None)
+
+    def _acked_flush(self) -> None:
+        if ("flush", "") in self._unacked:
+            del self._unacked[: self._unacked.index(("flush", "")) + 1]
 
     async def _receive(self, conn: Any) -> None:
         async for msg in conn:
@@ -424,8 +460,19 @@ class Speaker:
                 continue
             kind = getattr(msg, "type", None)
             if kind == "Flushed":
+                self._acked_flush()
                 self.events.put_nowait(TtsFlushed())
             elif kind == "Cleared":
+                self._clearing = False
                 self.events.put_nowait(TtsCleared())
             elif kind == "Warning":
                 log.warning("deepgram speak warning: %s", getattr(msg, "description", msg))
+
+
+async def _send_op(conn: Any, op: str, text: str) -> None:
+    if op == "speak":
+        await conn.send_text(SpeakV1Text(type="Speak", text=text))
+    elif op == "flush":
+        await conn.send_flush()
+    else:
+        await conn.send_clear()
