@@ -305,12 +305,9 @@ class Dispatcher:
                 outcome = CallOutcome(kind, summary=f"I couldn't place the call ({e}).")
                 await self.outcomes.settle(job.id, outcome, reason=f"call not placed: {e}")
                 return
-            current = await self.store.get(job.id)
+            current = await record_call_sid(self.store, job, call_sid)
             if not current.state.is_active:  # cancelled while the call was being created
                 await self.hang_up_quietly(call_sid)
-                return
-            if current_call_sid(current) is None:
-                await record_call_sid(self.store, current, call_sid)
         except Exception:
             # A bug or a database error here must not kill the loop; the lease
             # expires and the sweep reconciles the job with the provider.

@@ -56,9 +56,13 @@ def current_call_sid(job: Job) -> str | None:
 
 
 async def record_call_sid(store: JobStore, job: Job, call_sid: str) -> Job:
-    """Remember the call placed for the job's current attempt (see :func:`current_call_sid`)."""
-    await store.set_meta(job.id, call_sid_attempt=job.attempts)
-    return await store.set_call_sid(job.id, call_sid)
+    """Remember the call placed for the job's current attempt (see :func:`current_call_sid`).
+
+    The column is written first: the webhooks match Twilio's callbacks
+    against ``Job.call_sid``, so the sooner it is right the better.
+    """
+    await store.set_call_sid(job.id, call_sid)
+    return await store.set_meta(job.id, call_sid_attempt=job.attempts)
 
 
 class JobLocks:
