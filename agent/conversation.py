@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import anthropic
+import httpx2
 
 from agent.base import (
     AgentAction,
@@ -34,7 +35,7 @@ from agent.base import (
     SendDigits,
 )
 from agent.chunking import ClauseChunker
-from agent.llm import RetryPolicy
+from agent.llm import RetryPolicy, from_transport_error
 from agent.prompts import build_system_prompt
 from agent.tools import BookingTools, FreeBusy
 from storage.models import CallOutcome, CallRequest, OutcomeKind, utcnow
@@ -258,27 +259,31 @@ class ClaudeAgent:
         held: list[str] = []
         said: list[str] = []
         first_token_at: float | None = None
+        system = [{"type": "text", "text": self.system_prompt, "cache_control": {"type": "ephemeral"}}]
         done = False
         try:
-            async with self._client.messages.stream(
-                model=self._model,
-                max_tokens=self._max_tokens,
-                system=[{"type": "text", "text": self.system_prompt, "cache_control": {"type": "ephemeral"}}],
-                tools=self._tool_defs,  # type: ignore[arg-type]
-                messages=self.messages,  # type: ignore[arg-type]
-            ) as stream:
-                async for ev in stream:
-                    pieces: list[str] = []
-                    if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
-                        if first_token_at is None:
-                            first_token_at = self._monotonic()
-                        pieces = self._disclose(chunker.feed(ev.delta.text), held, final=False)
-                    elif ev.type == "content_block_stop":  # speak text before a tool runs
-                        pieces = self._disclose(chunker.flush(), held, final=True)
-                    for piece in pieces:
-                        said.append(piece)
-                        yield Say(piece, first_token_at if first and len(said) == 1 else None)
-                final = await stream.get_final_message()
+            try:
+                async with self._client.messages.stream(
+                    model=self._model,
+                    max_tokens=self._max_tokens,
+                    system=system,  # type: ignore[arg-type]
+                    tools=self._tool_defs,  # type: ignore[arg-type]
+                    messages=self.messages,  # type: ignore[arg-type]
+                ) as stream:
+                    async for ev in stream:
+                        pieces: list[str] = []
+                        if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
+                            if first_token_at is None:
+                                first_token_at = self._monotonic()
+                            pieces = self._disclose(chunker.feed(ev.delta.text), held, final=False)
+                        elif ev.type == "content_block_stop":  # speak text before a tool runs
+                            pieces = self._disclose(chunker.flush(), held, final=True)
+                        for piece in pieces:
+                            said.append(piece)
+                            yield Say(piece, first_token_at if first and len(said) == 1 else None)
+                    final = await stream.get_final_message()
+            except httpx2.TransportError as e:  # a stalled or dropped stream mid-answer
+                raise from_transport_error(e) from e
             for piece in self._disclose(chunker.flush(), held, final=True):
                 said.append(piece)
                 yield Say(piece, first_token_at if first and len(said) == 1 else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import anthropic
+import httpx2
 
 from storage.errors import (
     ProviderConnectionError,
@@ -23,12 +24,25 @@ from storage.errors import (
 PROVIDER = "anthropic"
 
 
-def build_anthropic(api_key: str, base_url: str, max_retries: int = 0) -> anthropic.AsyncAnthropic:
+#: Seconds without a byte from the model before a request counts as failed (then retried like a
+#: 529). The SDK's default is ten minutes — far past the moment a caller on the line hangs up.
+#: The API sends ``ping`` events while a long answer is being prepared, so silence means trouble.
+READ_TIMEOUT = 15.0
+CONNECT_TIMEOUT = 5.0
+
+
+def build_anthropic(
+    api_key: str, base_url: str, max_retries: int = 0, *, read_timeout: float = READ_TIMEOUT
+) -> anthropic.AsyncAnthropic:
     """An ``AsyncAnthropic`` pointed at ``base_url`` (the real API or ``sandbox.anthropic``).
 
     Construct it inside the running event loop: the SDK's connection pool is bound to it.
+    ``read_timeout`` bounds each wait for the next bytes of an answer (a stalled stream).
     """
-    return anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url.rstrip("/"), max_retries=max_retries)
+    timeout = httpx2.Timeout(read_timeout, connect=min(CONNECT_TIMEOUT, read_timeout))
+    return anthropic.AsyncAnthropic(
+        api_key=api_key, base_url=base_url.rstrip("/"), max_retries=max_retries, timeout=timeout
+    )
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -55,6 +69,23 @@ def _error_type(body: object) -> str | None:
     err = body.get("error") if isinstance(body, dict) else None
     kind = err.get("type") if isinstance(err, dict) else None
     return kind if isinstance(kind, str) else None
+
+
+def from_transport_error(exc: httpx2.TransportError) -> anthropic.APIConnectionError:
+    """The SDK's error for a transport failure *while reading a stream*.
+
+    The SDK maps transport errors of the request itself, but a read timeout or a
+    dropped connection in the middle of an SSE answer escapes as a raw
+    ``httpx2`` exception; turning it into ``APITimeoutError`` /
+    ``APIConnectionError`` lets the retry policy treat it like any other outage.
+    """
+    try:
+        request = exc.request
+    except RuntimeError:  # raised outside a request (never in practice): a placeholder
+        request = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
+    if isinstance(exc, httpx2.TimeoutException):
+        return anthropic.APITimeoutError(request=request)
+    return anthropic.APIConnectionError(message=f"Connection lost mid-answer: {exc!r}", request=request)
 
 
 def to_provider_error(exc: BaseException) -> ProviderError:

@@ -130,7 +130,7 @@ class Stack:
         tg, user = self.world.telegram, DEMO_TELEGRAM_USER
         since = len(tg.sent)
         tg.user_message(user, user, message)
-        shown = await tg.wait_for(lambda s: any(label == "Confirm" for label, _ in s.buttons), 30, since=since)
+        shown = await tg.wait_for(lambda s: any(b == "Confirm" for b, _ in s.buttons), 30, since=since)
         confirm = next(data for label, data in shown.buttons if label == "Confirm")
         before = {j.id for j in await self.app.store.list(user_id=str(user), limit=1000)}
         tg.press_button(user, user, shown.message_id, confirm)
