@@ -76,7 +76,7 @@ def parse(text: str | bytes) -> StreamEvent | None:
     """
     try:
         msg = json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: absurdly nested JSON
         log.warning("media stream: skipping non-JSON message")
         return None
     if not isinstance(msg, dict):
@@ -109,7 +109,7 @@ def parse(text: str | bytes) -> StreamEvent | None:
             return _STOP
         if event == "connected":
             return _CONNECTED
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError, binascii.Error) as e:
         log.warning("media stream: skipping malformed %r message: %s", event, e)
         return None
     log.warning("media stream: skipping unknown event %r", event)

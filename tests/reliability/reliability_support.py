@@ -32,7 +32,7 @@ TWILIO_SDK_WARNINGS = [
 ]
 
 
-@dataclass
+@dataclass(repr=False)
 class Stack:
     """The sandbox world, the product on a free loopback port, its clock and an HTTP client."""
 
