@@ -20,6 +20,7 @@ from phonenumbers import timezone as phone_tz
 
 from bot import render
 from storage.errors import IntakeError
+from storage.redact import mask_phone
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _normalise_blocked(blocked: Iterable[str], region: str) -> set[str]:
                 phonenumbers.format_number(phonenumbers.parse(b, region), phonenumbers.PhoneNumberFormat.E164)
             )
         except phonenumbers.NumberParseException:
-            log.warning("ignoring unparsable blocked number %r", b)
+            log.warning("ignoring unparsable blocked number %r", mask_phone(b))
     return out
 
 

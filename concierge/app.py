@@ -33,10 +33,12 @@ from bot.intake import ClaudeExtractor, Intake
 from bot.notify import ChatNotifier
 from concierge.clock import Clock, SystemClock
 from concierge.dispatcher import Dispatcher
-from concierge.settings import Settings
+from concierge.settings import REQUIRED, Settings
 from storage.db import Database
 from storage.jobs import JobStore
 from storage.models import CallOutcome, Job
+from storage.redact import Redactor, secret_variants
+from storage.redact import install as install_redaction
 from telephony.session import CallSession
 from telephony.speech import SpeechClient
 from telephony.turns import SessionConfig
@@ -107,12 +109,15 @@ class Concierge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closers: list[Any] = []
         self.listening: Listening | None = None
+        self._unredact: Any = None
 
     # -- building ---------------------------------------------------------------------------
 
     async def start(self, sock: socket.socket | None = None) -> Listening:
         """Open the database, build every component, start listening and dispatching."""
         s = self.settings
+        # First, so nothing below can log a secret: covers every handler configured by now.
+        self._unredact = install_redaction(Redactor(log_secrets(s)))
         self.db = await Database.open(s.database_path)
         self.store = JobStore(self.db, clock=self.clock.now)
         self.llm: anthropic.AsyncAnthropic = build_anthropic(s.anthropic_api_key, s.anthropic_base_url)
@@ -329,6 +334,9 @@ class Concierge:
         if self.db is not None:
             await self.db.close()
             self.db = None
+        if self._unredact is not None:
+            self._unredact()
+            self._unredact = None
 
 
 class _LateDesk:
@@ -386,9 +394,33 @@ async def serve(settings: Settings, *, sandbox: bool, ready: Any = print) -> Non
             await world.stop()
 
 
+#: Settings whose values never appear in logs (the from-number is masked as a phone number).
+_NOT_SECRET = {"TWILIO_FROM_NUMBER", "PUBLIC_BASE_URL"}
+_ALSO_SECRET = ("TELEGRAM_WEBHOOK_SECRET", "SLACK_APP_TOKEN")
+
+
+def log_secrets(settings: Settings) -> list[str]:
+    """Every credential value (and the Graph mailbox) in the forms a log line could show them."""
+    names = {n for names in REQUIRED.values() for n in names} - _NOT_SECRET | set(_ALSO_SECRET)
+    values = [str(getattr(settings, n.lower()) or "") for n in sorted(names)]
+    basic = [(settings.twilio_account_sid, settings.twilio_auth_token)]
+    return secret_variants(values, basic_auth=basic)
+
+
 def quiet_noisy_loggers() -> None:
-    """HTTP client and access logs at INFO print request URLs — Telegram's carry the bot token."""
-    for name in ("httpx", "httpcore", "aiohttp.access", "twilio.http_client", "telegram.ext.Updater"):
+    """HTTP client and access logs at INFO print request URLs — Telegram's carry the bot token.
+
+    The redaction filter installed by ``Concierge.start`` scrubs them at any level;
+    this only keeps ``serve``'s output readable.
+    """
+    for name in (
+        "httpx",
+        "httpcore",
+        "aiohttp.access",
+        "twilio.http_client",
+        "twilio.async_http_client",
+        "telegram.ext.Updater",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
