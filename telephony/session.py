@@ -37,7 +37,8 @@ from agent.base import (
 )
 from storage.errors import ProviderError
 from storage.models import CallOutcome, Job, OutcomeKind, Speaker, Turn
-from telephony import audio, media_stream
+from telephony import audio, frame_stats, media_stream
+from telephony.frame_stats import FrameStats
 from telephony.playback import AssistantTurn, Playback
 from telephony.speech import (
     SpeechStarted,
@@ -108,6 +109,7 @@ class CallSession:
         self._utterance: list[str] = []
         self._utterance_at: float | None = None
         self._speech_started_at: float | None = None
+        self.frame_stats = FrameStats()
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class CallSession:
         finally:
             self._tg = None
             await self._finish()
+            frame_stats.TOTALS.merge(self.frame_stats)
         return self._result()
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -249,13 +252,16 @@ class CallSession:
         ws = self._ws
         assert ws is not None and self._playback is not None
         playback = self._playback
+        clock, frames = self._clock, self.frame_stats
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             ev = media_stream.parse(msg.data)
             if isinstance(ev, media_stream.Media):
+                received = clock()
                 self._audio_bytes += len(ev.payload)
                 await self.listener.send(ev.payload)  # hot path: bytes as Twilio sent them
+                frames.record(received, clock(), ev.timestamp_ms)
                 self._tick()
             elif isinstance(ev, media_stream.Mark):
                 clause = playback.on_mark(ev.name)

@@ -1,0 +1,254 @@
+"""The benchmark's moving parts: the sandbox child process, the Concierge under test, one round.
+
+The Concierge runs in this process exactly as ``concierge serve`` builds it (aiohttp routes,
+dispatcher, call sessions, SQLite store); only the chat front ends are left out (errands go straight
+to ``dispatcher.submit``). Everything outside it runs in ``bench.sandbox_proc`` on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from concierge.app import Concierge, bind
+from concierge.clock import SystemClock
+from concierge.demo_env import StaticToken
+from concierge.settings import Settings
+from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, Platform, Speaker, TurnLatency
+from telephony import frame_stats
+
+#: Figures taken from published provider latencies (see bench/README.md for the sources).
+PUBLISHED = {"stt_latency_ms": 250.0, "llm_ttft_ms": 600.0, "tts_ttfb_ms": 200.0}
+
+
+class SandboxProcess:
+    """``python -m bench.sandbox_proc`` as a child: start, ask for stats, stop."""
+
+    def __init__(self, *, numbers: int, pace: float, latencies: dict[str, float]) -> None:
+        self.args = ["--numbers", str(numbers), "--pace", str(pace)]
+        for key, value in latencies.items():
+            self.args += [f"--{key.replace('_', '-')}", str(value)]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.hello: dict[str, Any] = {}
+
+    async def start(self) -> dict[str, Any]:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.sandbox_proc", *self.args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self.hello = await self._read()
+        return self.hello
+
+    async def _read(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        async with asyncio.timeout(60):
+            line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the sandbox process exited before answering")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def command(self, name: str) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(name.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self._read()
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(15):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def bench_settings(hello: dict[str, Any], *, port: int, db_path: str) -> Settings:
+    """Settings pointing the product at the child's services; no chat front ends."""
+    ep = hello["endpoints"]
+    creds = dict(hello["creds"])
+    for chat_key in ("telegram_bot_token", "slack_bot_token", "slack_signing_secret"):
+        creds[chat_key] = ""
+    update: dict[str, Any] = {
+        **creds,
+        "twilio_api_base_url": ep["twilio"],
+        "public_base_url": f"http://127.0.0.1:{port}",
+        "host": "127.0.0.1",
+        "port": port,
+        "deepgram_http_url": hello["deepgram_http_url"],
+        "deepgram_ws_url": ep["deepgram"],
+        "anthropic_base_url": ep["anthropic"],
+        "graph_base_url": ep["graph"],
+        "database_url": f"sqlite:///{db_path}",
+        "default_business_hours": "mon-sun 00:00-24:00",
+        "max_concurrent_calls": 10_000,
+        "max_queued_per_user": 10_000,
+        "errands_per_user_per_hour": 10_000,
+        "silence_timeout_seconds": 6.0,
+        "person_timezone": "America/Los_Angeles",
+    }
+    base = Settings(_env_file=None)  # type: ignore[call-arg]
+    return base.model_copy(update=update)
+
+
+def errand(number: str, i: int, *, today: date) -> CallRequest:
+    """The errand the bench receptionist expects: a haircut next week, afternoons."""
+    monday = today + timedelta(days=7 - today.weekday())
+    from datetime import time as tod
+
+    return CallRequest(
+        business_name="Joe's Barbershop",
+        phone=number,
+        business_tz="America/Los_Angeles",
+        service="haircut",
+        person_name="Alex Doe",
+        person_tz="America/Los_Angeles",
+        window=BookingWindow(monday, monday + timedelta(days=6), tod(12, 0), tod(17, 0), 30),
+        origin=ChatOrigin(platform=Platform.CLI, chat_id=f"bench-{i}", user_id=f"bench-{i}"),
+    )
+
+
+@dataclass
+class Round:
+    """What one round of ``calls`` concurrent calls measured."""
+
+    calls: int
+    jobs: list[Job] = field(default_factory=list)
+    overheads: list[float] = field(default_factory=list)
+    barge_ins: list[float] = field(default_factory=list)
+    voice_to_voice: list[float] = field(default_factory=list)
+    #: server overhead split: STT final → first LLM token → first TTS byte → first frame out
+    to_llm: list[float] = field(default_factory=list)
+    to_tts: list[float] = field(default_factory=list)
+    to_out: list[float] = field(default_factory=list)
+    frames: dict[str, float] = field(default_factory=dict)
+    cpu_ms: float = 0.0
+    seconds: float = 0.0
+    sandbox: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.frames.get("frames", 0) * 0.02
+
+
+def warm_up() -> None:
+    """Pay msgraph's first-use cost before timing anything.
+
+    The first deserialisation of a Graph ``Event`` walks ``Entity.get_field_deserializers``, which
+    imports about a thousand model modules: ~1.5 s of CPU on the event loop, stalling every live
+    call once per process (see bench/README.md). The bench takes it at start-up instead.
+    """
+    from msgraph.generated.models.event import Event
+    from msgraph.generated.models.schedule_information import ScheduleInformation
+
+    Event().get_field_deserializers()
+    ScheduleInformation().get_field_deserializers()
+
+
+class Bench:
+    """The product under test plus its sandbox child; ``round(n)`` runs n concurrent calls."""
+
+    def __init__(self, *, numbers: int, pace: float = 1.0, latencies: dict[str, float] | None = None) -> None:
+        self.child = SandboxProcess(numbers=numbers, pace=pace, latencies=latencies or {})
+        self.app: Concierge | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="concierge-bench-")
+        self.numbers: list[str] = []
+
+    async def __aenter__(self) -> Bench:
+        try:
+            hello = await self.child.start()
+            self.numbers = hello["numbers"]
+            sock = bind("127.0.0.1", 0)
+            port = sock.getsockname()[1]
+            settings = bench_settings(hello, port=port, db_path=str(Path(self._tmp.name) / "bench.db"))
+            self.app = Concierge(settings, clock=SystemClock(), graph_credential=StaticToken(), owner="bench")
+            await self.app.start(sock)
+            warm_up()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.app is not None:
+            with contextlib.suppress(Exception):
+                await self.app.stop(grace=10)
+            self.app = None
+        await self.child.stop()
+        self._tmp.cleanup()
+
+    async def round(self, calls: int, *, ramp: float = 3.0, timeout: float = 180.0) -> Round:  # noqa: ASYNC109
+        """Submit ``calls`` errands (spread over ``ramp`` seconds) and wait until all are final."""
+        assert self.app is not None
+        app = self.app
+        if calls > len(self.numbers):
+            raise ValueError(f"only {len(self.numbers)} numbers are programmed")
+        result = Round(calls)
+        frame_stats.TOTALS.reset()
+        await self.child.command("reset")
+        proc = psutil.Process()
+        cpu0 = sum(proc.cpu_times()[:2])
+        t0 = time.monotonic()
+        today = date.today()
+        for i in range(calls):
+            result.jobs.append(await app.dispatcher.submit(errand(self.numbers[i], i, today=today)))
+            if ramp and i + 1 < calls:
+                await asyncio.sleep(ramp / calls)
+        deadline = t0 + timeout
+        ids = [j.id for j in result.jobs]
+        while True:
+            jobs = [await app.store.get(i) for i in ids]
+            if all(j.state.is_final for j in jobs) and not app.webhooks.active_calls():
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"round of {calls} calls still running after {timeout:.0f} s")
+            await asyncio.sleep(1.0)
+        result.seconds = time.monotonic() - t0
+        result.cpu_ms = (sum(proc.cpu_times()[:2]) - cpu0) * 1000.0
+        result.jobs = jobs
+        result.frames = frame_stats.TOTALS.summary()
+        result.sandbox = await self.child.command("stats")
+        for job in jobs:
+            for turn in await app.store.turns(job.id):
+                lat = turn.latency
+                if turn.speaker is not Speaker.ASSISTANT or lat is None:
+                    continue
+                if lat.server_overhead_ms is not None:
+                    result.overheads.append(lat.server_overhead_ms)
+                    _split(result, lat)
+                if lat.barge_in_ms is not None:
+                    result.barge_ins.append(lat.barge_in_ms)
+                if lat.speech_end is not None and lat.first_audio_out is not None:
+                    result.voice_to_voice.append((lat.first_audio_out - lat.speech_end) * 1000.0)
+        return result
+
+
+def _split(result: Round, lat: TurnLatency) -> None:
+    marks = (lat.stt_final, lat.llm_first_token, lat.tts_first_byte, lat.first_audio_out)
+    for out, a, b in zip((result.to_llm, result.to_tts, result.to_out), marks, marks[1:], strict=False):
+        if a is not None and b is not None:
+            out.append((b - a) * 1000.0)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

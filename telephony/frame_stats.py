@@ -1,0 +1,100 @@
+"""Cheap per-frame timing of the inbound audio path (Twilio → Deepgram), for the benchmark.
+
+Two figures per inbound frame, kept in fixed-bucket histograms (no per-frame allocation):
+
+* forward: websocket message received → ``send_media`` returned (our forwarding cost);
+* lag: how far the frame's arrival trails the audio clock (its Twilio ``timestamp``) relative to
+  the first frame — it grows when the event loop cannot keep up with real time.
+
+Sessions record into their own ``FrameStats`` and merge into the process-wide ``TOTALS`` when the
+call ends, so a benchmark can read one summary without reaching into sessions.
+"""
+
+from __future__ import annotations
+
+BUCKET_MS = 0.05
+BUCKETS = 4000  # 0-200 ms in 50 µs steps; the last bucket takes everything above
+
+
+class Histogram:
+    """Millisecond values in fixed buckets (percentiles to within ``BUCKET_MS``) plus the max."""
+
+    __slots__ = ("counts", "n", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * BUCKETS
+        self.n = 0
+        self.max = 0.0
+
+    def add(self, ms: float) -> None:
+        i = int(ms / BUCKET_MS)
+        self.counts[i if 0 <= i < BUCKETS else (BUCKETS - 1 if i > 0 else 0)] += 1
+        self.n += 1
+        if ms > self.max:
+            self.max = ms
+
+    def merge(self, other: Histogram) -> None:
+        counts = self.counts
+        for i, c in enumerate(other.counts):
+            if c:
+                counts[i] += c
+        self.n += other.n
+        self.max = max(self.max, other.max)
+
+    def percentile(self, p: float) -> float:
+        """Upper edge of the bucket holding the ``p``-th percentile (0 when empty)."""
+        if not self.n:
+            return 0.0
+        rank = max(1, round(self.n * p / 100.0))
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank:
+                return min((i + 1) * BUCKET_MS, self.max)
+        return self.max
+
+
+class FrameStats:
+    """Inbound frame timing of one call (or, merged, of many)."""
+
+    __slots__ = ("forward", "lag", "_t0", "_ts0")
+
+    def __init__(self) -> None:
+        self.forward = Histogram()
+        self.lag = Histogram()
+        self._t0: float | None = None
+        self._ts0 = 0
+
+    def record(self, received: float, forwarded: float, timestamp_ms: int) -> None:
+        """One frame: clock times of receipt and of ``send_media`` returning, and its audio timestamp."""
+        self.forward.add((forwarded - received) * 1000.0)
+        if self._t0 is None:
+            self._t0, self._ts0 = received, timestamp_ms
+            return
+        lag = (received - self._t0) * 1000.0 - (timestamp_ms - self._ts0)
+        if lag < 0:  # the first frame itself was late: re-anchor on the earliest one
+            self._t0, self._ts0 = received, timestamp_ms
+            lag = 0.0
+        self.lag.add(lag)
+
+    def merge(self, other: FrameStats) -> None:
+        self.forward.merge(other.forward)
+        self.lag.merge(other.lag)
+
+    def reset(self) -> None:
+        self.forward = Histogram()
+        self.lag = Histogram()
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "frames": self.forward.n,
+            "forward_ms_p50": round(self.forward.percentile(50), 3),
+            "forward_ms_p99": round(self.forward.percentile(99), 3),
+            "forward_ms_max": round(self.forward.max, 3),
+            "lag_ms_p99": round(self.lag.percentile(99), 3),
+            "lag_ms_max": round(self.lag.max, 3),
+        }
+
+
+#: Every finished call of this process, merged (the benchmark reads and resets it).
+TOTALS = FrameStats()
