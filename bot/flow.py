@@ -8,7 +8,9 @@ way, and the dialogue is tested once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,6 +80,9 @@ class ChatFlow:
         self.intake = intake
         self.desk = desk
         self.clock = clock
+        # One submission per person at a time: the desk's per-person limits are a
+        # check-then-insert, and Slack runs listeners concurrently (many Confirm clicks).
+        self._submitting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def has_draft(self, key: str) -> bool:
         return self.intake.draft_for(key) is not None
@@ -144,7 +149,8 @@ class ChatFlow:
             return Pressed(edit=Out(summary), reply=Out(render.EDIT_PROMPT))
         self.intake.drop(draft_id)
         try:
-            job = await self.desk.submit(request)
+            async with self._submitting[user_id]:
+                job = await self.desk.submit(request)
         except IntakeError as e:
             return Pressed(edit=Out(f"{summary}\n\n{e}"))
         return Pressed(edit=Out(f"{summary}\n\n{render.confirmed(job, self.intake.person_tz)}"))

@@ -70,7 +70,7 @@ def check_phone(
     if phonenumbers.number_type(num) == PhoneNumberType.PREMIUM_RATE:
         raise IntakeError(render.refuse_premium(raw))
     e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
-    if e164 in _normalise_blocked(blocked, region):
+    if is_blocked(e164, blocked, region):
         raise IntakeError(render.refuse_blocked(e164))
     zones = [z for z in phone_tz.time_zones_for_number(num) if z != "Etc/Unknown"]
     if prefer_tz in zones:
@@ -78,16 +78,33 @@ def check_phone(
     return CheckedPhone(e164=e164, tz=zones[0] if zones else None)
 
 
-def _normalise_blocked(blocked: Iterable[str], region: str) -> set[str]:
-    out = set()
-    for b in blocked:
+def is_blocked(e164: str, blocked: Iterable[str], region: str) -> bool:
+    """Whether ``e164`` is on the block list (``BLOCKED_NUMBERS``).
+
+    Entries are numbers in any format ``phonenumbers`` reads (parsed with the
+    person's region, compared as E.164) or prefixes ending in ``*``
+    (``+1900*``: every number whose E.164 starts with ``+1900``; separators
+    are ignored, and a prefix without ``+`` is read as international digits).
+    """
+    for entry in blocked:
+        entry = entry.strip()
+        if not entry:
+            continue
+        if entry.endswith("*"):
+            digits = re.sub(r"\D", "", entry[:-1])
+            if not digits:
+                log.warning("ignoring block-list prefix with no digits %r", entry)
+            elif e164.startswith("+" + digits):
+                return True
+            continue
         try:
-            out.add(
-                phonenumbers.format_number(phonenumbers.parse(b, region), phonenumbers.PhoneNumberFormat.E164)
-            )
+            parsed = phonenumbers.parse(entry, region)
         except phonenumbers.NumberParseException:
-            log.warning("ignoring unparsable blocked number %r", mask_phone(b))
-    return out
+            log.warning("ignoring unparsable blocked number %r", mask_phone(entry))
+            continue
+        if phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) == e164:
+            return True
+    return False
 
 
 def find_phone(text: str, region: str) -> str | None:
