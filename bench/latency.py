@@ -157,7 +157,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_calls": held["calls"] if held else 0, "at_max": held, "steps": steps}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--calls", type=int, default=20, help="concurrent calls (default 20)")
@@ -173,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ceiling", type=int, default=200, help="highest concurrency --max-calls tries")
     p.add_argument("--ramp", type=float, default=3.0, help="seconds over which calls are started")
     p.add_argument("--pace", type=float, default=1.0, help="sandbox audio pace (1.0 = real time)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result = asyncio.run(run(args))
     if args.json:

@@ -309,14 +309,14 @@ class CallSession:
                 if self._utterance_at is None:
                     self._utterance_at = self._log.since_start(self._speech_started_at)
                 if self._assistant_busy():
-                    await self._barge_in(self._speech_started_at)
+                    await self._barge_in(ev.t)  # reaction is measured from the event's receipt
             elif isinstance(ev, SttTranscript):
                 if ev.text.strip():
                     self._timers.callee_active(self._audio_s)
                     if self._utterance_at is None:
                         self._utterance_at = self._log.since_start(ev.t)
                     if not ev.is_final and self._assistant_busy():
-                        await self._barge_in(self._speech_started_at or ev.t)
+                        await self._barge_in(ev.t)
                     if ev.is_final:
                         self._utterance.append(ev.text.strip())
                 if ev.speech_final and self._utterance:
@@ -424,7 +424,8 @@ class CallSession:
                 return
             await self._send(mark)
 
-    async def _barge_in(self, speech_start: float) -> None:
+    async def _barge_in(self, heard_at: float) -> None:
+        """Cut the assistant off; ``heard_at``: when the speech event reached us (reaction figure)."""
         if self._hangup_pending or self._playback is None:
             return
         reply = self._reply_task
@@ -432,7 +433,7 @@ class CallSession:
             reply.cancel()
         cut = self._playback.clear()
         await self._send(media_stream.clear_msg(self._playback.stream_sid))
-        barge_in_ms = (self._clock() - speech_start) * 1000.0
+        barge_in_ms = (self._clock() - heard_at) * 1000.0
         await self.speaker.clear()
         if reply is not None:
             await asyncio.wait([reply])

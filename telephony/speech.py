@@ -45,6 +45,7 @@ with warnings.catch_warnings():
     from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from storage.errors import ProviderConnectionError, ProviderError, ProviderStatusError
+from telephony.ws_tuning import send_uncompressed
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,7 @@ class Listener:
             smart_format="true",
             punctuate="true",
         ) as conn:
+            send_uncompressed(conn)  # µ-law does not deflate; save the CPU (ws_tuning)
             self.connections += 1
             # Replay everything not yet finalized (cut off by a drop, or arrived while
             # disconnected), then go live; audio arriving during the replay follows in order.
@@ -431,6 +433,7 @@ class Speaker:
         async with self._client.sdk.speak.v1.connect(
             model=self._client.tts_model, encoding="mulaw", sample_rate=8000
         ) as conn:
+            send_uncompressed(conn)
             self.connections += 1
             if self._clearing:
                 # the Clear never reached the old socket; this one holds nothing from before it
