@@ -46,6 +46,13 @@ class Desk:
         """
         d = self._d
         user = request.origin.user_id
+        # Check-then-enqueue per person in one critical section: chat front ends run
+        # handlers concurrently, and two confirms at once must not both pass the cap.
+        async with d.locks.hold(f"user:{request.origin.platform}:{user}"):
+            return await self._submit_checked(request, user)
+
+    async def _submit_checked(self, request: CallRequest, user: str) -> Job:
+        d = self._d
         unfinished = await d.store.list(states=_UNFINISHED, user_id=user, limit=d.max_queued_per_user + 1)
         if len(unfinished) >= d.max_queued_per_user:
             raise IntakeError(

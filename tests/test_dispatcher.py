@@ -328,3 +328,13 @@ async def test_offset_clock_fast_forward_places_the_call_at_opening(tmp_path: Pa
         await h.idle()
         assert [c.job_id for c in h.placer.calls] == [job.id]
         assert h.placer.calls[0].at - MONDAY_9 < timedelta(seconds=5)
+
+
+async def test_concurrent_submits_cannot_overrun_the_queue_cap(tmp_path: Path) -> None:
+    async with harness(tmp_path / "q.db", SUNDAY_NOON, max_queued_per_user=3) as h:
+        results = await asyncio.gather(
+            *(h.dispatcher.submit(request()) for _ in range(8)), return_exceptions=True
+        )
+        assert sum(isinstance(r, Job) for r in results) == 3
+        assert all(isinstance(r, IntakeError) for r in results if not isinstance(r, Job))
+        assert len(await h.dispatcher.jobs_for("u1")) == 3
