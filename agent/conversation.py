@@ -113,6 +113,7 @@ class ClaudeAgent:
         self._disclosed = False
         self._fillers = list(filler_phrases) or ["One moment, please."]
         self._filler_i = 0
+        self._filler_said = False
         self.tools = BookingTools(request, calendar)
         today: date = clock().astimezone(ZoneInfo(request.business_tz)).date()
         self.system_prompt = build_system_prompt(request, assistant_name=assistant_name, today=today)
@@ -143,6 +144,7 @@ class ClaudeAgent:
         if self._outcome is not None:
             return
         self._spoken = []
+        self._filler_said = False
         self._add_user([{"type": "text", "text": render_input(event)}])
         first = True
         for _ in range(self._max_tool_rounds + 1):
@@ -229,7 +231,6 @@ class ClaudeAgent:
         to an error outcome when it gives up.
         """
         attempt = 0
-        filler_said = False
         while True:
             attempt += 1
             spoke = False
@@ -246,8 +247,8 @@ class ClaudeAgent:
                         return  # the callee heard a partial answer; let them respond to it
                     self._outcome = CallOutcome(kind=OutcomeKind.ERROR, summary=f"Model unavailable: {e}")
                     return
-                if not filler_said:
-                    filler_said = True
+                if not self._filler_said:  # once per reply, not per model round: no "one moment" twice
+                    self._filler_said = True
                     text = self._fillers[self._filler_i % len(self._fillers)]
                     self._filler_i += 1
                     self._spoken.append((None, text))

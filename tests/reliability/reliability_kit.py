@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -23,8 +25,9 @@ from concierge.clock import OffsetClock
 from concierge.demo import MESSAGE, PHONE, start_stack, wait_until
 from concierge.demo_env import DEMO_TELEGRAM_USER, SandboxWorld
 from sandbox import scenarios
+from sandbox.callee import CalleeScript, Say, WaitTurn
 from sandbox.telegram import Sent
-from sandbox.twilio import SandboxCall
+from sandbox.twilio import Behavior, SandboxCall
 from sandbox.twilio_call import FINAL_STATUSES
 from storage.models import Job, JobState, Turn
 
@@ -102,6 +105,34 @@ def scenario_programmer(name: str, **program: object) -> Programmer:
     def apply(world: SandboxWorld, n: int) -> None:
         attempt = scenario.attempt(n)
         world.twilio.program(PHONE, attempt.behavior, attempt.script, **program)  # type: ignore[arg-type]
+
+    return apply
+
+
+def patient_programmer() -> Programmer:
+    """The "happy" receptionist, but one who waits (up to 5 min of audio) for a real answer.
+
+    The scripted callee of the scenarios takes any assistant turn as the answer and gives
+    up after 20 s of audio; with fast pacing a filler ("One moment, please.") or a few
+    seconds of model back-off would end the scene early. Here each wait needs the words
+    that matter, so the fault — not the script — decides how the call goes.
+    """
+    today = datetime.now(ZoneInfo("America/Los_Angeles")).date()
+    monday = scenarios.next_week_monday(today)
+    free = datetime.combine(monday + timedelta(days=2), dtime(15, 30), ZoneInfo("America/Los_Angeles"))
+    script = CalleeScript(
+        steps=[
+            Say(scenarios.GREETING),
+            WaitTurn(contains="haircut", timeout=300),
+            Say(f"How about {scenarios.offer_text(free)}?"),
+            WaitTurn(contains="Wednesday", timeout=300),
+            Say("Perfect, see you then."),
+            WaitTurn(timeout=300),
+        ]
+    )
+
+    def apply(world: SandboxWorld, n: int) -> None:
+        world.twilio.program(PHONE, Behavior.ANSWER, script)
 
     return apply
 
@@ -230,12 +261,31 @@ async def callee_said(call: SandboxCall, n: int, timeout: float = 30) -> None:  
     await wait_until(said, timeout, f"the callee's line {n}")
 
 
+async def booking_confirmed(stack: Stack) -> None:
+    """Until the booking tool has confirmed the slot (no free/busy check follows, only the event)."""
+
+    async def confirmed() -> bool:
+        bodies = stack.world.anthropic.requests
+        return any("CONFIRMED:" in json.dumps(body["messages"][-1]) for body in bodies)
+
+    await wait_until(confirmed, 30, "the booking to be confirmed on the phone")
+
+
+def hung_up_by_us(world: SandboxWorld, call: SandboxCall) -> bool:
+    """The product ended ``call`` through the REST API (``Status=completed``)."""
+    return any(
+        method == "POST" and path.endswith(f"/{call.sid}.json") and form.get("Status") == ["completed"]
+        for method, path, form, _ in world.twilio.requests
+    )
+
+
 def assert_clean(result: Errand) -> None:
     """Invariants every errand keeps whatever the fault: one call at a time, one event at most."""
     assert not result.overlaps, result.overlaps
     assert len(result.events_for_job()) <= 1
-    if result.job.state is JobState.BOOKED:
-        assert len(result.events_for_job()) == 1
+    if result.job.state is not JobState.BOOKED:
+        assert not result.events_for_job()
+    elif result.events_for_job():
         assert result.job.outcome is not None and result.job.outcome.event_link
         assert any(result.job.outcome.event_link in t for t in result.texts())
     assert {s.chat_id for s in result.chat} == {DEMO_TELEGRAM_USER}
