@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
+from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 from kiota_abstractions.api_error import APIError
@@ -62,6 +63,29 @@ PROVIDER = "graph"
 SCOPES = ["https://graph.microsoft.com/.default"]
 _FREE = {"free", "workingelsewhere", "unknown"}
 T = TypeVar("T")
+
+
+class StaticTokenCredential:
+    """An async token credential that always presents the same bearer token.
+
+    For ``GRAPH_STATIC_TOKEN``: a server run from a test harness against a local
+    Graph stand-in, which accepts one fixed token and has no sign-in service.
+    """
+
+    def __init__(self, token: str, expires_on: int = 4_102_444_800) -> None:
+        self._token = AccessToken(token, expires_on)
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return self._token
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticTokenCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 def build_graph_client(

@@ -22,7 +22,7 @@ from aiohttp import web
 from azure.core.credentials_async import AsyncTokenCredential
 from slack_bolt.async_app import AsyncApp
 
-from agent.calendar import GraphCalendar, build_graph_client
+from agent.calendar import GraphCalendar, StaticTokenCredential, build_graph_client
 from agent.conversation import ClaudeAgent
 from agent.llm import build_anthropic
 from bot import slack as slack_bot
@@ -126,7 +126,8 @@ class Concierge:
             s.graph_client_id,
             s.graph_client_secret,
             s.graph_base_url,
-            credential=self._graph_credential,
+            credential=self._graph_credential
+            or (StaticTokenCredential(s.graph_static_token) if s.graph_static_token else None),
         )
         self.calendar = GraphCalendar(graph, s.graph_user_id)
         self.placer = TwilioCallPlacer(
@@ -396,7 +397,7 @@ async def serve(settings: Settings, *, sandbox: bool, ready: Any = print) -> Non
 
 #: Settings whose values never appear in logs (the from-number is masked as a phone number).
 _NOT_SECRET = {"TWILIO_FROM_NUMBER", "PUBLIC_BASE_URL"}
-_ALSO_SECRET = ("TELEGRAM_WEBHOOK_SECRET", "SLACK_APP_TOKEN")
+_ALSO_SECRET = ("TELEGRAM_WEBHOOK_SECRET", "SLACK_APP_TOKEN", "GRAPH_STATIC_TOKEN")
 
 
 def log_secrets(settings: Settings) -> list[str]:
