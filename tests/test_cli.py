@@ -92,7 +92,11 @@ def test_doctor_one_chat_front_end_is_enough_and_urls_are_checked(
         monkeypatch.delenv(name.upper(), raising=False)
     values: dict[str, object] = {k.lower(): v for k, v in ALL_SET.items() if not k.startswith("SLACK")}
     values["telegram_allowed_users"] = ["42"]
-    local = {**values, "public_base_url": "http://localhost:8080/", "database_url": f"sqlite:///{tmp_path}/x.db"}
+    local = {
+        **values,
+        "public_base_url": "http://localhost:8080/",
+        "database_url": f"sqlite:///{tmp_path}/x.db",
+    }
     report = diagnose(Settings.model_validate(local))
     text = "\n".join(report.lines)
     assert report.errors == 0, text

@@ -142,9 +142,7 @@ def test_london_fall_back_2026_10_25() -> None:
     h = parse_weekly("sun 01:30-01:45; sun 10:00-12:00", "Europe/London")
     assert h.next_open(local(LON, 2026, 10, 25, 0, 0)) == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
     assert not h.is_open(datetime(2026, 10, 25, 1, 35, tzinfo=UTC))  # the second 01:35 (GMT)
-    assert h.next_open(datetime(2026, 10, 25, 1, 0, tzinfo=UTC)) == datetime(
-        2026, 10, 25, 10, 0, tzinfo=UTC
-    )
+    assert h.next_open(datetime(2026, 10, 25, 1, 0, tzinfo=UTC)) == datetime(2026, 10, 25, 10, 0, tzinfo=UTC)
 
 
 def test_lord_howe_half_hour_shift() -> None:
