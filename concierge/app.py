@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from concierge.dispatcher import Dispatcher
 from concierge.settings import REQUIRED, Settings
 from storage.db import Database
 from storage.jobs import JobStore
-from storage.models import CallOutcome, Job
+from storage.models import CallOutcome, CallRequest, Job
 from storage.redact import Redactor, secret_variants
 from storage.redact import install as install_redaction
 from telephony.session import CallSession
@@ -270,7 +271,7 @@ class Concierge:
         agent = ClaudeAgent(
             self.llm,
             model=self.settings.anthropic_model,
-            request=job.request,
+            request=with_answers(job),
             calendar=self.calendar,
             assistant_name=self.settings.assistant_name,
             clock=self.clock.now,
@@ -338,6 +339,22 @@ class Concierge:
         if self._unredact is not None:
             self._unredact()
             self._unredact = None
+
+
+def with_answers(job: Job) -> CallRequest:
+    """The errand as the next call should know it: with the person's answers to earlier questions.
+
+    (The stored request is immutable; ``ErrandDesk.answer`` keeps answers in ``job.meta``.)
+    """
+    answers = job.meta.get("user_answers") or []
+    if not answers:
+        return job.request
+    lines = [
+        f'Asked "{a.get("question") or "a question"}", {job.request.person_name} answered: {a["answer"]}.'
+        for a in answers
+    ]
+    notes = " ".join(filter(None, [job.request.notes, *lines]))
+    return dataclasses.replace(job.request, notes=notes)
 
 
 class _LateDesk:
