@@ -29,15 +29,11 @@ from agent.base import (
     CallConnected,
     CalleeSaid,
     CalleeSilent,
-    CallerInput,
     DigitsHeard,
-    Hangup,
-    Say,
-    SendDigits,
 )
 from storage.errors import ProviderError
 from storage.models import CallOutcome, Job, OutcomeKind, Speaker, Turn
-from telephony import audio, frame_stats, media_stream
+from telephony import audio, frame_stats, media_stream, replies
 from telephony.frame_stats import FrameStats
 from telephony.playback import AssistantTurn, Playback
 from telephony.speech import (
@@ -365,83 +361,9 @@ class CallSession:
                     self._settled(clause.turn)
                 self._notify()
 
-    # --- replies and barge-in -----------------------------------------------------------------
+    # --- replies and barge-in (telephony.replies) ---------------------------------------------
 
-    def _start_reply(self, event: CallerInput) -> AssistantTurn | None:
-        if self._ended.is_set() or self._hangup_pending or self._tg is None:
-            return None
-        previous = self._reply_task
-        turn = self._log.open(self._log.since_start(self._clock()))
-        self._reply_task = self._spawn(self._reply(event, turn, previous))
-        return turn
-
-    async def _reply(
-        self, event: CallerInput, turn: AssistantTurn, previous: asyncio.Task[None] | None
-    ) -> None:
-        if previous is not None and not previous.done():
-            previous.cancel()
-            await asyncio.wait([previous])
-        assert self._playback is not None
-        playback = self._playback
-        hangup: Hangup | None = None
-        replies = self._agent.reply(event)
-        try:
-            async for action in replies:
-                if isinstance(action, Say):
-                    if turn.llm_first_token is None:
-                        turn.llm_first_token = action.first_token_at or self._clock()
-                    if action.text.strip():
-                        playback.add_clause(action.text.strip(), turn)
-                        await self.speaker.speak(action.text)
-                        await self.speaker.flush()
-                elif isinstance(action, SendDigits):
-                    await self._press(action.digits, turn)
-                elif isinstance(action, Hangup):
-                    hangup = action
-                    self._hangup_pending = True  # committed: the goodbye is not barge-in-able
-                    break
-        finally:
-            aclose = getattr(replies, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            turn.reply_done = True
-            if not turn.clauses:
-                turn.closed = True  # said nothing: no transcript line
-            self._settled(turn)
-        if hangup is not None:
-            await self._wait_until(lambda: playback.idle, self._cfg.drain_timeout)
-            self.end("assistant hung up", hangup.outcome, hang_up=True)
-
-    async def _press(self, digits: str, turn: AssistantTurn) -> None:
-        assert self._playback is not None
-        playback = self._playback
-        # tones must follow the clauses already queued, not overtake them
-        await self._wait_until(lambda: playback.tts_idle, self._cfg.drain_timeout)
-        clause = playback.add_tones(turn)
-        self._log.add(Turn(Speaker.ASSISTANT, f"[pressed {digits}]", at=self._log.since_start(self._clock())))
-        for media, mark in playback.pieces(clause, audio.dtmf_tones(digits)):
-            if not await self._send(media):
-                return
-            await self._send(mark)
-
-    async def _barge_in(self, heard_at: float) -> None:
-        """Cut the assistant off; ``heard_at``: when the speech event reached us (reaction figure)."""
-        if self._hangup_pending or self._playback is None:
-            return
-        reply = self._reply_task
-        if reply is not None and not reply.done():
-            reply.cancel()
-        cut = self._playback.clear()
-        await self._send(media_stream.clear_msg(self._playback.stream_sid))
-        barge_in_ms = (self._clock() - heard_at) * 1000.0
-        await self.speaker.clear()
-        if reply is not None:
-            await asyncio.wait([reply])
-        self._timers.idle_since = self._audio_s
-        for turn in cut:
-            heard = turn.heard_text()
-            self._log.close(turn, interrupted=True, barge_in_ms=barge_in_ms)
-            self._agent.interrupted(heard)
-        if not cut and reply is not None:
-            self._agent.interrupted("")  # cut off while still thinking: nothing was heard
-        self._notify()
+    _start_reply = replies.start_reply
+    _reply = replies.reply
+    _press = replies.press
+    _barge_in = replies.barge_in
