@@ -12,6 +12,7 @@ trims the reply to the played words, and a cancelled reply never leaves a
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -38,9 +39,10 @@ from agent.chunking import ClauseChunker
 from agent.llm import RetryPolicy, from_transport_error
 from agent.prompts import build_system_prompt
 from agent.tools import BookingTools, FreeBusy
-from storage.models import CallOutcome, CallRequest, OutcomeKind, utcnow
+from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
 
 Message = dict[str, Any]
+log = logging.getLogger(__name__)
 
 #: The disclosure rule (DESIGN.md, safety): the callee learns in the assistant's first words that
 #: it is an AI. The prompt asks for it; this guard makes it hold whatever the model writes.
@@ -82,6 +84,8 @@ class ClaudeAgent:
         max_tool_rounds: model rounds with tool calls per caller input before giving the floor back.
         max_tokens: cap on one model answer (spoken replies are short).
         filler_phrases: said once per reply while a transient error is being retried.
+        on_booking: awaited as soon as the business confirms a slot (``confirm_booking``), long
+            before the call ends — the dispatcher stores it so a crash mid-call cannot lose it.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class ClaudeAgent:
         max_tool_rounds: int = 6,
         max_tokens: int = 400,
         filler_phrases: Sequence[str] = ("One moment, please.",),
+        on_booking: Callable[[Booking], Awaitable[None]] | None = None,
     ) -> None:
         self._client = client
         self._model = model
@@ -114,6 +119,7 @@ class ClaudeAgent:
         self._fillers = list(filler_phrases) or ["One moment, please."]
         self._filler_i = 0
         self._filler_said = False
+        self._on_booking = on_booking
         self.tools = BookingTools(request, calendar)
         today: date = clock().astimezone(ZoneInfo(request.business_tz)).date()
         self.system_prompt = build_system_prompt(request, assistant_name=assistant_name, today=today)
@@ -311,7 +317,10 @@ class ClaudeAgent:
         results: list[dict[str, Any]] = []
         actions: list[AgentAction] = []
         for use in uses:
+            before = self.tools.booking
             result = await self.tools.run(use["name"], use.get("input") or {})
+            if self.tools.booking is not None and self.tools.booking is not before:
+                await self._booking_confirmed(self.tools.booking)
             block: dict[str, Any] = {
                 "type": "tool_result",
                 "tool_use_id": use["id"],
@@ -323,6 +332,15 @@ class ClaudeAgent:
             if isinstance(result.action, SendDigits | Hangup):
                 actions.append(result.action)
         return results, actions
+
+    async def _booking_confirmed(self, booking: Booking) -> None:
+        """Tell the owner at once (it is made durable), so a crash before the goodbye keeps it."""
+        if self._on_booking is None:
+            return
+        try:
+            await self._on_booking(booking)
+        except Exception:  # the call goes on; the outcome at hang-up still carries the booking
+            log.exception("recording the confirmed booking failed")
 
     # -- history ------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import socket
 from dataclasses import dataclass
@@ -275,6 +276,7 @@ class Concierge:
             calendar=self.calendar,
             assistant_name=self.settings.assistant_name,
             clock=self.clock.now,
+            on_booking=functools.partial(self.dispatcher.booking_confirmed, job.id),
         )
         return CallSession(
             job, call_sid, agent=agent, speech=self.speech, placer=self.placer, config=self.session_config

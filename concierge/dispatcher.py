@@ -26,7 +26,7 @@ from concierge.dispatcher_recovery import CallReconciler
 from concierge.hours import WeeklyHours, parse_weekly
 from storage.errors import JobNotFound, ProviderError
 from storage.jobs import JobStore
-from storage.models import CallOutcome, CallRequest, Job, JobState, OutcomeKind, Turn
+from storage.models import Booking, CallOutcome, CallRequest, Job, JobState, OutcomeKind, Turn
 from storage.ports import CallPlacer, JobEvent, Notifier
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,18 @@ class Dispatcher:
                 job = await record_call_sid(self.store, job, call_sid)
             job = await self.store.transition(job_id, JobState.IN_CALL, reason="call answered")
         await self.notifier.notify(job, JobEvent.IN_CALL)
+
+    async def booking_confirmed(self, job_id: str, booking: Booking) -> None:
+        """The business confirmed ``booking`` on the phone: store it before the call ends.
+
+        If the call then breaks (or this process dies) the attempt still ends booked —
+        see ``Outcomes.settle`` — instead of phoning the business to book it again.
+        """
+        job = await self.store.get(job_id)
+        if job.state.is_active:
+            await self.store.set_meta(
+                job_id, confirmed_booking=booking.to_dict(), confirmed_attempt=job.attempts
+            )
 
     async def report_outcome(
         self, job_id: str, outcome: CallOutcome, transcript: Sequence[Turn] = ()

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from storage.errors import IllegalTransition, JobNotFound, LeaseLost
-from storage.models import CallOutcome, Job, JobState, OutcomeKind, Turn
+from storage.models import Booking, CallOutcome, Job, JobState, OutcomeKind, Turn
 from storage.ports import JobEvent
 
 if TYPE_CHECKING:
@@ -52,6 +52,18 @@ def current_call_sid(job: Job) -> str | None:
     """
     if job.call_sid and job.meta.get("call_sid_attempt") == job.attempts:
         return job.call_sid
+    return None
+
+
+def confirmed_booking(job: Job) -> Booking | None:
+    """The slot the business confirmed during the job's *current* attempt, if one was recorded.
+
+    Recorded the moment ``confirm_booking`` succeeds on the phone
+    (``Dispatcher.booking_confirmed``), so it survives a crash before the call ends.
+    """
+    raw = job.meta.get("confirmed_booking")
+    if isinstance(raw, dict) and job.meta.get("confirmed_attempt") == job.attempts:
+        return Booking.from_dict(raw)
     return None
 
 
@@ -117,6 +129,16 @@ class Outcomes:
                 await d.store.add_turns(job_id, job.attempts, transcript)
             if outcome.call_sid is None and current_call_sid(job):
                 outcome = dataclasses.replace(outcome, call_sid=current_call_sid(job))
+            booking = confirmed_booking(job)
+            if outcome.kind is OutcomeKind.ERROR and booking is not None:
+                # Confirmed on the phone, then the call broke (crash, dropped stream, restart):
+                # the appointment exists at the business; calling again would book it twice.
+                outcome = dataclasses.replace(
+                    outcome,
+                    kind=OutcomeKind.BOOKED,
+                    booking=booking,
+                    summary="Booked on the phone; the call was cut off before the goodbye.",
+                )
             if outcome.kind is OutcomeKind.BOOKED:
                 outcome = await self._create_event(job, outcome)
             try:

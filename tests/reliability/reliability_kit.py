@@ -40,6 +40,17 @@ def job_of_call(call: SandboxCall) -> str:
     return parse_qs(urlsplit(url).query).get("job", [""])[0]
 
 
+def is_live(call: SandboxCall) -> bool:
+    """The call is still up in the sandbox.
+
+    A call whose runner has finished (``done``) is over even if its ``status`` was never
+    moved to a final value: the sandbox's media pump can crash on a socket the killed
+    server left behind (``echo_mark`` raises ``ClientConnectionResetError``), which ends
+    the runner without the final status update.
+    """
+    return call.status not in FINAL_STATUSES and not call.done.is_set()
+
+
 class CallWatch:
     """Records every call the sandbox Twilio creates, in order, and any overlap within one errand.
 
@@ -59,7 +70,7 @@ class CallWatch:
             call = await self.world.twilio.wait_for_call(timeout=24 * 3600)
             job = job_of_call(call)
             for earlier in self.calls:
-                if job_of_call(earlier) == job and earlier.status not in FINAL_STATUSES:
+                if job_of_call(earlier) == job and is_live(earlier):
                     self.overlaps.append(
                         f"errand {job}: call {call.sid} created while {earlier.sid} was {earlier.status}"
                     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -232,3 +233,28 @@ async def test_busy_line_then_answer() -> None:
 
 def time_today() -> date:
     return datetime.now(ZoneInfo("America/Los_Angeles")).date()
+
+
+async def test_model_failing_after_the_slot_was_confirmed_still_books_without_calling_again() -> None:
+    """The booking is stored when the business confirms it, so a call that breaks afterwards keeps it."""
+    stack = await Stack.start()
+    sandbox = stack.world.anthropic
+    phone_model = sandbox.responder
+
+    def break_after_confirm(body: dict[str, Any]) -> Any:
+        blocks = phone_model(body)
+        if any(b.get("name") == "confirm_booking" for b in blocks if isinstance(b, dict)):
+            sandbox.fail_next(529, "overloaded_error", count=4)  # every try of the next reply
+        return blocks
+
+    sandbox.responder = break_after_confirm
+    try:
+        result = await stack.run(PATIENT)
+    finally:
+        await stack.stop()
+    assert_clean(result)
+    assert "technical trouble" in " ".join(result.calls[0].heard)  # the call did break
+    assert result.job.state is JobState.BOOKED and len(result.calls) == 1, result.history
+    assert result.job.outcome is not None and result.job.outcome.booking is not None
+    assert len(result.events_for_job()) == 1
+    assert result.job.meta.get("confirmed_attempt") == 1
