@@ -86,6 +86,9 @@ class ClaudeAgent:
         filler_phrases: said once per reply while a transient error is being retried.
         on_booking: awaited as soon as the business confirms a slot (``confirm_booking``), long
             before the call ends — the dispatcher stores it so a crash mid-call cannot lose it.
+        prefetch_calendar: fetch the window's busy intervals now, while the phone rings, so
+            availability checks mid-conversation cost no Graph round trip (``BookingTools``);
+            needs a running loop, and ``aclose()`` when the call ends.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class ClaudeAgent:
         max_tokens: int = 400,
         filler_phrases: Sequence[str] = ("One moment, please.",),
         on_booking: Callable[[Booking], Awaitable[None]] | None = None,
+        prefetch_calendar: bool = False,
     ) -> None:
         self._client = client
         self._model = model
@@ -120,7 +124,7 @@ class ClaudeAgent:
         self._filler_i = 0
         self._filler_said = False
         self._on_booking = on_booking
-        self.tools = BookingTools(request, calendar)
+        self.tools = BookingTools(request, calendar, prefetch=prefetch_calendar)
         today: date = clock().astimezone(ZoneInfo(request.business_tz)).date()
         self.system_prompt = build_system_prompt(request, assistant_name=assistant_name, today=today)
         schemas = self.tools.schemas()
@@ -144,6 +148,10 @@ class ClaudeAgent:
                 booking=self.tools.booking,
             )
         return None
+
+    async def aclose(self) -> None:
+        """Stop the calendar fetches this call started (the session calls it when the call ends)."""
+        await self.tools.aclose()
 
     async def reply(self, event: CallerInput) -> AsyncIterator[AgentAction]:
         """Stream the answer to one caller input (see the module docstring)."""

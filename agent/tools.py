@@ -9,13 +9,17 @@ description the model reads and the code that runs can't drift apart.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import re
+import time
 import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import time as tod
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
@@ -23,6 +27,12 @@ from agent.base import Hangup, SendDigits
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind
 
 _JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+log = logging.getLogger(__name__)
+Spans = list[tuple[datetime, datetime]]
+
+#: A live calendar check started when ``check_availability`` found a slot free stands in for
+#: ``confirm_booking``'s own live check for this long (the model's next round is a few hundred ms).
+LIVE_CHECK_MAX_AGE = 10.0
 
 
 class FreeBusy(Protocol):
@@ -116,6 +126,10 @@ def parse_local(value: str, tz: ZoneInfo) -> datetime:
     return dt.replace(tzinfo=tz) if dt.tzinfo is None else dt.astimezone(tz)
 
 
+def _overlapping(spans: Spans, start: datetime, end: datetime) -> Spans:
+    return [(s, e) for s, e in spans if s < end and e > start]
+
+
 def _fmt(dt: datetime) -> str:
     return dt.strftime("%A %Y-%m-%d %H:%M")
 
@@ -123,22 +137,68 @@ def _fmt(dt: datetime) -> str:
 class BookingTools:
     """The tool handlers of one call, holding the booking agreed so far.
 
+    With ``prefetch`` the person's busy intervals for the whole booking window are fetched once,
+    as soon as the tools exist (the call is still ringing), so ``check_availability`` answers from
+    that snapshot instead of a Graph round trip in the middle of the conversation.
+    ``confirm_booking`` never trusts the snapshot: it checks the calendar live before recording
+    a booking. That live check is started as soon as ``check_availability`` finds a slot free,
+    so it runs while the model writes its next answer; a confirm of the same slot within
+    ``LIVE_CHECK_MAX_AGE`` seconds uses it, anything else checks afresh.
+
     Args:
         request: the errand (window in ``person_tz``).
         calendar: the person's free/busy source.
+        prefetch: fetch the window's busy intervals now (needs a running event loop).
+        monotonic: clock for the age of a live check.
     """
 
-    def __init__(self, request: CallRequest, calendar: FreeBusy) -> None:
+    def __init__(
+        self,
+        request: CallRequest,
+        calendar: FreeBusy,
+        *,
+        prefetch: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.request = request
         self.calendar = calendar
         self.business_tz = ZoneInfo(request.business_tz)
         self.person_tz = ZoneInfo(request.person_tz)
         self.booking: Booking | None = None
+        self._monotonic = monotonic
+        w = request.window
+        self.snapshot_span = (
+            datetime.combine(w.start_date, tod(0), self.person_tz),
+            datetime.combine(w.end_date + timedelta(days=1), tod(0), self.person_tz),
+        )
+        self._snapshot: asyncio.Task[Spans] | None = None
+        self._live: dict[tuple[datetime, datetime], tuple[float, asyncio.Task[Spans]]] = {}
         self._handlers: dict[str, Callable[..., Awaitable[ToolResult]]] = {
             name: fn
             for name, fn in inspect.getmembers(self, inspect.ismethod)
             if getattr(fn, "__tool__", False)
         }
+        if prefetch:
+            self._snapshot = self._spawn(self.calendar.busy(*self.snapshot_span), "calendar snapshot")
+
+    @staticmethod
+    def _spawn(coro: Awaitable[Spans], name: str) -> asyncio.Task[Spans]:
+        task: asyncio.Task[Spans] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        # Its error is handled where the result is used; mark it retrieved so an unused failed
+        # prefetch is not reported as "exception never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    async def aclose(self) -> None:
+        """Cancel and await the calendar fetches still running (the call is over)."""
+        tasks = [t for _, t in self._live.values()]
+        if self._snapshot is not None:
+            tasks.append(self._snapshot)
+        self._live.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def schemas(self) -> list[dict[str, Any]]:
         """Tool definitions for the Messages API, in a stable order (cache-friendly)."""
@@ -174,8 +234,42 @@ class BookingTools:
             return f"Too short: the appointment needs {w.duration_minutes} minutes."
         return None
 
-    async def _conflicts(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
-        return [(s, e) for s, e in await self.calendar.busy(start, end) if s < end and e > start]
+    async def _conflicts(self, start: datetime, end: datetime) -> Spans:
+        """Busy spans overlapping the slot, from the snapshot when it covers the slot."""
+        lo, hi = self.snapshot_span
+        task = self._snapshot
+        if task is not None and lo <= start and end <= hi:
+            try:
+                spans = await asyncio.shield(task)  # a barge-in must not cancel the shared fetch
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("calendar snapshot failed (%s); asking the calendar live", e)
+                self._snapshot = None
+            else:
+                return _overlapping(spans, start, end)
+        return await self._conflicts_live(start, end)
+
+    async def _conflicts_live(self, start: datetime, end: datetime) -> Spans:
+        return _overlapping(await self.calendar.busy(start, end), start, end)
+
+    def _start_live_check(self, start: datetime, end: datetime) -> None:
+        old = self._live.pop((start, end), None)
+        if old is not None:
+            old[1].cancel()
+        task = self._spawn(self.calendar.busy(start, end), "live check")
+        self._live[(start, end)] = (self._monotonic(), task)
+
+    async def _live_conflicts_for_booking(self, start: datetime, end: datetime) -> Spans:
+        """A live answer for the slot: the check begun by ``check_availability`` if recent, else a new one."""
+        started = self._live.pop((start, end), None)
+        if started is not None:
+            at, task = started
+            if self._monotonic() - at <= LIVE_CHECK_MAX_AGE:
+                return _overlapping(await task, start, end)
+            else:
+                task.cancel()
+        return await self._conflicts_live(start, end)
 
     # -- tools --------------------------------------------------------------------------------------
 
@@ -190,6 +284,8 @@ class BookingTools:
         s, e = parse_local(start, self.business_tz), parse_local(end, self.business_tz)
         problem = self.window_problem(s, e)
         busy = await self._conflicts(s, e) if e > s else []
+        if not problem and not busy:
+            self._start_live_check(s, e)  # confirm_booking's live check, overlapped with the model
         lines = [f"Slot {_fmt(s)}–{e:%H:%M} ({self.request.business_tz}):"]
         lines.append(f"window: {'no — ' + problem if problem else 'yes'}")
         if busy:
@@ -218,7 +314,7 @@ class BookingTools:
         problem = self.window_problem(s, e)
         if problem:
             return ToolResult(f"REFUSED: {problem} Ask for another time.")
-        busy = await self._conflicts(s, e)
+        busy = await self._live_conflicts_for_booking(s, e)  # never the snapshot: correctness first
         if busy:
             return ToolResult("REFUSED: the person is busy then. Ask for another time.")
         self.booking = Booking(start=s, end=e, service=service, notes=notes)

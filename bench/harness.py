@@ -147,20 +147,6 @@ class Round:
         return self.frames.get("frames", 0) * 0.02
 
 
-def warm_up() -> None:
-    """Pay msgraph's first-use cost before timing anything.
-
-    The first deserialisation of a Graph ``Event`` walks ``Entity.get_field_deserializers``, which
-    imports about a thousand model modules: ~1.5 s of CPU on the event loop, stalling every live
-    call once per process (see bench/README.md). The bench takes it at start-up instead.
-    """
-    from msgraph.generated.models.event import Event
-    from msgraph.generated.models.schedule_information import ScheduleInformation
-
-    Event().get_field_deserializers()
-    ScheduleInformation().get_field_deserializers()
-
-
 class Bench:
     """The product under test plus its sandbox child; ``round(n)`` runs n concurrent calls."""
 
@@ -178,8 +164,7 @@ class Bench:
             port = sock.getsockname()[1]
             settings = bench_settings(hello, port=port, db_path=str(Path(self._tmp.name) / "bench.db"))
             self.app = Concierge(settings, clock=SystemClock(), graph_credential=StaticToken(), owner="bench")
-            await self.app.start(sock)
-            warm_up()
+            await self.app.start(sock)  # includes agent.calendar.warm_up()
         except BaseException:
             await self.close()
             raise

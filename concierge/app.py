@@ -24,7 +24,7 @@ from aiohttp import web
 from azure.core.credentials_async import AsyncTokenCredential
 from slack_bolt.async_app import AsyncApp
 
-from agent.calendar import GraphCalendar, StaticTokenCredential, build_graph_client
+from agent.calendar import GraphCalendar, StaticTokenCredential, build_graph_client, warm_up
 from agent.conversation import ClaudeAgent
 from agent.llm import build_anthropic
 from bot import slack as slack_bot
@@ -185,6 +185,9 @@ class Concierge:
             placer=self.placer,
         )
         self._add_routes()
+        # Before the site listens: msgraph's ~1,000 lazy model imports off the call path (a thread,
+        # so a loop shared with other services keeps turning meanwhile).
+        await asyncio.to_thread(warm_up)
         self._runner = web.AppRunner(self.web_app, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
         sock = sock or bind(s.host, s.port)
@@ -277,6 +280,7 @@ class Concierge:
             assistant_name=self.settings.assistant_name,
             clock=self.clock.now,
             on_booking=functools.partial(self.dispatcher.booking_confirmed, job.id),
+            prefetch_calendar=True,  # the session is made while the phone rings: fetch free/busy now
         )
         return CallSession(
             job, call_sid, agent=agent, speech=self.speech, placer=self.placer, config=self.session_config

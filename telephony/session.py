@@ -203,6 +203,9 @@ class CallSession:
         return True
 
     async def _finish(self) -> None:
+        close_agent = getattr(self._agent, "aclose", None)  # optional: agents owning background work
+        if close_agent is not None:
+            await close_agent()
         if self._hang_up_at_end:
             try:
                 await self._placer.hang_up(self.call_sid)
