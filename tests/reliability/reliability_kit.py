@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,36 @@ def scenario_programmer(name: str, **program: object) -> Programmer:
         world.twilio.program(PHONE, attempt.behavior, attempt.script, **program)  # type: ignore[arg-type]
 
     return apply
+
+
+def receptionist(slot: datetime) -> CalleeScript:
+    """Answers, offers ``slot``, confirms once the assistant has taken it."""
+    return CalleeScript(
+        steps=[
+            Say(scenarios.GREETING),
+            WaitTurn(contains="haircut", timeout=120),
+            Say(f"How about {scenarios.offer_text(slot)}?"),
+            WaitTurn(contains=f"{slot:%A}", timeout=120),
+            Say("Perfect, see you then."),
+            WaitTurn(timeout=120),
+        ]
+    )
+
+
+async def submit_errand(world: SandboxWorld, phone: str) -> str:
+    """The person asks for a haircut at ``phone`` and confirms; returns the errand id from the chat."""
+    tg, user = world.telegram, DEMO_TELEGRAM_USER
+    since = len(tg.sent)
+    tg.user_message(user, user, f"Book a haircut at Joe's Barbershop {phone} next week, afternoons")
+    shown = await tg.wait_for(lambda s: any(b == "Confirm" for b, _ in s.buttons), 30, since=since)
+    confirm = next(data for label, data in shown.buttons if label == "Confirm")
+    since = len(tg.sent)
+    tg.press_button(user, user, shown.message_id, confirm)
+    queued = re.compile(r"errand (\w+) is queued")
+    done = await tg.wait_for(lambda s: bool(queued.search(s.text or "")), 30, since=since)
+    match = queued.search(done.text or "")
+    assert match is not None
+    return match.group(1)
 
 
 def patient_programmer() -> Programmer:

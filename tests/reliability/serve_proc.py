@@ -1,0 +1,109 @@
+"""``concierge serve`` as a real subprocess pointed at a sandbox world running in the test process.
+
+The server is configured only through environment variables (the settings'
+field names upper-cased), exactly as a deployment would be; Graph uses
+``GRAPH_STATIC_TOKEN`` since the sandbox has no sign-in service. The working
+directory is a temporary one, so no ``.env`` of the checkout is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from concierge.demo_env import GRAPH_TOKEN, SandboxWorld
+from concierge.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(world: SandboxWorld, *, port: int, database_path: Path, **overrides: Any) -> dict[str, str]:
+    """Environment for ``concierge serve`` against ``world`` (every setting explicit)."""
+    settings = world.settings(
+        public_base_url=f"http://127.0.0.1:{port}",
+        port=port,
+        database_path=str(database_path),
+        graph_static_token=GRAPH_TOKEN,
+        **overrides,
+    )
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        env[name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+class Server:
+    """One ``python -m concierge serve`` process; its log goes to ``log_path``."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log_path: Path) -> None:
+        self.env, self.cwd, self.log_path = env, cwd, log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self._log: int | None = None  # file descriptor of the log
+
+    async def start(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Start and wait for the "concierge ready" line (the dispatcher has run recovery by then)."""
+        self._log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # closed in wait()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "concierge",
+            "serve",
+            cwd=self.cwd,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self._log,
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"concierge serve exited before ready; see {self.log_path}")
+                if b"concierge ready" in line:
+                    return
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown code runs at all."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+        await self.wait()
+
+    async def terminate(self, timeout: float = 30.0) -> int:  # noqa: ASYNC109
+        """SIGTERM (graceful) and the exit code."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(timeout):
+            return await self.wait()
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        if self.proc.stdout is not None:
+            with contextlib.suppress(Exception):
+                await self.proc.stdout.read()
+        code = await self.proc.wait()
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
+        return code
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
