@@ -271,3 +271,20 @@ async def test_a_call_never_outlasts_max_call_seconds(stack: Stack, session_cap:
         assert call.ended_by in ours and call.hangup_requested.is_set(), call.ended_by
     else:  # Twilio's TimeLimit or our own cap, whichever counted the 15th second first
         assert call.ended_by in (*ours, "time_limit"), call.ended_by
+
+
+async def test_people_not_on_the_allow_list_are_told_so_and_nothing_is_queued(stack: Stack) -> None:
+    await closed(stack)
+    before = len(await stack.app.store.list(limit=10_000))
+    answer = await ask(stack, 999_777, call_text(7001))
+    assert "allow-list" in answer
+    slack = stack.world.slack
+    reply = await slack.slash_command(
+        stack.url("/slack/events"),
+        text=call_text(7002)[6:],
+        user_id="U0NOBODY",
+        channel_id="C1",
+        team_id="T0X",
+    )
+    assert reply.status == 200 and "allow-list" in reply.text
+    assert len(await stack.app.store.list(limit=10_000)) == before
