@@ -24,7 +24,7 @@ from aiohttp import web
 from azure.core.credentials_async import AsyncTokenCredential
 from slack_bolt.async_app import AsyncApp
 
-from agent.calendar import GraphCalendar, StaticTokenCredential, build_graph_client, warm_up
+from agent.calendar import GraphCalendar, StaticTokenCredential, build_graph_client
 from agent.conversation import ClaudeAgent
 from agent.llm import build_anthropic
 from bot import slack as slack_bot
@@ -33,6 +33,7 @@ from bot.allow import AllowList
 from bot.flow import ChatFlow
 from bot.intake import ClaudeExtractor, Intake
 from bot.notify import ChatNotifier
+from concierge import warmup
 from concierge.clock import Clock, SystemClock
 from concierge.dispatcher import Dispatcher
 from concierge.settings import REQUIRED, Settings
@@ -185,9 +186,9 @@ class Concierge:
             placer=self.placer,
         )
         self._add_routes()
-        # Before the site listens: msgraph's ~1,000 lazy model imports off the call path (a thread,
-        # so a loop shared with other services keeps turning meanwhile).
-        await asyncio.to_thread(warm_up)
+        # Before the site listens: the SDKs' first-use costs (msgraph's ~1,000 lazy model imports,
+        # anthropic's stream schemas) off the first calls' audio path (concierge.warmup).
+        await warmup.warm_up()
         self._runner = web.AppRunner(self.web_app, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
         sock = sock or bind(s.host, s.port)
