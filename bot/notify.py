@@ -112,6 +112,20 @@ class _SlackSender:
         return True
 
 
+def result_marker(job: Job) -> str:
+    """What ``meta["result_delivered"]`` holds once the result of the job's final state was posted."""
+    return f"{job.state.value}:{job.attempts}"
+
+
+def result_pending(job: Job) -> bool:
+    """The job is finished but its result never reached the chat (e.g. the process died in between)."""
+    return (
+        job.state.is_final
+        and job.state is not JobState.CANCELLED
+        and job.meta.get("result_delivered") != result_marker(job)
+    )
+
+
 def classify(e: BaseException) -> tuple[bool, float]:
     """(retryable, seconds the service asked us to wait) for a failed chat send."""
     if isinstance(e, RetryAfter):
@@ -199,7 +213,7 @@ class ChatNotifier:
     async def _finish(
         self, sender: _Sender, job: Job, meta: dict[str, Any], transcript: Sequence[Turn]
     ) -> None:
-        marker = f"{job.state.value}:{job.attempts}"
+        marker = result_marker(job)
         origin = job.request.origin
         if meta.get("result_delivered") != marker:
             await self._progress(sender, job, meta, render.progress(job, "finished", self.person_tz))

@@ -216,7 +216,15 @@ class Dispatcher:
             raise RuntimeError("Dispatcher.run() is already running")
         self._running, self._stopping = True, False
         try:
+            undelivered = await self._reconciler.undelivered_results()
             await self.recover()
+            # Results a previous run stored but never posted: in the background (owned by
+            # this loop), so a chat outage cannot hold up dialling.
+            redeliver = asyncio.get_running_loop().create_task(
+                self._reconciler.redeliver(undelivered), name="redeliver-results"
+            )
+            self._tasks.add(redeliver)
+            redeliver.add_done_callback(self._tasks.discard)
             while not self._stopping:
                 self._wake.clear()
                 again, until = await self._step()

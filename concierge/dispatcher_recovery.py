@@ -23,16 +23,22 @@ provider what became of the call:
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from bot.notify import result_pending
 from concierge.dispatcher_outcomes import current_call_sid
 from storage.errors import JobNotFound, LeaseLost, ProviderError
-from storage.models import CallOutcome, Job, JobState, OutcomeKind
+from storage.models import FINAL_STATES, CallOutcome, Job, JobState, OutcomeKind
+from storage.ports import JobEvent
 
 if TYPE_CHECKING:
     from concierge.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
+
+#: How far back a restart looks for finished errands whose result never reached the chat.
+REDELIVER_WITHIN = timedelta(days=7)
 
 LIVE_STATUSES = frozenset({"queued", "ringing", "in-progress"})
 
@@ -80,6 +86,27 @@ class CallReconciler:
             except LeaseLost:
                 continue
             await self._reconcile_safely(job, live_here=False)
+
+    async def undelivered_results(self) -> list[Job]:
+        """Finished errands whose result never reached the chat (the process died in between).
+
+        Outcomes are stored before the chat is told, so a crash in between leaves a
+        finished errand with no result in its thread. Taken at start-up, before
+        recovery finishes (and notifies) anything itself.
+        """
+        d = self._d
+        since = d.clock.now() - REDELIVER_WITHIN
+        finished = tuple(s for s in FINAL_STATES if s is not JobState.CANCELLED)
+        jobs = await d.store.list(states=finished, limit=500)
+        return [j for j in jobs if j.updated_at >= since and result_pending(j)]
+
+    async def redeliver(self, jobs: list[Job]) -> None:
+        """Post those results now (``notify`` is idempotent: a repeat is harmless)."""
+        d = self._d
+        for job in jobs:
+            log.info("errand %s finished without its result reaching the chat: sending it now", job.id)
+            turns = await d.store.turns(job.id, job.attempts)
+            await d.notifier.notify(job, JobEvent.FINISHED, turns)
 
     async def _reconcile_safely(self, job: Job, *, live_here: bool) -> None:
         try:
