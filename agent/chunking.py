@@ -9,6 +9,13 @@ like boundaries but are not — "1,500", "3.5", "3:30", "Dr. Lee", "e.g. this",
 "3:30 p.m." — and splitting them would make the voice pause mid-number. A long
 run with no punctuation at all is cut at a word boundary so one clause never
 holds the audio back for long.
+
+The first clause of a reply is what the callee waits for, so it may be cut
+sooner (``first_clause_words``): at its first clause boundary whatever its
+length, or at a word boundary once it has that many words. At a real model's
+~50–100 words per second, waiting for an eight-word first sentence costs
+80–160 ms of silence; four words cost half of that, and the rest of the
+reply keeps the natural cuts.
 """
 
 from __future__ import annotations
@@ -52,14 +59,23 @@ class ClauseChunker:
         min_clause_chars: ... or at least this many characters.
         max_chars: a run without any boundary is cut (at a word boundary) once it is
             longer than this, so TTS is never starved by one long sentence.
+        first_clause_words: if set, the first clause is cut at any clause boundary, or at the
+            first word boundary after this many words (times and titles are kept whole).
     """
 
     def __init__(
-        self, *, min_clause_words: int = 3, min_clause_chars: int = 20, max_chars: int = 120
+        self,
+        *,
+        min_clause_words: int = 3,
+        min_clause_chars: int = 20,
+        max_chars: int = 120,
+        first_clause_words: int | None = None,
     ) -> None:
         self._min_words = min_clause_words
         self._min_chars = min_clause_chars
         self._max_chars = max_chars
+        self._first_words = first_clause_words
+        self._first = first_clause_words is not None  # the first clause is still to come
         self._buf = ""
 
     def feed(self, delta: str) -> list[str]:
@@ -68,6 +84,8 @@ class ClauseChunker:
         out: list[str] = []
         while True:
             cut = self._find_boundary()
+            if cut is None and self._first:
+                cut = self._early_cut()
             if cut is None:
                 cut = self._length_cut()
             if cut is None:
@@ -75,11 +93,13 @@ class ClauseChunker:
             piece, self._buf = self._buf[:cut].strip(), self._buf[cut:].lstrip()
             if piece:
                 out.append(piece)
+                self._first = False
         return out
 
     def flush(self) -> list[str]:
         """End of the reply: return whatever is left as a final clause."""
         piece, self._buf = self._buf.strip(), ""
+        self._first = self._first and not piece
         return [piece] if piece else []
 
     @property
@@ -162,7 +182,22 @@ class ClauseChunker:
             if buf[i] == "–" and (i == 0 or not buf[i - 1].isspace()):
                 return False
         clause = buf[: i + 1].strip()
+        if self._first:
+            return True
         return len(clause.split()) >= self._min_words or len(clause) >= self._min_chars
+
+    def _early_cut(self) -> int | None:
+        """First-clause rule: the first word boundary after ``first_clause_words`` words, else None."""
+        assert self._first_words is not None
+        buf = self._buf
+        words = 0
+        for m in re.finditer(r"\s+", buf):
+            if m.start() == 0:
+                continue
+            words += 1
+            if words >= self._first_words and _can_cut_at(buf, m.start()):
+                return m.start()
+        return None
 
     def _length_cut(self) -> int | None:
         """Where to cut a run that grew past ``max_chars`` without a boundary, else None."""

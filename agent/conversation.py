@@ -89,6 +89,8 @@ class ClaudeAgent:
         prefetch_calendar: fetch the window's busy intervals now, while the phone rings, so
             availability checks mid-conversation cost no Graph round trip (``BookingTools``);
             needs a running loop, and ``aclose()`` when the call ends.
+        first_clause_words: hand the first clause of each model answer to TTS at its first comma
+            or after this many words (``ClauseChunker``): it is what the callee waits for.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class ClaudeAgent:
         filler_phrases: Sequence[str] = ("One moment, please.",),
         on_booking: Callable[[Booking], Awaitable[None]] | None = None,
         prefetch_calendar: bool = False,
+        first_clause_words: int | None = None,
     ) -> None:
         self._client = client
         self._model = model
@@ -116,6 +119,7 @@ class ClaudeAgent:
         self._retry = retry or RetryPolicy()
         self._max_tool_rounds = max_tool_rounds
         self._max_tokens = max_tokens
+        self._first_clause_words = first_clause_words
         self.disclosure = (
             f"Hi, this is {assistant_name}, an AI assistant calling on behalf of {request.person_name}."
         )
@@ -270,7 +274,7 @@ class ClaudeAgent:
                 await self._sleep(self._retry.delay(attempt, e))
 
     async def _round(self, first: bool) -> AsyncGenerator[Say | Message, None]:
-        chunker = ClauseChunker()
+        chunker = ClauseChunker(first_clause_words=self._first_clause_words)
         held: list[str] = []
         said: list[str] = []
         first_token_at: float | None = None

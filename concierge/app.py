@@ -282,6 +282,7 @@ class Concierge:
             clock=self.clock.now,
             on_booking=functools.partial(self.dispatcher.booking_confirmed, job.id),
             prefetch_calendar=True,  # the session is made while the phone rings: fetch free/busy now
+            first_clause_words=4,  # the callee waits for the first clause: ~40 ms of words, not a sentence
         )
         return CallSession(
             job, call_sid, agent=agent, speech=self.speech, placer=self.placer, config=self.session_config
