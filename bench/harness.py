@@ -28,6 +28,13 @@ from concierge.settings import Settings
 from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, Platform, Speaker, TurnLatency
 from telephony import frame_stats
 
+#: How the sandbox world is spread over child processes (``--shards``): service groups per process.
+SHARDS: dict[int, list[str]] = {
+    1: ["twilio,deepgram,anthropic,graph"],
+    2: ["twilio", "deepgram,anthropic,graph"],
+    3: ["twilio", "deepgram", "anthropic,graph"],
+}
+
 #: Figures taken from published provider latencies (see bench/README.md for the sources).
 PUBLISHED = {"stt_latency_ms": 250.0, "llm_ttft_ms": 600.0, "tts_ttfb_ms": 200.0}
 
@@ -35,8 +42,10 @@ PUBLISHED = {"stt_latency_ms": 250.0, "llm_ttft_ms": 600.0, "tts_ttfb_ms": 200.0
 class SandboxProcess:
     """``python -m bench.sandbox_proc`` as a child: start, ask for stats, stop."""
 
-    def __init__(self, *, numbers: int, pace: float, latencies: dict[str, float]) -> None:
+    def __init__(self, *, numbers: int, pace: float, latencies: dict[str, float], services: str = "") -> None:
         self.args = ["--numbers", str(numbers), "--pace", str(pace)]
+        if services:
+            self.args += ["--services", services]
         for key, value in latencies.items():
             self.args += [f"--{key.replace('_', '-')}", str(value)]
         self.proc: asyncio.subprocess.Process | None = None
@@ -77,6 +86,49 @@ class SandboxProcess:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+_PER_PROCESS = ("services", "loop_lag_ms_p99", "loop_lag_ms_max", "cpu_ms")
+
+
+class SandboxShards:
+    """The sandbox world spread over several ``SandboxProcess`` children, one per service group.
+
+    Answers like one child: ``start()`` merges the hellos (each child's endpoints), ``stats``
+    reports the worst loop lag and the summed CPU of all children, plus each child's own line.
+    """
+
+    def __init__(self, *, numbers: int, pace: float, latencies: dict[str, float], shards: int = 3) -> None:
+        self.children = [
+            SandboxProcess(numbers=numbers, pace=pace, latencies=latencies, services=group)
+            for group in SHARDS[shards]
+        ]
+
+    async def start(self) -> dict[str, Any]:
+        hellos = await asyncio.gather(*(c.start() for c in self.children))
+        hello: dict[str, Any] = {**hellos[0], "endpoints": {}}
+        for h in hellos:
+            hello["endpoints"].update(h["endpoints"])
+            if "deepgram_http_url" in h:
+                hello["deepgram_http_url"] = h["deepgram_http_url"]
+        return hello
+
+    async def command(self, name: str) -> dict[str, Any]:
+        answers = await asyncio.gather(*(c.command(name) for c in self.children))
+        if name != "stats":
+            return {"ok": all(a.get("ok") for a in answers)}
+        worst = max(answers, key=lambda a: a.get("loop_lag_ms_p99", 0.0))
+        return {
+            "loop_lag_ms_p50": max(a["loop_lag_ms_p50"] for a in answers),
+            "loop_lag_ms_p99": worst["loop_lag_ms_p99"],
+            "loop_lag_ms_max": max(a["loop_lag_ms_max"] for a in answers),
+            "cpu_ms": round(sum(a["cpu_ms"] for a in answers), 1),
+            "rss_mb": round(sum(a["rss_mb"] for a in answers), 1),
+            "processes": [{k: a[k] for k in _PER_PROCESS} for a in answers],
+        }
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self.children))
 
 
 def bench_settings(hello: dict[str, Any], *, port: int, db_path: str) -> Settings:
@@ -150,8 +202,10 @@ class Round:
 class Bench:
     """The product under test plus its sandbox child; ``round(n)`` runs n concurrent calls."""
 
-    def __init__(self, *, numbers: int, pace: float = 1.0, latencies: dict[str, float] | None = None) -> None:
-        self.child = SandboxProcess(numbers=numbers, pace=pace, latencies=latencies or {})
+    def __init__(
+        self, *, numbers: int, pace: float = 1.0, latencies: dict[str, float] | None = None, shards: int = 3
+    ) -> None:
+        self.child = SandboxShards(numbers=numbers, pace=pace, latencies=latencies or {}, shards=shards)
         self.app: Concierge | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="concierge-bench-")
         self.numbers: list[str] = []

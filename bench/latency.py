@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from bench.harness import PUBLISHED, Bench, Round, peak_rss_mb
+from bench.harness import PUBLISHED, SHARDS, Bench, Round, peak_rss_mb
 
 #: --max-calls stops when p99 server overhead exceeds this, or frames fall behind.
 MAX_P99_OVERHEAD_MS = 20.0
@@ -71,6 +71,7 @@ def report(r: Round, *, provider_latency: str) -> dict[str, Any]:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "wall_seconds": round(r.seconds, 1),
         "provider_latency": provider_latency,
+        "sandbox_shards": len(r.sandbox.get("processes", [])) or 1,
         "sandbox_process": r.sandbox,
         "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": sys.version.split()[0]},
     }
@@ -137,13 +138,14 @@ def table(d: dict[str, Any]) -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies = PUBLISHED if args.provider_latency == "published" else {}
     if not args.max_calls:
-        async with Bench(numbers=args.calls, pace=args.pace, latencies=latencies) as bench:
+        bench_ = Bench(numbers=args.calls, pace=args.pace, latencies=latencies, shards=args.shards)
+        async with bench_ as bench:
             r = await bench.round(args.calls, ramp=args.ramp)
         return report(r, provider_latency=args.provider_latency)
     levels = [n for n in args.levels if n <= args.ceiling]
     held: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
-    async with Bench(numbers=max(levels), pace=args.pace, latencies=latencies) as bench:
+    async with Bench(numbers=max(levels), pace=args.pace, latencies=latencies, shards=args.shards) as bench:
         for n in levels:
             r = await bench.round(n, ramp=args.ramp)
             d = report(r, provider_latency=args.provider_latency)
@@ -189,6 +191,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ceiling", type=int, default=200, help="highest concurrency --max-calls tries")
     p.add_argument("--ramp", type=float, default=3.0, help="seconds over which calls are started")
+    p.add_argument(
+        "--shards",
+        type=int,
+        choices=sorted(SHARDS),
+        default=3,
+        help="sandbox child processes: 1 all services, 2 Twilio | the rest, 3 Twilio | Deepgram | "
+        "Anthropic+Graph (default)",
+    )
     p.add_argument("--pace", type=float, default=1.0, help="sandbox audio pace (1.0 = real time)")
     return p.parse_args(argv)
 

@@ -5,6 +5,12 @@ scripted callees, transcribes and synthesises. In the same process it would shar
 and the CPU with the Concierge, and "server overhead" would measure the sandbox's pacing loops as
 much as our own code. Here it runs beside the product, on loopback only.
 
+``--services`` runs only some of the services, so the bench can spread the world over several
+processes (one per service group, see ``bench.harness.SHARDS``): the services talk to each other
+only through the product (the callee hears what the product sends to Twilio; Deepgram transcribes
+what the product forwards), so each group can live in its own process and the product, which has
+one base URL per service, cannot tell.
+
 Protocol: one JSON line on stdout once every service listens (endpoints, credentials, the
 programmed numbers); then one command per stdin line — ``stats`` answers a JSON line with this
 process's event-loop lag and CPU time, ``reset`` zeroes them and forgets the calendar events booked
@@ -15,23 +21,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
 from datetime import date
+from typing import Any
 
 import psutil
 
-from concierge.demo_env import SandboxWorld
-from concierge.settings import Settings
+from concierge.demo_env import DEFAULTS, GRAPH_TOKEN
 from sandbox import scenarios
+from sandbox.anthropic import SandboxAnthropic
 from sandbox.callee import CalleeScript
-from sandbox.twilio import Behavior
+from sandbox.deepgram import SandboxDeepgram
+from sandbox.graph import SandboxGraph
+from sandbox.twilio import Behavior, SandboxTwilio
 
 #: Numbers the bench dials: +1 415 555 2000, 2001, ... (one per concurrent call).
 FIRST_NUMBER = 14155552000
 SCENARIO = "interrupt"
 LAG_TICK = 0.005
+SERVICES = ("twilio", "deepgram", "anthropic", "graph")
 
 
 def numbers(count: int) -> list[str]:
@@ -84,53 +95,78 @@ class LagMeter:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    world = SandboxWorld(
-        pace=args.pace,
-        stt_latency_ms=args.stt_latency_ms,
-        tts_ttfb_ms=args.tts_ttfb_ms,
-        llm_ttft_ms=args.llm_ttft_ms,
-        base=Settings(_env_file=None),  # type: ignore[call-arg]
-    )
-    await world.start()
+    wanted = [x for x in args.services.split(",") if x]
+    unknown = set(wanted) - set(SERVICES)
+    if unknown:
+        raise SystemExit(f"unknown services {sorted(unknown)}")
+    c = DEFAULTS
+    today = date.today()
+    scenario = scenarios.build(SCENARIO, today=today)
+    dialled = numbers(args.numbers)
+    started: list[Any] = []
+    endpoints: dict[str, str] = {}
+    hello: dict[str, Any] = {"creds": dict(c), "numbers": dialled, "pid": psutil.Process().pid}
+    graph: SandboxGraph | None = None
     meter = LagMeter()
     lag_task = asyncio.create_task(meter.run())
     try:
-        today = date.today()
-        scenario = scenarios.build(SCENARIO, today=today)
-        world.graph.busy = list(scenario.busy)
-        script = bench_script(today=today)
-        dialled = numbers(args.numbers)
-        for number in dialled:
-            world.twilio.program(number, Behavior.ANSWER, script)
-        hello = {
-            "endpoints": world.endpoints(),
-            "deepgram_http_url": world.deepgram.http_url,
-            "creds": world.creds,
-            "numbers": dialled,
-            "pid": psutil.Process().pid,
-        }
+        if "twilio" in wanted:
+            twilio = SandboxTwilio(
+                account_sid=c["twilio_account_sid"], auth_token=c["twilio_auth_token"], pace=args.pace
+            )
+            await twilio.start()
+            started.append(twilio)
+            script = bench_script(today=today)
+            for number in dialled:
+                twilio.program(number, Behavior.ANSWER, script)
+            endpoints["twilio"] = twilio.base_url
+        if "deepgram" in wanted:
+            deepgram = SandboxDeepgram(
+                api_key=c["deepgram_api_key"],
+                stt_latency_ms=args.stt_latency_ms,
+                tts_ttfb_ms=args.tts_ttfb_ms,
+            )
+            await deepgram.start()
+            started.append(deepgram)
+            endpoints["deepgram"] = deepgram.ws_url
+            hello["deepgram_http_url"] = deepgram.http_url
+        if "anthropic" in wanted:
+            anthropic = SandboxAnthropic(api_key=c["anthropic_api_key"], ttft_ms=args.llm_ttft_ms)
+            await anthropic.start()
+            started.append(anthropic)
+            endpoints["anthropic"] = anthropic.base_url
+        if "graph" in wanted:
+            graph = SandboxGraph(user_id=c["graph_user_id"], token=GRAPH_TOKEN)
+            graph.busy = list(scenario.busy)
+            await graph.start()
+            started.append(graph)
+            endpoints["graph"] = graph.base_url
+        hello["endpoints"] = endpoints
         print(json.dumps(hello), flush=True)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while line := (await reader.readline()).decode().strip():
             if line == "stats":
-                stats = meter.stats() | {"calls": len(world.twilio.calls), "at": time.monotonic()}
-                print(json.dumps(stats), flush=True)
+                print(json.dumps(meter.stats() | {"services": wanted, "at": time.monotonic()}), flush=True)
             elif line == "reset":
                 meter.reset()
-                world.graph.events.clear()  # bookings of the last round would make the offer busy
+                if graph is not None:
+                    graph.events.clear()  # bookings of the last round would make the offer busy
                 print(json.dumps({"ok": True}), flush=True)
     finally:
         lag_task.cancel()
         await asyncio.gather(lag_task, return_exceptions=True)
-        await world.stop()
+        for service in reversed(started):
+            with contextlib.suppress(Exception):
+                await service.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sandbox_proc", description=__doc__)
     p.add_argument("--numbers", type=int, default=20, help="how many numbers to program")
     p.add_argument("--pace", type=float, default=1.0)
+    p.add_argument("--services", default=",".join(SERVICES), help="which services this process runs")
     p.add_argument("--stt-latency-ms", type=float, default=0.0)
     p.add_argument("--tts-ttfb-ms", type=float, default=0.0)
     p.add_argument("--llm-ttft-ms", type=float, default=0.0)
