@@ -63,7 +63,7 @@ async def finished_but_untold(path: Path) -> str:
         await db.close()
 
 
-async def test_a_stored_but_unposted_result_is_posted_once_afterrestarts(tmp_path: Path) -> None:
+async def test_a_stored_but_unposted_result_is_posted_once_after_restarts(tmp_path: Path) -> None:
     db_path = tmp_path / "concierge.db"
     job_id = await finished_but_untold(db_path)
     posted: list[str] = []

@@ -41,11 +41,11 @@ from storage.models import JobState
 
 pytestmark = [pytest.mark.slow]
 
-PACE = 12.0
+PACE = 16.0
 KILLS = 20
 #: Errand k is submitted right after start number SUBMIT_AT[k] (so kills find them at every stage).
 SUBMIT_AT = (0, 0, 2, 4, 7, 10, 13)
-MAX_KILL_DELAY = 3.0
+MAX_KILL_DELAY = 2.5
 LA = ZoneInfo("America/Los_Angeles")
 
 
