@@ -150,6 +150,8 @@ class CallRunner:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.call.status in ("queued", "ringing", "in-progress"):
+                self.call.status = "completed"  # never leave a call live after its runner ended
             self.call.callee.finish()
             self.call.errors += self.call.callee.errors
             self.call.done.set()

@@ -53,8 +53,12 @@ class MediaPump:
         await self.ws.send_str(json.dumps(message))
 
     async def echo_mark(self, name: str) -> None:
+        """Echo a played mark; an app that went away (crash, drop) just ends the stream."""
         self.call.marks_echoed.append(name)
-        await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        try:
+            await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        except (ConnectionError, aiohttp.ClientError):
+            self.app_closed = True
 
     async def run(self) -> None:
         call = self.call
