@@ -7,6 +7,7 @@ Plain text only (no Markdown) so nothing needs escaping on either platform.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -134,6 +135,10 @@ def status_list(jobs: Sequence[Job], person_tz: str) -> str:
     return "\n".join(lines)
 
 
+#: A summary that already promises a retry ("…; I'll call again.") would say it twice.
+_AGAIN = re.compile(r"[;,.]?\s*I'll (call|try) again\.?\s*$", re.IGNORECASE)
+
+
 def progress(job: Job, event: str, person_tz: str) -> str:
     """The one progress message for an errand, rewritten as it advances."""
     r = job.request
@@ -146,6 +151,8 @@ def progress(job: Job, event: str, person_tz: str) -> str:
         return f"{head}\nOn the phone with {r.business_name}…"
     if event == "retry_planned":
         why = job.outcome.summary if job.outcome and job.outcome.summary else "No luck this time"
+        why = _AGAIN.sub("", why).rstrip(" .;,") or "No luck this time"
+        why = why[0].upper() + why[1:]
         return f"{head}\n{why}. I'll try again {fmt_when(job.next_attempt_at, person_tz)} your time."
     if event == "cancelled":
         return f"{head}\nCancelled."
