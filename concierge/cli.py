@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         return run_doctor(out)
     if args.command == "serve":
-        return _run_lazy("concierge.app", "serve_main", args, "concierge serve")
+        return _run_lazy("concierge.serve", "serve_main", args, "concierge serve")
     if args.command == "demo":
         return _run_lazy("concierge.demo", "demo_main", args, "concierge demo")
     return _jobs(args, out)
