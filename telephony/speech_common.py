@@ -1,0 +1,125 @@
+"""What the Deepgram listen and speak sockets share: the SDK imports, events, limits, error mapping."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+with warnings.catch_warnings():
+    # deepgram-sdk 7.x imports websockets' legacy client, which warns on import
+    # with websockets >= 14; the legacy client is what the SDK uses, so there is
+    # nothing for us to change.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import deepgram.listen.v1.client  # noqa: F401  (the SDK imports these lazily, at first connect)
+    import deepgram.speak.v1.client  # noqa: F401
+    from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+    from deepgram.core.api_error import ApiError
+    from deepgram.speak.v1.types.speak_v1text import SpeakV1Text
+    from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from storage.errors import ProviderConnectionError, ProviderError, ProviderStatusError
+
+__all__ = [  # the SDK names are imported here, once, under the warning filter above
+    "ApiError", "AsyncDeepgramClient", "ConnectionClosed", "DeepgramClientEnvironment", "SpeakV1Text",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+BYTES_PER_SECOND = 8000
+KEEPALIVE_SECONDS = 4.0
+#: Audio kept while the listen socket is reconnecting (30 s of µ-law).
+MAX_BUFFER_BYTES = 30 * BYTES_PER_SECOND
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (ConnectionClosed, WebSocketException, OSError)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Voice onset detected by Deepgram VAD.
+
+    Attributes:
+        t: when it was received (clock seconds).
+        onset: when the onset audio byte arrived from Twilio (clock seconds), if known.
+    """
+
+    t: float
+    onset: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """An interim or final transcript.
+
+    Attributes:
+        speech_end: clock time at which the audio of the last word's end arrived
+            from Twilio, if it could be mapped (finals only).
+    """
+
+    text: str
+    is_final: bool
+    speech_final: bool
+    t: float
+    speech_end: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceEnd:
+    """Deepgram saw a gap after the last word (fallback when ``speech_final`` is missed)."""
+
+    t: float
+
+
+ListenEvent = SpeechStarted | Transcript | UtteranceEnd
+
+
+@dataclass(frozen=True, slots=True)
+class TtsAudio:
+    """A chunk of synthesised µ-law audio."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TtsFlushed:
+    """All audio for the text sent before the matching flush has been delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class TtsCleared:
+    """The speak socket dropped pending audio after a clear."""
+
+
+@dataclass(frozen=True, slots=True)
+class TtsReset:
+    """Pending text will produce no more audio.
+
+    No longer emitted: since ``Speaker`` resends unacknowledged text after a
+    reconnect, every flushed clause gets its ``TtsFlushed``. Kept so consumers
+    that still handle it keep working.
+    """
+
+
+SpeakEvent = TtsAudio | TtsFlushed | TtsCleared | TtsReset
+
+
+# --- client -----------------------------------------------------------------------------------
+
+
+
+def backoff(attempt: int) -> float:
+    return min(0.1 * 2 ** (attempt - 1), 2.0)
+
+
+def map_error(e: BaseException, what: str) -> ProviderError:
+    if isinstance(e, ApiError) and isinstance(e.status_code, int):
+        return ProviderStatusError(f"deepgram {what}: HTTP {e.status_code}", provider="deepgram",
+                                   status=e.status_code)
+    return ProviderConnectionError(f"deepgram {what}: {e!r}", provider="deepgram")
+
+

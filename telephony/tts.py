@@ -1,0 +1,159 @@
+"""Deepgram streaming text-to-speech for one call (``Speaker``): one socket, a Flush per clause."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from telephony.speech_common import (
+    _CONNECTION_ERRORS,
+    ApiError,
+    ConnectionClosed,
+    SpeakEvent,
+    SpeakV1Text,
+    TtsAudio,
+    TtsCleared,
+    TtsFlushed,
+    backoff,
+    map_error,
+)
+from telephony.ws_tuning import send_uncompressed
+
+if TYPE_CHECKING:
+    from telephony.speech import SpeechClient
+
+log = logging.getLogger(__name__)
+
+
+class Speaker:
+    """One streaming TTS socket for a whole call.
+
+    ``speak(text)`` + ``flush()`` per clause; ``clear()`` on barge-in. Audio and
+    acknowledgements arrive on ``events``. Deepgram's SDK parses ``Cleared`` into
+    its ``Flushed`` class, so messages are told apart by ``msg.type`` only.
+
+    Everything sent since the last ``Flushed`` is remembered; when the socket
+    drops, ``run()`` reopens it and sends that again, so each flushed clause
+    still ends in exactly one ``TtsFlushed`` and its audio is never lost.
+    """
+
+    max_reconnects = 6
+
+    def __init__(self, client: SpeechClient) -> None:
+        self._client = client
+        self.events: asyncio.Queue[SpeakEvent] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._conn: Any = None
+        self._closing = False
+        self._unacked: list[tuple[str, str]] = []  # ("speak", text) / ("flush", "") since the last Flushed
+        self._clearing = False  # a Clear was asked for and its Cleared has not come back
+
+    async def _send(self, op: str, text: str = "") -> None:
+        if op == "clear":
+            self._unacked.clear()  # never replay what the callee must no longer hear
+            self._clearing = True
+        else:
+            self._unacked.append((op, text))
+        conn = self._conn
+        if conn is None:
+            return  # not connected: run() sends it (or, for a clear, confirms it) on connect
+        try:
+            await _send_op(conn, op, text)
+        except _CONNECTION_ERRORS:
+            log.warning("deepgram speak socket lost during %s; it is resent after the reconnect", op)
+
+    async def speak(self, text: str) -> None:
+        await self._send("speak", text)
+
+    async def flush(self) -> None:
+        await self._send("flush")
+
+    async def clear(self) -> None:
+        await self._send("clear")
+
+    async def close(self) -> None:
+        self._closing = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(*_CONNECTION_ERRORS):
+                await conn.send_close()
+
+    async def run(self) -> None:
+        """Keep the speak socket open until ``close()``; reconnect with back-off on drops.
+
+        Raises:
+            ProviderError: the socket could not be (re)opened after several tries.
+        """
+        failures = 0
+        while not self._closing:
+            opened = self.connections
+            try:
+                await self._session()
+                failures = 0
+            except (ApiError, *_CONNECTION_ERRORS) as e:
+                if self._closing:
+                    return
+                failures = 1 if self.connections > opened else failures + 1
+                log.warning("deepgram speak socket lost (%r); reconnect #%d", e, failures)
+                if failures > self.max_reconnects or (isinstance(e, ApiError) and e.status_code == 401):
+                    raise map_error(e, "speak") from e
+                await asyncio.sleep(backoff(failures))
+            finally:
+                self._conn = None
+                self.connected.clear()
+
+    async def _session(self) -> None:
+        async with self._client.sdk.speak.v1.connect(
+            model=self._client.tts_model, encoding="mulaw", sample_rate=8000
+        ) as conn:
+            send_uncompressed(conn)
+            self.connections += 1
+            if self._clearing:
+                # the Clear never reached the old socket; this one holds nothing from before it
+                self._clearing = False
+                self.events.put_nowait(TtsCleared())
+            i = 0
+            while i < len(self._unacked):  # sends made during the replay are appended: keep going
+                op, text = self._unacked[i]
+                await _send_op(conn, op, text)
+                i += 1
+            if self._clearing:  # cleared during the replay: clear what was just resent
+                await conn.send_clear()
+            self._conn = conn
+            self.connected.set()
+            await self._receive(conn)
+            if not self._closing:
+                raise ConnectionClosed(None, None)
+
+    def _acked_flush(self) -> None:
+        if ("flush", "") in self._unacked:
+            del self._unacked[: self._unacked.index(("flush", "")) + 1]
+
+    async def _receive(self, conn: Any) -> None:
+        async for msg in conn:
+            if isinstance(msg, bytes):
+                self.events.put_nowait(TtsAudio(msg))
+                continue
+            kind = getattr(msg, "type", None)
+            if kind == "Flushed":
+                self._acked_flush()
+                self.events.put_nowait(TtsFlushed())
+            elif kind == "Cleared":
+                self._clearing = False
+                self.events.put_nowait(TtsCleared())
+            elif kind == "Warning":
+                log.warning("deepgram speak warning: %s", getattr(msg, "description", msg))
+
+
+
+
+async def _send_op(conn: Any, op: str, text: str) -> None:
+    if op == "speak":
+        await conn.send_text(SpeakV1Text(type="Speak", text=text))
+    elif op == "flush":
+        await conn.send_flush()
+    else:
+        await conn.send_clear()
