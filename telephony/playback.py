@@ -154,17 +154,6 @@ class Playback:
         """TTS confirmed the clear: audio from now on belongs to new clauses."""
         self.discarding = False
 
-    def on_tts_reset(self) -> list[Clause]:
-        """The speak socket was lost: pending clauses get no more audio."""
-        self.discarding = False
-        settled = []
-        while self.tts_queue:
-            clause = self.tts_queue.popleft()
-            clause.flushed = True
-            if self._settle(clause):
-                settled.append(clause)
-        return settled
-
     def on_mark(self, name: str) -> Clause | None:
         """A mark came back; returns the clause if it is now fully played."""
         entry = self._marks.pop(name, None)

@@ -41,7 +41,6 @@ from telephony.speech import (
     TtsAudio,
     TtsCleared,
     TtsFlushed,
-    TtsReset,
     UtteranceEnd,
 )
 from telephony.speech import Transcript as SttTranscript
@@ -359,10 +358,6 @@ class CallSession:
                 self._notify()
             elif isinstance(ev, TtsCleared):
                 playback.on_cleared()
-            elif isinstance(ev, TtsReset):
-                for clause in playback.on_tts_reset():
-                    self._settled(clause.turn)
-                self._notify()
 
     # --- replies and barge-in (telephony.replies) ---------------------------------------------
 

@@ -36,7 +36,6 @@ from telephony.speech_common import (
     TtsAudio,
     TtsCleared,
     TtsFlushed,
-    TtsReset,
     UtteranceEnd,
 )
 from telephony.stt import Listener
@@ -44,7 +43,7 @@ from telephony.tts import Speaker
 
 __all__ = [
     "BYTES_PER_SECOND", "KEEPALIVE_SECONDS", "MAX_BUFFER_BYTES", "Listener", "SpeakEvent", "Speaker",
-    "SpeechClient", "SpeechStarted", "Transcript", "TtsAudio", "TtsCleared", "TtsFlushed", "TtsReset",
+    "SpeechClient", "SpeechStarted", "Transcript", "TtsAudio", "TtsCleared", "TtsFlushed",
     "UtteranceEnd",
 ]  # fmt: skip
 

@@ -95,17 +95,7 @@ class TtsCleared:
     """The speak socket dropped pending audio after a clear."""
 
 
-@dataclass(frozen=True, slots=True)
-class TtsReset:
-    """Pending text will produce no more audio.
-
-    No longer emitted: since ``Speaker`` resends unacknowledged text after a
-    reconnect, every flushed clause gets its ``TtsFlushed``. Kept so consumers
-    that still handle it keep working.
-    """
-
-
-SpeakEvent = TtsAudio | TtsFlushed | TtsCleared | TtsReset
+SpeakEvent = TtsAudio | TtsFlushed | TtsCleared
 
 
 # --- client -----------------------------------------------------------------------------------
