@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 with warnings.catch_warnings():
     # deepgram-sdk 7.x imports websockets' legacy client, which warns on import
@@ -113,3 +115,48 @@ def map_error(e: BaseException, what: str) -> ProviderError:
     return ProviderConnectionError(f"deepgram {what}: {e!r}", provider="deepgram")
 
 
+
+
+class Reconnecting:
+    """Keeps one Deepgram socket open until ``close()``, reconnecting with back-off on drops.
+
+    Subclasses (listen, speak) set ``what``, implement ``_session()`` — one socket's
+    life — and keep ``connections`` (sockets opened so far), ``max_reconnects``,
+    ``_closing``, ``_conn`` and ``connected``.
+    """
+
+    what = "socket"
+    connections: int
+    max_reconnects: int
+    _closing: bool
+    _conn: Any
+    connected: asyncio.Event
+
+    async def _session(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Run sockets one after another until ``close()``.
+
+        Raises:
+            ProviderError: the socket could not be (re)opened after several tries in a row
+                (or the key was refused).
+        """
+        failures = 0
+        while not self._closing:
+            opened = self.connections
+            try:
+                await self._session()
+                failures = 0
+            except (ApiError, *_CONNECTION_ERRORS) as e:
+                if self._closing:
+                    return
+                # count failures in a row: a socket that was up before it dropped starts afresh
+                failures = 1 if self.connections > opened else failures + 1
+                log.warning("deepgram %s socket lost (%r); reconnect #%d", self.what, e, failures)
+                if failures > self.max_reconnects or (isinstance(e, ApiError) and e.status_code == 401):
+                    raise map_error(e, self.what) from e
+                await asyncio.sleep(backoff(failures))
+            finally:
+                self._conn = None
+                self.connected.clear()

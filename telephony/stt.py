@@ -14,14 +14,12 @@ from telephony.speech_common import (
     BYTES_PER_SECOND,
     KEEPALIVE_SECONDS,
     MAX_BUFFER_BYTES,
-    ApiError,
     ConnectionClosed,
     ListenEvent,
+    Reconnecting,
     SpeechStarted,
     Transcript,
     UtteranceEnd,
-    backoff,
-    map_error,
 )
 from telephony.ws_tuning import send_uncompressed
 
@@ -31,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Listener:
+class Listener(Reconnecting):
     """One streaming transcription for one call; survives socket drops.
 
     ``run()`` is a long-lived coroutine the call session owns (it returns only
@@ -40,6 +38,8 @@ class Listener:
     """
 
     max_reconnects = 6
+
+    what = "listen"
 
     def __init__(self, client: SpeechClient) -> None:
         self._client = client
@@ -95,31 +95,6 @@ class Listener:
         if conn is not None:
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 await conn.send_close_stream()
-
-    async def run(self) -> None:
-        """Keep a listen socket open until ``close()``; reconnect with back-off on drops.
-
-        Raises:
-            ProviderError: the socket could not be (re)opened after several tries.
-        """
-        failures = 0
-        while not self._closing:
-            opened = self.connections
-            try:
-                await self._session()
-                failures = 0
-            except (ApiError, *_CONNECTION_ERRORS) as e:
-                if self._closing:
-                    return
-                # count failures in a row: a socket that was up before it dropped starts afresh
-                failures = 1 if self.connections > opened else failures + 1
-                log.warning("deepgram listen socket lost (%r); reconnect #%d", e, failures)
-                if failures > self.max_reconnects or (isinstance(e, ApiError) and e.status_code == 401):
-                    raise map_error(e, "listen") from e
-                await asyncio.sleep(backoff(failures))
-            finally:
-                self._conn = None
-                self.connected.clear()
 
     async def _session(self) -> None:
         async with self._client.sdk.listen.v1.connect(

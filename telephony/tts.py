@@ -9,15 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from telephony.speech_common import (
     _CONNECTION_ERRORS,
-    ApiError,
     ConnectionClosed,
+    Reconnecting,
     SpeakEvent,
     SpeakV1Text,
     TtsAudio,
     TtsCleared,
     TtsFlushed,
-    backoff,
-    map_error,
 )
 from telephony.ws_tuning import send_uncompressed
 
@@ -27,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Speaker:
+class Speaker(Reconnecting):
     """One streaming TTS socket for a whole call.
 
     ``speak(text)`` + ``flush()`` per clause; ``clear()`` on barge-in. Audio and
@@ -40,6 +38,8 @@ class Speaker:
     """
 
     max_reconnects = 6
+
+    what = "speak"
 
     def __init__(self, client: SpeechClient) -> None:
         self._client = client
@@ -80,30 +80,6 @@ class Speaker:
         if conn is not None:
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 await conn.send_close()
-
-    async def run(self) -> None:
-        """Keep the speak socket open until ``close()``; reconnect with back-off on drops.
-
-        Raises:
-            ProviderError: the socket could not be (re)opened after several tries.
-        """
-        failures = 0
-        while not self._closing:
-            opened = self.connections
-            try:
-                await self._session()
-                failures = 0
-            except (ApiError, *_CONNECTION_ERRORS) as e:
-                if self._closing:
-                    return
-                failures = 1 if self.connections > opened else failures + 1
-                log.warning("deepgram speak socket lost (%r); reconnect #%d", e, failures)
-                if failures > self.max_reconnects or (isinstance(e, ApiError) and e.status_code == 401):
-                    raise map_error(e, "speak") from e
-                await asyncio.sleep(backoff(failures))
-            finally:
-                self._conn = None
-                self.connected.clear()
 
     async def _session(self) -> None:
         async with self._client.sdk.speak.v1.connect(
