@@ -36,12 +36,12 @@ from agent.base import (
     SendDigits,
 )
 from agent.chunking import ClauseChunker
+from agent.history import Message, clean_content, prefix_text, set_text, text_of
 from agent.llm import RetryPolicy, from_transport_error
 from agent.prompts import build_system_prompt
 from agent.tools import BookingTools, FreeBusy
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
 
-Message = dict[str, Any]
 log = logging.getLogger(__name__)
 
 #: The disclosure rule (DESIGN.md, safety): the callee learns in the assistant's first words that
@@ -187,7 +187,7 @@ class ClaudeAgent:
                 results, actions = await self._run_tools(uses)
             except BaseException:
                 # Cancelled while a tool ran: keep what was said, without the unanswered tool_use.
-                _set_text(assistant, _text_of(assistant))
+                set_text(assistant, text_of(assistant))
                 assistant["content"][:] = [b for b in assistant["content"] if b["type"] == "text"]
                 if assistant["content"]:
                     self.messages.append(assistant)
@@ -212,12 +212,12 @@ class ClaudeAgent:
             else:
                 keep, remaining = remaining, ""
             if message is not None:
-                _set_text(message, keep)
+                set_text(message, keep)
         self._spoken = []
         self._drop_empty()
         # A disclosure cut off before the callee heard "AI" does not count: say it again.
         self._disclosed = any(
-            _DISCLOSES.search(_text_of(m)) for m in self.messages if m["role"] == "assistant"
+            _DISCLOSES.search(text_of(m)) for m in self.messages if m["role"] == "assistant"
         )
 
     def _disclose(self, pieces: list[str], held: list[str], *, final: bool) -> list[str]:
@@ -306,10 +306,10 @@ class ClaudeAgent:
             for piece in self._disclose(chunker.flush(), held, final=True):
                 said.append(piece)
                 yield Say(piece, first_token_at if first and len(said) == 1 else None)
-            content = _clean_content(final.content)
+            content = clean_content(final.content)
             done = True
             if said and said[0] is self.disclosure:
-                _prefix_text(content, self.disclosure)
+                prefix_text(content, self.disclosure)
             if not content:
                 return
             message: Message = {"role": "assistant", "content": content}
@@ -374,33 +374,3 @@ class ClaudeAgent:
             else:
                 merged.append(m)
         self.messages[:] = merged
-
-
-def _prefix_text(content: list[dict[str, Any]], prefix: str) -> None:
-    """Put ``prefix`` (spoken before the model's words) at the start of the message's text."""
-    for block in content:
-        if block["type"] == "text":
-            block["text"] = f"{prefix} {block['text']}"
-            return
-    content.insert(0, {"type": "text", "text": prefix})
-
-
-def _clean_content(blocks: Sequence[Any]) -> list[dict[str, Any]]:
-    """SDK content blocks → request params; empty text blocks are dropped (the API rejects them)."""
-    out: list[dict[str, Any]] = []
-    for b in blocks:
-        if b.type == "text" and b.text.strip():
-            out.append({"type": "text", "text": b.text})
-        elif b.type == "tool_use":
-            out.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
-    return out
-
-
-def _text_of(message: Message) -> str:
-    return " ".join(b["text"] for b in message["content"] if b["type"] == "text")
-
-
-def _set_text(message: Message, text: str) -> None:
-    """Replace a message's text with ``text`` (dropping text blocks if empty), keeping tool_use."""
-    others = [b for b in message["content"] if b["type"] != "text"]
-    message["content"][:] = ([{"type": "text", "text": text}] if text else []) + others

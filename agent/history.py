@@ -1,0 +1,42 @@
+"""The conversation history as the Messages API takes it, and the edits a live call makes to it.
+
+History must hold only what the callee actually heard: a barge-in trims the last
+reply (``set_text``), a disclosure said by the guard is prefixed (``prefix_text``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Message = dict[str, Any]
+
+
+def prefix_text(content: list[dict[str, Any]], prefix: str) -> None:
+    """Put ``prefix`` (spoken before the model's words) at the start of the message's text."""
+    for block in content:
+        if block["type"] == "text":
+            block["text"] = f"{prefix} {block['text']}"
+            return
+    content.insert(0, {"type": "text", "text": prefix})
+
+
+def clean_content(blocks: Sequence[Any]) -> list[dict[str, Any]]:
+    """SDK content blocks → request params; empty text blocks are dropped (the API rejects them)."""
+    out: list[dict[str, Any]] = []
+    for b in blocks:
+        if b.type == "text" and b.text.strip():
+            out.append({"type": "text", "text": b.text})
+        elif b.type == "tool_use":
+            out.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
+    return out
+
+
+def text_of(message: Message) -> str:
+    return " ".join(b["text"] for b in message["content"] if b["type"] == "text")
+
+
+def set_text(message: Message, text: str) -> None:
+    """Replace a message's text with ``text`` (dropping text blocks if empty), keeping tool_use."""
+    others = [b for b in message["content"] if b["type"] != "text"]
+    message["content"][:] = ([{"type": "text", "text": text}] if text else []) + others
