@@ -123,6 +123,9 @@ async def run_scenario(
     narrator = Narrator(out, world)
     printer = asyncio.create_task(narrator.run())
     try:
+        # The first attempt is programmed before Confirm: when the shop is open the call goes out at once.
+        first = scenario.attempt(1)
+        world.twilio.program(PHONE, first.behavior, first.script)
         job = await _chat_until_queued(world, app, narrator, message)
         job = await _call_until_final(world, app, clock, narrator, scenario, job, timeout)
         await wait_until(lambda: _delivered(app, job.id), 30, "the result to reach the chat thread")

@@ -225,6 +225,7 @@ class Stack:
 
         ``during`` runs alongside (it injects the fault when the moment comes) and must finish.
         """
+        programmer(self.world, 1)  # before Confirm: when the shop is open the call goes out at once
         job = await self.submit()
         fault = asyncio.create_task(during(self, job)) if during is not None else None
         try:
