@@ -23,7 +23,7 @@ import psutil
 
 from concierge.app import Concierge, bind
 from concierge.clock import SystemClock
-from concierge.demo_env import StaticToken
+from concierge.demo_env import sandbox_graph_credential
 from concierge.settings import Settings
 from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, Platform, Speaker, TurnLatency
 from telephony import frame_stats
@@ -217,7 +217,9 @@ class Bench:
             sock = bind("127.0.0.1", 0)
             port = sock.getsockname()[1]
             settings = bench_settings(hello, port=port, db_path=str(Path(self._tmp.name) / "bench.db"))
-            self.app = Concierge(settings, clock=SystemClock(), graph_credential=StaticToken(), owner="bench")
+            self.app = Concierge(
+                settings, clock=SystemClock(), graph_credential=sandbox_graph_credential(), owner="bench"
+            )
             await self.app.start(sock)  # includes agent.calendar.warm_up()
         except BaseException:
             await self.close()

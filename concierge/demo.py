@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from concierge.app import Concierge, bind
 from concierge.clock import OffsetClock
-from concierge.demo_env import DEMO_TELEGRAM_USER, SandboxWorld, StaticToken
+from concierge.demo_env import DEMO_TELEGRAM_USER, SandboxWorld, sandbox_graph_credential
 from concierge.settings import Settings
 from sandbox import scenarios
 from sandbox.telegram import Sent
@@ -264,7 +264,7 @@ async def start_stack(
     port = sock.getsockname()[1]
     settings = world.settings(public_base_url=f"http://127.0.0.1:{port}", port=port, **overrides)
     clock = OffsetClock()
-    app = Concierge(settings, clock=clock, graph_credential=StaticToken(), owner=f"demo:{port}")
+    app = Concierge(settings, clock=clock, graph_credential=sandbox_graph_credential(), owner=f"demo:{port}")
     try:
         await app.start(sock)
     except BaseException:

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from azure.core.credentials import AccessToken
-
+from agent.calendar import StaticTokenCredential
 from concierge.settings import Settings
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.deepgram import SandboxDeepgram
@@ -50,24 +49,13 @@ DEMO_SLACK_TEAM = "T0DEMO"
 GRAPH_TOKEN = "sandbox-graph-token"
 
 
-class StaticToken:
-    """Async token credential for the sandbox Graph.
+def sandbox_graph_credential() -> StaticTokenCredential:
+    """The token the sandbox Graph accepts.
 
     Real deployments use ``azure.identity.aio.ClientSecretCredential``, which fetches
     tokens from Microsoft Entra ID — a service the sandbox does not stand in for.
     """
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(GRAPH_TOKEN, 4_102_444_800)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StaticToken:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+    return StaticTokenCredential(GRAPH_TOKEN)
 
 
 @dataclass

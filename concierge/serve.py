@@ -26,7 +26,7 @@ async def serve(settings: Settings, *, sandbox: bool, ready: Any = print) -> Non
     credential = None
     if sandbox:
         from concierge.clock import OffsetClock
-        from concierge.demo_env import SandboxWorld, StaticToken
+        from concierge.demo_env import SandboxWorld, sandbox_graph_credential
 
         world = await SandboxWorld(base=settings).start()
         public = settings.public_base_url or f"http://{settings.host}:{port}"
@@ -35,7 +35,7 @@ async def serve(settings: Settings, *, sandbox: bool, ready: Any = print) -> Non
             port=port,
             database_path=settings.database_path if "DATABASE_URL" in os.environ else None,
         )
-        clock, credential = OffsetClock(), StaticToken()
+        clock, credential = OffsetClock(), sandbox_graph_credential()
         for name, url in world.endpoints().items():
             ready(f"sandbox {name:10} {url}")
     app = Concierge(settings, clock=clock, graph_credential=credential)
