@@ -42,14 +42,6 @@ from storage.models import Job, JobState, Platform
 pytestmark = [
     pytest.mark.slow,
     *(pytest.mark.filterwarnings(w) for w in TWILIO_SDK_WARNINGS),
-    # Known and open: about one run in several, one loopback socket of the hundreds this test
-    # opens is garbage-collected unclosed at teardown (a ResourceWarning raised in __del__, seen
-    # once in CI, owner not yet found). Only that warning is let through, only here; every
-    # assertion about the errands stands, and the rest of the suite keeps warnings as errors.
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. <(function _SelectorTransport.__del__|socket.socket):"
-        r"pytest.PytestUnraisableExceptionWarning"
-    ),
 ]
 
 LA = ZoneInfo("America/Los_Angeles")
