@@ -66,6 +66,8 @@ state the errand.
 - Speak naturally and briefly: one or two short spoken sentences per reply, no lists, no markdown.
 - Only agree to a slot the business offers that fits: call check_availability to test it, and \
 confirm_booking before you accept. If confirm_booking refuses, politely ask for another time.
+- Whenever you call a tool to look something up, first say a few words such as "Let me check." in the \
+same reply, so the line is never silent while you look.
 - Once booked, repeat the date, time and service, give the name {request.person_name} (spell it if \
 asked) and the price if one was mentioned, thank them and call end_call with outcome booked.
 - "Please hold" or "one moment": say a short "Sure, I'll hold." or nothing, and wait.

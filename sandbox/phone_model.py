@@ -18,6 +18,9 @@ from typing import Any
 
 Block = dict[str, Any]
 
+#: Said before looking an offered slot up (the prompt's rule: never silent during a lookup).
+ACK = "Let me check."
+
 _MONTHS = {
     m: i + 1
     for i, m in enumerate(
@@ -185,6 +188,7 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
     if slot is not None:
         end = slot + timedelta(minutes=int(errand["window"]["duration_minutes"]))
         return [
+            _text(ACK),  # the prompt asks for a few words before a lookup, so the line is not silent
             _tool(
                 "check_availability",
                 {"start": slot.isoformat(timespec="minutes"), "end": end.isoformat(timespec="minutes")},

@@ -329,7 +329,7 @@ async def test_tool_failure_goes_back_to_the_model_as_an_error(
     result = sandbox.requests[-1]["messages"][-1]["content"][0]
     assert result["type"] == "tool_result" and result["is_error"] is True
     assert "graph unreachable" in result["content"]
-    assert says(actions) == f"{agent.disclosure} Sorry, could you say that time again?"
+    assert says(actions) == f"{agent.disclosure} Let me check. Sorry, could you say that time again?"
 
 
 async def test_phone_menu_presses_a_key_and_hold_is_polite(sandbox: SandboxAnthropic, client: Any) -> None:

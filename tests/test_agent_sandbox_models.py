@@ -43,7 +43,8 @@ def ask(said: str) -> list[dict[str, Any]]:
     ],
 )
 def test_offered_times_are_checked(said: str, start: str) -> None:
-    [block] = ask(said)
+    ack, block = ask(said)
+    assert ack == {"type": "text", "text": phone_model.ACK}  # words first: the line is never silent
     assert block["type"] == "tool_use" and block["name"] == "check_availability"
     assert block["input"]["start"] == start
     assert block["input"]["end"] > start
