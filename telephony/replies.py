@@ -46,6 +46,9 @@ async def reply(
                     playback.add_clause(action.text.strip(), turn)
                     await self.speaker.speak(action.text)
                     await self.speaker.flush()
+                    # The model's next events are usually buffered already, so without this the
+                    # reply would parse to its end before the first clause's audio is forwarded.
+                    await asyncio.sleep(0)
             elif isinstance(action, SendDigits):
                 await self._press(action.digits, turn)
             elif isinstance(action, Hangup):
