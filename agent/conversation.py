@@ -23,7 +23,10 @@ from zoneinfo import ZoneInfo
 
 import anthropic
 import httpx2
+from anthropic import AsyncStream
+from anthropic.types import InputJSONDelta, RawMessageStreamEvent
 
+from agent.answer import AnswerBuilder
 from agent.base import (
     AgentAction,
     CallConnected,
@@ -36,7 +39,7 @@ from agent.base import (
     SendDigits,
 )
 from agent.chunking import ClauseChunker
-from agent.history import Message, clean_content, prefix_text, set_text, text_of
+from agent.history import Message, prefix_text, set_text, text_of
 from agent.llm import RetryPolicy, from_transport_error
 from agent.prompts import build_system_prompt
 from agent.tools import BookingTools, FreeBusy
@@ -275,6 +278,7 @@ class ClaudeAgent:
 
     async def _round(self, first: bool) -> AsyncGenerator[Say | Message, None]:
         chunker = ClauseChunker(first_clause_words=self._first_clause_words)
+        answer = AnswerBuilder()
         held: list[str] = []
         said: list[str] = []
         first_token_at: float | None = None
@@ -282,31 +286,35 @@ class ClaudeAgent:
         done = False
         try:
             try:
-                async with self._client.messages.stream(
-                    model=self._model,
-                    max_tokens=self._max_tokens,
-                    system=system,  # type: ignore[arg-type]
-                    tools=self._tool_defs,  # type: ignore[arg-type]
-                    messages=self.messages,  # type: ignore[arg-type]
-                ) as stream:
+                params: Any = {"system": system, "tools": self._tool_defs, "messages": self.messages}
+                stream: AsyncStream[RawMessageStreamEvent] = await self._client.messages.create(
+                    model=self._model, max_tokens=self._max_tokens, stream=True, **params
+                )
+                async with stream:
                     async for ev in stream:
                         pieces: list[str] = []
-                        if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
-                            if first_token_at is None:
-                                first_token_at = self._monotonic()
-                            pieces = self._disclose(chunker.feed(ev.delta.text), held, final=False)
-                        elif ev.type == "content_block_stop":  # speak text before a tool runs
-                            pieces = self._disclose(chunker.flush(), held, final=True)
+                        if ev.type == "content_block_delta":
+                            delta = ev.delta
+                            if delta.type == "text_delta":
+                                if first_token_at is None:
+                                    first_token_at = self._monotonic()
+                                answer.text(ev.index, delta.text)
+                                pieces = self._disclose(chunker.feed(delta.text), held, final=False)
+                            elif isinstance(delta, InputJSONDelta):
+                                answer.partial_json(ev.index, delta.partial_json)
+                        else:
+                            answer.on_event(ev)
+                            if ev.type == "content_block_stop":  # speak text before a tool runs
+                                pieces = self._disclose(chunker.flush(), held, final=True)
                         for piece in pieces:
                             said.append(piece)
                             yield Say(piece, first_token_at if first and len(said) == 1 else None)
-                    final = await stream.get_final_message()
+                    content = answer.content(stream.response.request)
             except httpx2.TransportError as e:  # a stalled or dropped stream mid-answer
                 raise from_transport_error(e) from e
             for piece in self._disclose(chunker.flush(), held, final=True):
                 said.append(piece)
                 yield Say(piece, first_token_at if first and len(said) == 1 else None)
-            content = clean_content(final.content)
             done = True
             if said and said[0] is self.disclosure:
                 prefix_text(content, self.disclosure)

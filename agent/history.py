@@ -6,7 +6,6 @@ reply (``set_text``), a disclosure said by the guard is prefixed (``prefix_text`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 Message = dict[str, Any]
@@ -19,17 +18,6 @@ def prefix_text(content: list[dict[str, Any]], prefix: str) -> None:
             block["text"] = f"{prefix} {block['text']}"
             return
     content.insert(0, {"type": "text", "text": prefix})
-
-
-def clean_content(blocks: Sequence[Any]) -> list[dict[str, Any]]:
-    """SDK content blocks → request params; empty text blocks are dropped (the API rejects them)."""
-    out: list[dict[str, Any]] = []
-    for b in blocks:
-        if b.type == "text" and b.text.strip():
-            out.append({"type": "text", "text": b.text})
-        elif b.type == "tool_use":
-            out.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
-    return out
 
 
 def text_of(message: Message) -> str:

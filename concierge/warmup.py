@@ -74,12 +74,13 @@ async def warm_up_anthropic() -> None:
             api_key="warm-up", base_url="http://warm-up.invalid", http_client=http, max_retries=0
         )
         tool: Any = {"name": "warm", "description": "d", "input_schema": {"type": "object", "properties": {}}}
-        async with client.messages.stream(
-            model="warm-up", max_tokens=16, messages=[{"role": "user", "content": "hi"}], tools=[tool]
-        ) as stream:
+        stream = await client.messages.create(  # the call path of agent.conversation
+            model="warm-up", max_tokens=16, messages=[{"role": "user", "content": "hi"}], tools=[tool],
+            stream=True,
+        )
+        async with stream:
             async for _ in stream:
                 pass
-            await stream.get_final_message()
 
 
 def warm_up_deepgram() -> None:
