@@ -148,6 +148,7 @@ class Concierge:
             ws_url=s.deepgram_ws_url,
             stt_model=s.deepgram_stt_model,
             tts_model=s.deepgram_tts_model,
+            stt_chunk_ms=s.stt_chunk_ms,
         )
         self.flow = self._build_flow()
         self.tg_app = self._build_telegram() if s.configured("telegram") else None

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     deepgram_ws_url: str = "wss://api.deepgram.com"
     deepgram_stt_model: str = "nova-3"
     deepgram_tts_model: str = "aura-2-thalia-en"
+    #: Inbound call audio is forwarded to speech-to-text in chunks of this many ms (20 = every
+    #: Twilio frame). 40 halves the websocket sends per call (the biggest per-call CPU cost) for
+    #: at most 20 ms more before a transcript; Deepgram recommends 20-250 ms per message.
+    stt_chunk_ms: int = Field(default=40, ge=20, le=250)
 
     # Conversation model
     anthropic_api_key: str = ""

@@ -58,6 +58,8 @@ class SpeechClient:
         stt_model: listen model, e.g. ``nova-3``.
         tts_model: speak voice, e.g. ``aura-2-thalia-en``.
         clock: monotonic clock for event timestamps.
+        stt_chunk_ms: inbound audio is sent to the listen socket in chunks of this many ms
+            (``Listener.send``); 20 forwards every Twilio frame as it comes.
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class SpeechClient:
         stt_model: str = "nova-3",
         tts_model: str = "aura-2-thalia-en",
         clock: Clock = time.monotonic,
+        stt_chunk_ms: int = 20,
     ) -> None:
         self.stt_model = stt_model
+        self.stt_chunk_bytes = max(1, BYTES_PER_SECOND * stt_chunk_ms // 1000)
         self.tts_model = tts_model
         self.clock = clock
         env = DeepgramClientEnvironment(base=http_url, production=ws_url, agent=ws_url, agent_rest=http_url)

@@ -53,6 +53,8 @@ class Listener(Reconnecting):
         self._pending = bytearray()
         self._pending_base = 0
         self._accepted = 0  # bytes ever passed to send()
+        self._sent = 0  # stream offset up to which the current socket was sent audio
+        self._chunk = client.stt_chunk_bytes
         self._conn_base = 0  # stream offset of the first byte the current socket received
         self._last_send = self._clock()
         self._closing = False
@@ -61,7 +63,8 @@ class Listener(Reconnecting):
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=1500)
 
     async def send(self, audio: bytes) -> None:
-        """Forward inbound µ-law bytes untouched (buffered while reconnecting)."""
+        """Forward inbound µ-law bytes untouched, in chunks of ``stt_chunk_bytes`` (buffered while
+        reconnecting): one websocket message per chunk instead of per 20 ms Twilio frame."""
         self._accepted += len(audio)
         self._arrivals.append((self._accepted, self._clock()))
         self._pending += audio
@@ -70,12 +73,18 @@ class Listener(Reconnecting):
             del self._pending[:cut]
             self._pending_base += cut
         conn = self._conn
-        if conn is not None:
-            try:
-                await conn.send_media(audio)
-                self._last_send = self._clock()
-            except _CONNECTION_ERRORS:
-                self._conn = None  # run() notices the drop, reconnects and replays _pending
+        if conn is not None and self._accepted - self._sent >= self._chunk:
+            await self._send_unsent(conn)
+
+    async def _send_unsent(self, conn: Any) -> None:
+        """Send the socket what it has not had yet (one message: the chunking of ``send``)."""
+        start = max(self._sent, self._pending_base) - self._pending_base
+        self._sent = self._accepted
+        try:
+            await conn.send_media(bytes(self._pending[start:]))
+            self._last_send = self._clock()
+        except _CONNECTION_ERRORS:
+            self._conn = None  # run() notices the drop, reconnects and replays _pending
 
     def arrival_time(self, stream_seconds: float) -> float | None:
         """Clock time at which the audio at ``stream_seconds`` arrived, if still known."""
@@ -91,6 +100,9 @@ class Listener(Reconnecting):
     async def close(self) -> None:
         """Ask Deepgram to finish (CloseStream); ``run()`` then returns."""
         self._closing = True
+        conn = self._conn
+        if conn is not None and self._sent < self._accepted:
+            await self._send_unsent(conn)  # the last words must reach the final transcript
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(*_CONNECTION_ERRORS):
@@ -119,6 +131,7 @@ class Listener(Reconnecting):
                 start = max(position, self._pending_base)
                 await conn.send_media(bytes(self._pending[start - self._pending_base :]))
                 position = end
+            self._sent = position
             self._conn = conn
             self._last_send = self._clock()
             self.connected.set()

@@ -174,7 +174,9 @@ class Harness:
             public_base_url=self.public, api_base_url=self.twilio.base_url,
             max_call_seconds=120, ring_timeout=20,
         )  # fmt: skip
-        self.speech = SpeechClient(api_key=DG_KEY, http_url=self.dg.http_url, ws_url=self.dg.ws_url)
+        self.speech = SpeechClient(
+            api_key=DG_KEY, http_url=self.dg.http_url, ws_url=self.dg.ws_url, stt_chunk_ms=40
+        )
         self.webhooks = TwilioWebhooks(
             self.store, self.sink, auth_token=TOKEN, public_base_url=self.public,
             session_factory=self.session_for, placer=self.placer,
