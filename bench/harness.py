@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from concierge import warmup
 from concierge.app import Concierge, bind
 from concierge.clock import SystemClock
 from concierge.demo_env import sandbox_graph_credential
@@ -203,8 +204,15 @@ class Bench:
     """The product under test plus its sandbox child; ``round(n)`` runs n concurrent calls."""
 
     def __init__(
-        self, *, numbers: int, pace: float = 1.0, latencies: dict[str, float] | None = None, shards: int = 3
+        self,
+        *,
+        numbers: int,
+        pace: float = 1.0,
+        latencies: dict[str, float] | None = None,
+        shards: int = 3,
+        freeze: bool = True,
     ) -> None:
+        self.freeze = freeze
         self.child = SandboxShards(numbers=numbers, pace=pace, latencies=latencies or {}, shards=shards)
         self.app: Concierge | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="concierge-bench-")
@@ -221,6 +229,8 @@ class Bench:
                 settings, clock=SystemClock(), graph_credential=sandbox_graph_credential(), owner="bench"
             )
             await self.app.start(sock)  # includes agent.calendar.warm_up()
+            if self.freeze:
+                warmup.freeze_heap()  # as `concierge serve` does
         except BaseException:
             await self.close()
             raise

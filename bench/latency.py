@@ -138,14 +138,18 @@ def table(d: dict[str, Any]) -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies = PUBLISHED if args.provider_latency == "published" else {}
     if not args.max_calls:
-        bench_ = Bench(numbers=args.calls, pace=args.pace, latencies=latencies, shards=args.shards)
+        bench_ = Bench(
+            numbers=args.calls, pace=args.pace, latencies=latencies, shards=args.shards, freeze=args.freeze
+        )
         async with bench_ as bench:
             r = await bench.round(args.calls, ramp=args.ramp)
         return report(r, provider_latency=args.provider_latency)
     levels = [n for n in args.levels if n <= args.ceiling]
     held: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
-    async with Bench(numbers=max(levels), pace=args.pace, latencies=latencies, shards=args.shards) as bench:
+    async with Bench(
+        numbers=max(levels), pace=args.pace, latencies=latencies, shards=args.shards, freeze=args.freeze
+    ) as bench:
         for n in levels:
             r = await bench.round(n, ramp=args.ramp)
             d = report(r, provider_latency=args.provider_latency)
@@ -200,6 +204,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Anthropic+Graph (default)",
     )
     p.add_argument("--pace", type=float, default=1.0, help="sandbox audio pace (1.0 = real time)")
+    p.add_argument(
+        "--no-freeze", dest="freeze", action="store_false",
+        help="skip gc.freeze() after start-up (as `concierge serve` does it); for in-process callers",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 from typing import Any
 
+from concierge import warmup
 from concierge.app import Concierge, bind
 from concierge.clock import Clock
 from concierge.settings import Settings
@@ -45,6 +46,7 @@ async def serve(settings: Settings, *, sandbox: bool, ready: Any = print) -> Non
         loop.add_signal_handler(sig, stop.set)
     try:
         listening = await app.start(sock)
+        warmup.freeze_heap()  # start-up's objects out of every later full collection
         ready(f"concierge ready on {listening.url} (public {settings.public_base_url}); Ctrl-C to stop")
         await stop.wait()
         ready("shutting down: no new calls; waiting for live calls to finish")
