@@ -89,7 +89,7 @@ class SandboxProcess:
             await proc.wait()
 
 
-_PER_PROCESS = ("services", "loop_lag_ms_p99", "loop_lag_ms_max", "cpu_ms")
+_PER_PROCESS = ("services", "loop_lag_ms_p99", "loop_lag_ms_max", "cpu_ms", "gc_pause_ms_max")
 
 
 class SandboxShards:

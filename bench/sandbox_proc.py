@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import sys
 import time
@@ -67,6 +68,15 @@ class LagMeter:
         self.samples: list[float] = []
         self.proc = psutil.Process()
         self.cpu0 = self._cpu()
+        self.gc_max_ms = 0.0  # longest garbage-collector pause (a stall of every call's pump)
+        self._gc_start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_max_ms = max(self.gc_max_ms, (time.perf_counter() - self._gc_start) * 1000.0)
 
     def _cpu(self) -> float:
         t = self.proc.cpu_times()
@@ -82,6 +92,7 @@ class LagMeter:
     def reset(self) -> None:
         self.samples.clear()
         self.cpu0 = self._cpu()
+        self.gc_max_ms = 0.0
 
     def stats(self) -> dict[str, float]:
         s = sorted(self.samples) or [0.0]
@@ -91,6 +102,7 @@ class LagMeter:
             "loop_lag_ms_max": round(s[-1], 3),
             "cpu_ms": round((self._cpu() - self.cpu0) * 1000.0, 1),
             "rss_mb": round(self.proc.memory_info().rss / 2**20, 1),
+            "gc_pause_ms_max": round(self.gc_max_ms, 2),
         }
 
 
@@ -142,6 +154,8 @@ async def serve(args: argparse.Namespace) -> None:
             started.append(graph)
             endpoints["graph"] = graph.base_url
         hello["endpoints"] = endpoints
+        gc.collect()
+        gc.freeze()  # as the product does after start-up (concierge.warmup.freeze_heap)
         print(json.dumps(hello), flush=True)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
