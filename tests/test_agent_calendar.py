@@ -164,3 +164,29 @@ async def test_bad_token_is_a_permanent_error(graph: SandboxGraph) -> None:
     finally:
         await cal.aclose()
     assert err.value.status == 401 and not err.value.retryable
+
+
+async def test_create_event_errors_are_retried_and_mapped_like_every_graph_error(
+    graph: SandboxGraph, calendar: tuple[GraphCalendar, Sleeps]
+) -> None:
+    """The create answer is read raw (no kiota Event parse): its failures must still be retried and
+    mapped exactly as kiota's own errors are."""
+    cal, sleeps = calendar
+    booking = Booking(
+        start=datetime(2026, 12, 3, 18, 0, tzinfo=LONDON),
+        end=datetime(2026, 12, 3, 18, 30, tzinfo=LONDON),
+        service="haircut",
+    )
+
+    async def create(job: str) -> str:
+        request = london_request()
+        return await cal.create_event(transaction_id=job, request=request, booking=booking, summary="s")
+
+    graph.fail_next(429, retry_after=2)
+    link = await create("job-1")
+    assert sleeps.waits == [2.0] and graph.events[-1]["webLink"] == link
+    graph.fail_next(503, retry_after=2, count=3)
+    with pytest.raises(ProviderStatusError) as err:
+        await create("job-2")
+    assert err.value.status == 503 and err.value.retryable and err.value.provider == "graph"
+    assert len(graph.events) == 1
