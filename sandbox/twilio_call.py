@@ -70,7 +70,7 @@ class SandboxCall:
     status: str = "queued"
     twiml: str | None = None
     stream_params: dict[str, str] = field(default_factory=dict)
-    received: list[dict[str, Any]] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)  # the app's messages, media excepted
     clears: int = 0
     marks_echoed: list[str] = field(default_factory=list)
     callbacks: list[tuple[str, dict[str, str], int]] = field(default_factory=list)

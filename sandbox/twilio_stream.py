@@ -146,8 +146,9 @@ class MediaPump:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             data = json.loads(msg.data)
-            self.call.received.append(data)
             event = data.get("event")
+            if event != "media":  # audio is kept as the callee heard it, not as 1,600-byte messages
+                self.call.received.append(data)
             if event == "media":
                 audio = base64.b64decode(data.get("media", {}).get("payload", ""))
                 self.buffer += audio
