@@ -124,6 +124,14 @@ async def warm_up() -> None:
     await warm_up_anthropic()
 
 
+#: Young collections a little rarer (2,000 allocations, not 700) and full ones far rarer (every
+#: 1,000th middle collection, not every 10th). With 100 live calls a full collection walks the
+#: calls' whole heap — 45-70 ms with the defaults, several times a minute — while a middle one
+#: stays under ~9 ms (bench: frame lag max 72 -> 18 ms, overhead p99 41 -> 21 ms at 100 calls).
+#: Cyclic garbage lives a little longer; the call objects are freed by reference counting.
+GC_THRESHOLDS = (2000, 10, 1000)
+
+
 def freeze_heap() -> None:
     """Move everything alive after start-up out of the garbage collector's sight (``gc.freeze``).
 
@@ -132,7 +140,8 @@ def freeze_heap() -> None:
     45-180 ms, each one a frame falling that far behind and a turn that much slower. Frozen, a
     full collection only walks what calls allocated since. For the process's one app, after
     ``Concierge.start`` (``serve``, the bench); not for test suites that start many apps, where
-    freezing would keep each finished app's cyclic garbage for good.
+    freezing would keep each finished app's cyclic garbage for good. Also sets ``GC_THRESHOLDS``.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
