@@ -17,6 +17,11 @@ from sandbox.speech import SpeechDecoder, WordHeard, encode_speech, is_silent
 FRAME_BYTES = 160
 FRAME_SECONDS = 0.02
 TURN_END_FRAMES = 20  # 400 ms of audio without assistant sound ends its turn
+#: After "let me check" / "one moment" a receptionist waits for the answer instead of taking the
+#: floor after 400 ms: the assistant's lookup (model rounds at real-world latency) is a pause
+#: inside its turn.
+HOLD_END_FRAMES = 250  # 5 s
+_HOLD_ENDINGS = ("let me check", "one moment", "just a moment", "bear with me")
 _SILENT_FRAME = b"\xff" * FRAME_BYTES
 
 
@@ -156,8 +161,12 @@ class Callee:
             self._quiet_frames = 0
         elif self._turn_words is not None:
             self._quiet_frames += 1
-            if self._quiet_frames >= TURN_END_FRAMES:
+            if self._quiet_frames >= self._turn_end_frames():
                 self._close_turn()
+
+    def _turn_end_frames(self) -> int:
+        said = " ".join(self._turn_words or []).lower().rstrip(".!?, ")
+        return HOLD_END_FRAMES if said.endswith(_HOLD_ENDINGS) else TURN_END_FRAMES
 
     def _open_turn(self) -> list[str]:
         if self._turn_words is None:

@@ -44,3 +44,17 @@ def test_pause_counts_audio_frames() -> None:
     said = run(callee, b"", 40)
     assert said[: 10 * 160] == silence(0.2) and decode_text(said) == "hi"
     assert not callee.hung_up and callee.script_done
+
+
+def test_let_me_check_is_a_pause_inside_the_turn_not_its_end() -> None:
+    """A lookup at real-world model latency leaves seconds of silence after "Let me check.": the
+    receptionist waits for the answer (up to 5 s) instead of taking the floor after 400 ms."""
+    callee = Callee(CalleeScript([WaitTurn(), Say("great"), HangUp()]))
+    audio = encode_speech("Let me check.") + silence(1.5) + encode_speech("Tuesday works.") + silence(0.5)
+    said = run(callee, audio, 1000)
+    assert callee.heard == ["Let me check. Tuesday works."]
+    assert decode_text(said) == "great" and callee.hung_up
+    # ... but a lookup that never answers still ends the turn
+    callee = Callee(CalleeScript([WaitTurn(), Say("hello?"), HangUp()]))
+    said = run(callee, encode_speech("One moment.") + silence(6.0), 1000)
+    assert callee.heard == ["One moment."] and decode_text(said) == "hello?"
