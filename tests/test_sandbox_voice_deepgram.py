@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,22 +23,12 @@ pytestmark = [
     ),
 ]
 
-KEY = "dg-test-key"
+KEY = "dg-test-key"  # what the shared ``dg`` fixture (tests/conftest.py) accepts
 LISTEN_ARGS: dict[str, Any] = dict(
     model="nova-3", encoding="mulaw", sample_rate=8000, channels=1, interim_results=True,
     endpointing=300, utterance_end_ms=1000, vad_events="true", smart_format=True, punctuate=True,
 )  # fmt: skip
 SPEAK_ARGS: dict[str, Any] = dict(model="aura-2-thalia-en", encoding="mulaw", sample_rate=8000)
-
-
-@pytest.fixture
-async def dg() -> AsyncIterator[SandboxDeepgram]:
-    server = SandboxDeepgram(api_key=KEY)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def client(server: SandboxDeepgram, key: str = KEY) -> AsyncDeepgramClient:

@@ -8,7 +8,7 @@ after some audio has arrived, all audio sent before it has arrived too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -19,18 +19,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning"),
 ]
 
-KEY = "dg-chunk-key"
 FRAME = b"\xff" * 160  # 20 ms of µ-law silence, as Twilio sends it
-
-
-@pytest.fixture
-async def dg() -> AsyncIterator[SandboxDeepgram]:
-    server = SandboxDeepgram(api_key=KEY)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
@@ -44,7 +33,7 @@ async def until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
 async def test_frames_are_sent_in_chunks_and_the_rest_on_close(
     dg: SandboxDeepgram, chunk_ms: int, sent_before_close: int
 ) -> None:
-    speech = SpeechClient(api_key=KEY, http_url=dg.http_url, ws_url=dg.ws_url, stt_chunk_ms=chunk_ms)
+    speech = SpeechClient(api_key=dg.api_key, http_url=dg.http_url, ws_url=dg.ws_url, stt_chunk_ms=chunk_ms)
     listener = speech.listener()
     task = asyncio.create_task(listener.run())
     try:
