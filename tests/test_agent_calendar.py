@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from azure.core.credentials import AccessToken
+from factories import call_request
 
 from agent.calendar import GraphCalendar, build_graph_client
 from sandbox.graph import SandboxGraph
@@ -64,12 +65,7 @@ async def calendar(graph: SandboxGraph) -> AsyncIterator[tuple[GraphCalendar, Sl
 
 
 def london_request() -> CallRequest:
-    return CallRequest(
-        business_name="Joe's Barbershop",
-        phone="+14155550100",
-        business_tz="America/Los_Angeles",
-        service="haircut",
-        person_name="Alex Doe",
+    return call_request(
         person_tz="Europe/London",
         window=BookingWindow(date(2026, 12, 1), date(2026, 12, 4), time(17, 0), time(23, 0), 30),
         origin=ChatOrigin(Platform.TELEGRAM, "1", "2"),

@@ -5,55 +5,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from factories import FakeCalendar, call_request
 
 from agent.base import AgentAction, CallConnected, CalleeSaid, CallerInput, Hangup, Say, SendDigits
 from agent.conversation import ClaudeAgent
 from agent.llm import RetryPolicy, build_anthropic
 from sandbox.anthropic import SandboxAnthropic
 from storage.errors import ProviderConnectionError
-from storage.models import BookingWindow, CallRequest, ChatOrigin, OutcomeKind, Platform
+from storage.models import OutcomeKind
 
 LA = ZoneInfo("America/Los_Angeles")
 KEY = "sk-sandbox-test"
-
-
-def make_request(**kw: Any) -> CallRequest:
-    base: dict[str, Any] = dict(
-        business_name="Joe's Barbershop",
-        phone="+14155550100",
-        business_tz="America/Los_Angeles",
-        service="haircut",
-        person_name="Alex Doe",
-        person_tz="America/Los_Angeles",
-        window=BookingWindow(date(2026, 12, 1), date(2026, 12, 4), time(13, 0), time(18, 0), 30),
-        origin=ChatOrigin(Platform.CLI, "chat", "user"),
-    )
-    return CallRequest(**{**base, **kw})
-
-
-class FakeCalendar:
-    """The FreeBusy port in memory (GraphCalendar itself is tested against sandbox.graph)."""
-
-    def __init__(self, busy: list[tuple[datetime, datetime]] | None = None) -> None:
-        self.spans = busy or []
-        self.queries: list[tuple[datetime, datetime]] = []
-        self.fail: Exception | None = None
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def busy(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
-        self.queries.append((start, end))
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail is not None:
-            raise self.fail
-        return [(s, e) for s, e in self.spans if s < end and e > start]
 
 
 class Sleeps:
@@ -83,7 +50,7 @@ def make_agent(client: Any, calendar: FakeCalendar, sleeps: Sleeps | None = None
     return ClaudeAgent(
         client,
         model="claude-haiku-5-5",
-        request=kw.pop("request", make_request()),
+        request=kw.pop("request", call_request()),
         calendar=calendar,
         assistant_name="Robin",
         clock=lambda: datetime(2026, 11, 25, 17, 0, tzinfo=UTC),

@@ -8,20 +8,15 @@ from typing import Any
 
 import anthropic
 import pytest
+from factories import call_request
 
 from agent.llm import build_anthropic
 from agent.prompts import build_system_prompt
 from sandbox import phone_model
 from sandbox.anthropic import SandboxAnthropic
-from storage.models import BookingWindow, CallRequest, ChatOrigin, Platform
+from storage.models import BookingWindow, ChatOrigin, Platform
 
-REQUEST = CallRequest(
-    business_name="Joe's Barbershop",
-    phone="+14155550100",
-    business_tz="America/Los_Angeles",
-    service="haircut",
-    person_name="Alex Doe",
-    person_tz="America/Los_Angeles",
+REQUEST = call_request(
     window=BookingWindow(date(2026, 12, 1), date(2026, 12, 4), time(13, 0), time(18, 0), 45),
     origin=ChatOrigin(Platform.CLI, "c", "u"),
 )

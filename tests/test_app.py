@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+from factories import call_request
+
 from concierge.app import with_answers
-from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, JobState, Platform
+from storage.models import BookingWindow, ChatOrigin, Job, JobState, Platform
 
 
 def _job(meta: dict[str, object], notes: str = "ask for Sam") -> Job:
-    request = CallRequest(
-        business_name="Joe's Barbershop",
-        phone="+14155550100",
-        business_tz="America/Los_Angeles",
-        service="haircut",
-        person_name="Alex Doe",
-        person_tz="America/Los_Angeles",
+    request = call_request(
         window=BookingWindow(date(2026, 11, 30), date(2026, 12, 4)),
         origin=ChatOrigin(Platform.TELEGRAM, chat_id="1", user_id="1"),
         notes=notes,

@@ -11,6 +11,7 @@ from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
+from factories import FakeCalendar, call_request
 
 from agent.tools import BookingTools
 from storage.errors import ProviderConnectionError
@@ -20,34 +21,8 @@ LA = ZoneInfo("America/Los_Angeles")
 TWO_PM = {"start": "2026-12-01T14:00", "end": "2026-12-01T14:30"}
 
 
-class Calendar:
-    """FreeBusy in memory, recording each query; ``gate`` holds queries until set."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[datetime, datetime]] = []
-        self.queries: list[tuple[datetime, datetime]] = []
-        self.fail: Exception | None = None
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def busy(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
-        self.queries.append((start, end))
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail is not None:
-            raise self.fail
-        return [(s, e) for s, e in self.spans if s < end and e > start]
-
-
 def request() -> CallRequest:
-    return CallRequest(
-        business_name="Joe's Barbershop",
-        phone="+14155550100",
-        business_tz="America/Los_Angeles",
-        service="haircut",
-        person_name="Alex Doe",
-        person_tz="America/Los_Angeles",
+    return call_request(
         window=BookingWindow(date(2026, 12, 1), date(2026, 12, 2), time(12, 0), time(17, 0), 30),
         origin=ChatOrigin(Platform.SLACK, "C1", "U1"),
     )
@@ -58,7 +33,7 @@ def at(hour: int, minute: int = 0, day: int = 1) -> datetime:
 
 
 async def test_snapshot_answers_availability_without_another_query() -> None:
-    cal = Calendar()
+    cal = FakeCalendar()
     cal.spans = [(at(13), at(14))]
     tools = BookingTools(request(), cal, prefetch=True)
     try:
@@ -77,7 +52,7 @@ async def test_snapshot_answers_availability_without_another_query() -> None:
 
 
 async def test_confirm_checks_live_and_refuses_a_meeting_added_after_the_snapshot() -> None:
-    cal = Calendar()
+    cal = FakeCalendar()
     tools = BookingTools(request(), cal, prefetch=True)
     try:
         fits = await tools.run("check_availability", TWO_PM)
@@ -96,7 +71,7 @@ async def test_confirm_checks_live_and_refuses_a_meeting_added_after_the_snapsho
 
 
 async def test_confirm_uses_the_live_check_begun_by_check_availability() -> None:
-    cal = Calendar()
+    cal = FakeCalendar()
     tools = BookingTools(request(), cal, prefetch=True)
     try:
         await tools.run("check_availability", TWO_PM)
@@ -111,7 +86,7 @@ async def test_confirm_uses_the_live_check_begun_by_check_availability() -> None
 
 
 async def test_a_failed_snapshot_falls_back_to_live_queries() -> None:
-    cal = Calendar()
+    cal = FakeCalendar()
     cal.fail = ProviderConnectionError("graph unreachable", provider="graph")
     tools = BookingTools(request(), cal, prefetch=True)
     try:
@@ -125,7 +100,7 @@ async def test_a_failed_snapshot_falls_back_to_live_queries() -> None:
 
 
 async def test_aclose_cancels_a_pending_snapshot() -> None:
-    cal = Calendar()
+    cal = FakeCalendar()
     cal.gate = asyncio.Event()
     tools = BookingTools(request(), cal, prefetch=True)
     await asyncio.wait_for(cal.entered.wait(), 5)
@@ -136,7 +111,7 @@ async def test_aclose_cancels_a_pending_snapshot() -> None:
 
 
 async def test_a_cancelled_check_leaves_the_shared_snapshot_running() -> None:
-    cal = Calendar()
+    cal = FakeCalendar()
     cal.gate = asyncio.Event()
     tools = BookingTools(request(), cal, prefetch=True)
     try:
