@@ -12,6 +12,8 @@ trims the reply to the played words, and a cancelled reply never leaves a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import logging
 import re
 import time
@@ -39,6 +41,7 @@ from agent.base import (
     SendDigits,
 )
 from agent.chunking import ClauseChunker
+from agent.early import EarlyRound
 from agent.history import Message, prefix_text, set_text, text_of
 from agent.llm import RetryPolicy, from_transport_error
 from agent.prompts import build_system_prompt
@@ -142,6 +145,7 @@ class ClaudeAgent:
         # What the callee was played during the current reply, in order: (assistant message or None
         # for a filler that is not in history, its text).
         self._spoken: list[tuple[Message | None, str]] = []
+        self._early: EarlyRound | None = None  # a first round started on an eager end of turn
 
     # -- Agent interface ----------------------------------------------------------------------------
 
@@ -157,8 +161,39 @@ class ClaudeAgent:
         return None
 
     async def aclose(self) -> None:
-        """Stop the calendar fetches this call started (the session calls it when the call ends)."""
+        """Stop the calendar fetches and any early round (the session calls it when the call ends)."""
+        early, self._early = self._early, None
+        if early is not None:
+            await early.cancel()
         await self.tools.aclose()
+
+    def prepare(self, event: CallerInput) -> None:
+        """Start the model on ``event`` now, before it is final (Flux ``EagerEndOfTurn``).
+
+        ``reply(event)`` then reads this request's answer instead of making its own, provided the
+        history it would send is still exactly the same (``agent.early``). Replaces an earlier
+        preparation; costs one model request that is thrown away if the callee goes on talking.
+        """
+        self.discard_prepared()
+        if self._outcome is not None:
+            return
+        messages = copy.deepcopy(self.messages)
+        self._add_user([{"type": "text", "text": render_input(event)}], messages)
+        self._early = EarlyRound(messages, lambda: self._create(messages))
+
+    def discard_prepared(self) -> None:
+        """The callee went on talking (Flux ``TurnResumed``): stop the early request."""
+        early, self._early = self._early, None
+        if early is not None:
+            early.discard()
+
+    def _claim_prepared(self) -> EarlyRound | None:
+        """The early round, if it was started with exactly the history now in ``messages``."""
+        early, self._early = self._early, None
+        if early is not None and not early.matches(self.messages):
+            early.discard()
+            return None
+        return early
 
     async def reply(self, event: CallerInput) -> AsyncIterator[AgentAction]:
         """Stream the answer to one caller input (see the module docstring)."""
@@ -167,10 +202,12 @@ class ClaudeAgent:
         self._spoken = []
         self._filler_said = False
         self._add_user([{"type": "text", "text": render_input(event)}])
+        early = self._claim_prepared()
         first = True
         for _ in range(self._max_tool_rounds + 1):
             assistant: Message | None = None
-            async with aclosing(self._round_with_retries(first)) as round_items:
+            async with aclosing(self._round_with_retries(first, early)) as round_items:
+                early = None
                 async for item in round_items:
                     if isinstance(item, Say):
                         first = first and item.first_token_at is None
@@ -244,8 +281,12 @@ class ClaudeAgent:
 
     # -- one model round ----------------------------------------------------------------------------
 
-    async def _round_with_retries(self, first: bool) -> AsyncGenerator[Say | Message, None]:
+    async def _round_with_retries(
+        self, first: bool, early: EarlyRound | None = None
+    ) -> AsyncGenerator[Say | Message, None]:
         """One model call, retried on transient errors while nothing of it was spoken yet.
+
+        ``early``: the request already running for this round (its first attempt only).
 
         Yields ``Say``s as they stream and finally the assistant message to append (with
         its tool_use blocks), or nothing when the model said nothing. Sets ``_outcome``
@@ -256,7 +297,8 @@ class ClaudeAgent:
             attempt += 1
             spoke = False
             try:
-                async with aclosing(self._round(first)) as items:
+                async with aclosing(self._round(first, early)) as items:
+                    early = None
                     async for item in items:
                         spoke = spoke or isinstance(item, Say)
                         yield item
@@ -276,22 +318,34 @@ class ClaudeAgent:
                     yield Say(text)
                 await self._sleep(self._retry.delay(attempt, e))
 
-    async def _round(self, first: bool) -> AsyncGenerator[Say | Message, None]:
+    def _create(self, messages: list[Message]) -> Awaitable[AsyncStream[RawMessageStreamEvent]]:
+        """Start one streaming model request with ``messages`` as the history."""
+        system = [{"type": "text", "text": self.system_prompt, "cache_control": {"type": "ephemeral"}}]
+        params: Any = {"system": system, "tools": self._tool_defs, "messages": messages}
+        return self._client.messages.create(
+            model=self._model, max_tokens=self._max_tokens, stream=True, **params
+        )
+
+    async def _round(
+        self, first: bool, early: EarlyRound | None = None
+    ) -> AsyncGenerator[Say | Message, None]:
         chunker = ClauseChunker(first_clause_words=self._first_clause_words)
         answer = AnswerBuilder()
         held: list[str] = []
         said: list[str] = []
         first_token_at: float | None = None
-        system = [{"type": "text", "text": self.system_prompt, "cache_control": {"type": "ephemeral"}}]
         done = False
         try:
             try:
-                params: Any = {"system": system, "tools": self._tool_defs, "messages": self.messages}
-                stream: AsyncStream[RawMessageStreamEvent] = await self._client.messages.create(
-                    model=self._model, max_tokens=self._max_tokens, stream=True, **params
-                )
-                async with stream:
-                    async for ev in stream:
+                async with contextlib.AsyncExitStack() as stack:
+                    events: AsyncIterator[RawMessageStreamEvent]
+                    if early is None:
+                        stream = await self._create(self.messages)
+                        events = await stack.enter_async_context(stream)
+                    else:  # its answer is already on its way (or here)
+                        stack.push_async_callback(early.cancel)
+                        events = early.events()
+                    async for ev in events:
                         pieces: list[str] = []
                         if ev.type == "content_block_delta":
                             delta = ev.delta
@@ -309,7 +363,8 @@ class ClaudeAgent:
                         for piece in pieces:
                             said.append(piece)
                             yield Say(piece, first_token_at if first and len(said) == 1 else None)
-                    content = answer.content(stream.response.request)
+                    sdk_stream = stream if early is None else early.stream
+                    content = answer.content(sdk_stream.response.request if sdk_stream else None)
             except httpx2.TransportError as e:  # a stalled or dropped stream mid-answer
                 raise from_transport_error(e) from e
             for piece in self._disclose(chunker.flush(), held, final=True):
@@ -364,12 +419,13 @@ class ClaudeAgent:
 
     # -- history ------------------------------------------------------------------------------------
 
-    def _add_user(self, blocks: list[dict[str, Any]]) -> None:
+    def _add_user(self, blocks: list[dict[str, Any]], messages: list[Message] | None = None) -> None:
         """Append user content, merging into a trailing user message (roles must alternate)."""
-        if self.messages and self.messages[-1]["role"] == "user":
-            self.messages[-1]["content"].extend(blocks)
+        messages = self.messages if messages is None else messages
+        if messages and messages[-1]["role"] == "user":
+            messages[-1]["content"].extend(blocks)
         else:
-            self.messages.append({"role": "user", "content": list(blocks)})
+            messages.append({"role": "user", "content": list(blocks)})
 
     def _drop_empty(self) -> None:
         """Remove messages left empty by a trim and merge the neighbours that now touch."""

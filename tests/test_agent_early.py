@@ -1,0 +1,140 @@
+"""ClaudeAgent.prepare: the model started on an eager end of turn (the real SDK against sandbox.anthropic)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from factories import FakeCalendar, call_request
+
+from agent.base import AgentAction, CallConnected, CalleeSaid, Hangup, Say
+from agent.conversation import ClaudeAgent
+from agent.llm import RetryPolicy, build_anthropic
+from sandbox.anthropic import SandboxAnthropic
+
+KEY = "sk-sandbox-test"
+
+
+async def _no_wait(seconds: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxAnthropic]:
+    sb = SandboxAnthropic(api_key=KEY)
+    await sb.start()
+    yield sb
+    await sb.stop()
+
+
+@pytest.fixture
+async def agent(sandbox: SandboxAnthropic) -> AsyncIterator[ClaudeAgent]:
+    client = build_anthropic(KEY, sandbox.base_url)
+    a = ClaudeAgent(
+        client,
+        model="claude-haiku-5-5",
+        request=call_request(),
+        calendar=FakeCalendar(),
+        assistant_name="Robin",
+        clock=lambda: datetime(2026, 11, 25, 17, 0, tzinfo=UTC),
+        sleep=_no_wait,
+        retry=RetryPolicy(max_attempts=3, base_delay=0.25),
+    )
+    yield a
+    await a.aclose()
+    await client.close()
+
+
+async def run(agent: ClaudeAgent, event: Any) -> list[AgentAction]:
+    return [a async for a in agent.reply(event)]
+
+
+def says(actions: list[AgentAction]) -> str:
+    return " ".join(a.text for a in actions if isinstance(a, Say))
+
+
+async def requests_reach(sandbox: SandboxAnthropic, n: int) -> None:
+    async with asyncio.timeout(5):
+        while len(sandbox.requests) < n:
+            await asyncio.sleep(0.001)
+
+
+async def test_the_reply_reads_the_prepared_answer_instead_of_asking_again(
+    sandbox: SandboxAnthropic, agent: ClaudeAgent
+) -> None:
+    await run(agent, CallConnected())
+    agent.prepare(CalleeSaid("Sorry, who is calling?"))
+    await requests_reach(sandbox, 2)  # the request went out before the turn was final
+    history_before = list(agent.messages)
+
+    actions = await run(agent, CalleeSaid("Sorry, who is calling?"))
+
+    assert len(sandbox.requests) == 2  # no second request for the same turn
+    assert sandbox.requests[1]["messages"][-1]["content"][0]["text"] == "Sorry, who is calling?"
+    assert says(actions) and isinstance(actions[0], Say) and actions[0].first_token_at is not None
+    # the history moved on exactly as without preparation: the callee's words, then the answer
+    assert agent.messages[: len(history_before)] == history_before
+    assert agent.messages[-2]["content"] == [{"type": "text", "text": "Sorry, who is calling?"}]
+    assert agent.messages[-1]["role"] == "assistant"
+
+
+async def test_a_different_final_transcript_discards_the_prepared_answer(
+    sandbox: SandboxAnthropic, agent: ClaudeAgent
+) -> None:
+    await run(agent, CallConnected())
+    agent.prepare(CalleeSaid("Sorry, who"))
+    await requests_reach(sandbox, 2)
+    await run(agent, CalleeSaid("Sorry, who is calling?"))
+    assert len(sandbox.requests) == 3
+    assert sandbox.requests[2]["messages"][-1]["content"][0]["text"] == "Sorry, who is calling?"
+    # the thrown-away guess left no trace in history
+    assert "Sorry, who" not in [b.get("text") for m in agent.messages for b in m["content"]]
+
+
+async def test_turn_resumed_discards_and_a_changed_history_is_not_reused(
+    sandbox: SandboxAnthropic, agent: ClaudeAgent
+) -> None:
+    await run(agent, CallConnected())
+    agent.prepare(CalleeSaid("Please hold."))
+    agent.discard_prepared()
+    await run(agent, CalleeSaid("Please hold."))
+    assert sandbox.requests[-1]["messages"][-1]["content"][0]["text"] == "Please hold."
+    asked = len(sandbox.requests)
+
+    agent.prepare(CalleeSaid("Okay."))
+    await requests_reach(sandbox, asked + 1)
+    agent.interrupted("Sure,")  # history changed after the preparation: its request is stale
+    await run(agent, CalleeSaid("Okay."))
+    assert len(sandbox.requests) == asked + 2
+    assert sandbox.requests[-1]["messages"][-2]["content"] == [{"type": "text", "text": "Sure,"}]
+
+
+async def test_a_prepared_request_that_failed_is_retried_like_any_other(
+    sandbox: SandboxAnthropic, agent: ClaudeAgent
+) -> None:
+    sandbox.fail_next(529, "overloaded_error")
+    agent.prepare(CallConnected())
+    await requests_reach(sandbox, 1)
+    actions = await run(agent, CallConnected())
+    assert actions[0] == Say("One moment, please.")
+    assert "AI assistant calling on behalf of Alex Doe" in says(actions)
+    assert len(sandbox.requests) == 2
+
+
+async def test_tools_of_a_prepared_answer_run_only_once_the_turn_is_final(
+    sandbox: SandboxAnthropic, agent: ClaudeAgent
+) -> None:
+    calendar = agent.tools.calendar
+    assert isinstance(calendar, FakeCalendar)
+    await run(agent, CallConnected())
+    agent.prepare(CalleeSaid("We could do 12/3 at 3pm."))
+    await requests_reach(sandbox, 2)
+    await asyncio.sleep(0.05)  # the whole answer (a check_availability call) has arrived by now
+    assert calendar.queries == []
+    actions = await run(agent, CalleeSaid("We could do 12/3 at 3pm."))
+    assert calendar.queries  # the lookup ran in the reply
+    assert "December 3" in says(actions)
+    assert isinstance(actions[-1], Hangup) and agent.tools.booking is not None  # a free slot: booked
