@@ -1,10 +1,15 @@
-"""Sandbox Deepgram: the ``/v1/listen`` (streaming STT) and ``/v1/speak`` (streaming TTS) sockets.
+"""Sandbox Deepgram: ``/v1/listen`` (Nova STT), ``/v2/listen`` (Flux STT) and ``/v1/speak`` (TTS) sockets.
 
 Why: the product talks to Deepgram through the real ``deepgram-sdk`` websockets; pointing the SDK at
 this server (``DeepgramClientEnvironment``) exercises the real wire protocol while transcription is
 exact, because the audio is sandbox speech (``sandbox.speech``) that carries its own text. All
 speech timing (endpointing, utterance end, word times) is AUDIO time derived from the bytes
 received (8000 B = 1 s), so results do not depend on how fast a test pushes audio.
+
+``/v2/listen`` (Flux) shares the listen socket loop (auth, idle timeout, KeepAlive, the
+``stt_latency_ms`` delayed outbox, ``self.listens``); its turn rules live in
+``sandbox.deepgram_flux``. A model that is not Flux, or a threshold out of range, is refused with
+HTTP 400 before the upgrade (after the key check, which answers 401).
 """
 
 from __future__ import annotations
@@ -13,20 +18,24 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from sandbox.deepgram_flux import FluxTranscriber
 from sandbox.deepgram_stt import Transcriber
 from sandbox.speech import SAMPLE_RATE, encode_speech
 
 _IDLE_SECONDS = 10.0
 
+Message = dict[str, Any]
+
 
 @dataclass
 class ListenSession:
-    """What one ``/v1/listen`` connection received and sent (for assertions)."""
+    """What one ``/v1/listen`` or ``/v2/listen`` connection received and sent (for assertions)."""
 
     query: dict[str, str]
     bytes_received: int = 0
@@ -83,6 +92,7 @@ class SandboxDeepgram:
         """Bind 127.0.0.1 on a free port."""
         app = web.Application()
         app.router.add_get("/v1/listen", self._listen)
+        app.router.add_get("/v2/listen", self._listen_flux)
         app.router.add_get("/v1/speak", self._speak)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -139,10 +149,18 @@ class SandboxDeepgram:
         scheme, _, token = auth.partition(" ")
         return scheme.lower() in ("token", "bearer") and token.strip() == self.api_key
 
-    async def _open(self, request: web.Request) -> web.WebSocketResponse | None:
+    async def _open(
+        self, request: web.Request, bad_query: str | None = None
+    ) -> web.WebSocketResponse | web.Response:
+        """Upgrade, or the HTTP error Deepgram answers instead (key checked first)."""
         if not self._authorized(request):
             self.rejected += 1
-            return None
+            return web.json_response(
+                {"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}, status=401
+            )
+        if bad_query is not None:
+            self.rejected += 1
+            return web.json_response({"err_code": "Bad Request", "err_msg": bad_query}, status=400)
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         return ws
@@ -151,28 +169,72 @@ class SandboxDeepgram:
 
     async def _listen(self, request: web.Request) -> web.StreamResponse:
         ws = await self._open(request)
-        if ws is None:
-            return web.json_response(
-                {"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}, status=401
-            )
+        if not isinstance(ws, web.WebSocketResponse):
+            return ws
         session = ListenSession(query=dict(request.query), ws=ws)
-        self.listens.append(session)
         stt = Transcriber(session.query)
-        outbox: asyncio.Queue[tuple[float, dict[str, Any] | None]] = asyncio.Queue()
+
+        def control(data: Message) -> list[Message]:
+            if data.get("type") != "Finalize":
+                return []
+            session.finalizes += 1
+            return [stt.finalize()]
+
+        def closing() -> list[Message]:
+            return [*([stt.finalize()] if stt.pending else []), self._metadata(stt)]
+
+        return await self._serve_listen(ws, session, [], stt.feed, control, closing)
+
+    async def _listen_flux(self, request: web.Request) -> web.StreamResponse:
+        query = dict(request.query)
+        try:
+            flux: FluxTranscriber | None = FluxTranscriber(query)
+            problem = None
+        except ValueError as e:
+            flux, problem = None, str(e)
+        ws = await self._open(request, problem)
+        if not isinstance(ws, web.WebSocketResponse) or flux is None:
+            return ws
+        session = ListenSession(query=query, ws=ws)
+        return await self._serve_listen(
+            ws, session, [flux.connected()], flux.feed, flux.control, flux.close_stream
+        )
+
+    async def _serve_listen(
+        self,
+        ws: web.WebSocketResponse,
+        session: ListenSession,
+        opening: list[Message],
+        feed: Callable[[bytes], list[Message]],
+        control: Callable[[Message], list[Message]],
+        closing: Callable[[], list[Message]],
+    ) -> web.WebSocketResponse:
+        """The socket loop both listen versions share; the protocol lives in the callbacks.
+
+        Args:
+            ws: The upgraded socket.
+            session: Where the wire traffic is recorded.
+            opening: Messages sent on open.
+            feed: Audio in, messages out.
+            control: Answers a client JSON message other than KeepAlive / CloseStream.
+            closing: Messages sent after CloseStream, before the 1000 close.
+        """
+        self.listens.append(session)
+        outbox: asyncio.Queue[tuple[float, Message | None]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
-        def emit(messages: list[dict[str, Any]]) -> None:
+        def emit(messages: list[Message]) -> None:
             for m in messages:
                 outbox.put_nowait((loop.time() + self.stt_latency_ms / 1000, m))
 
         sender = self._spawn(self._send_later(ws, session, outbox))
         try:
-            close_code = await self._listen_loop(ws, session, stt, emit)
-            if close_code is not None:
-                emit([self._metadata(stt)])
+            emit(opening)
+            if await self._listen_loop(ws, session, feed, control, emit):
+                emit(closing())
                 outbox.put_nowait((0.0, None))
                 await sender
-                await ws.close(code=close_code)
+                await ws.close(code=1000)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,33 +243,35 @@ class SandboxDeepgram:
         return ws
 
     async def _listen_loop(
-        self, ws: web.WebSocketResponse, session: ListenSession, stt: Transcriber, emit: Any
-    ) -> int | None:
-        """Returns the close code to send after a clean close, or None when the peer went away."""
+        self,
+        ws: web.WebSocketResponse,
+        session: ListenSession,
+        feed: Callable[[bytes], list[Message]],
+        control: Callable[[Message], list[Message]],
+        emit: Callable[[list[Message]], None],
+    ) -> bool:
+        """True after a CloseStream; False when idle too long (1011 sent) or the peer went away."""
         while True:
             try:
                 msg = await ws.receive(timeout=self.idle_timeout)
             except TimeoutError:
                 await ws.close(code=1011, message=b"NET-0001")
-                return None
+                return False
             if msg.type == WSMsgType.BINARY:
                 session.bytes_received += len(msg.data)
-                emit(stt.feed(msg.data))
+                emit(feed(msg.data))
             elif msg.type == WSMsgType.TEXT:
                 data = json.loads(msg.data)
                 session.text_received.append(data)
                 kind = data.get("type")
                 if kind == "KeepAlive":
                     session.keepalives += 1
-                elif kind == "Finalize":
-                    session.finalizes += 1
-                    emit([stt.finalize()])
                 elif kind == "CloseStream":
-                    if stt.pending:
-                        emit([stt.finalize()])
-                    return 1000
+                    return True
+                else:
+                    emit(control(data))
             else:
-                return None
+                return False
 
     def _metadata(self, stt: Transcriber) -> dict[str, Any]:
         return {
@@ -224,7 +288,7 @@ class SandboxDeepgram:
         self,
         ws: web.WebSocketResponse,
         session: ListenSession | SpeakSession,
-        outbox: asyncio.Queue[tuple[float, dict[str, Any] | None]],
+        outbox: asyncio.Queue[tuple[float, Message | None]],
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -243,10 +307,8 @@ class SandboxDeepgram:
 
     async def _speak(self, request: web.Request) -> web.StreamResponse:
         ws = await self._open(request)
-        if ws is None:
-            return web.json_response(
-                {"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}, status=401
-            )
+        if not isinstance(ws, web.WebSocketResponse):
+            return ws
         session = SpeakSession(query=dict(request.query), ws=ws)
         self.speaks.append(session)
         await self._send_json(ws, session, {
