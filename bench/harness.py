@@ -132,7 +132,9 @@ class SandboxShards:
         await asyncio.gather(*(c.stop() for c in self.children))
 
 
-def bench_settings(hello: dict[str, Any], *, port: int, db_path: str) -> Settings:
+def bench_settings(
+    hello: dict[str, Any], *, port: int, db_path: str, stt_model: str | None = None
+) -> Settings:
     """Settings pointing the product at the child's services; no chat front ends."""
     ep = hello["endpoints"]
     creds = dict(hello["creds"])
@@ -156,6 +158,8 @@ def bench_settings(hello: dict[str, Any], *, port: int, db_path: str) -> Setting
         "silence_timeout_seconds": 6.0,
         "person_timezone": "America/Los_Angeles",
     }
+    if stt_model:
+        update["deepgram_stt_model"] = stt_model
     base = Settings(_env_file=None)  # type: ignore[call-arg]
     return base.model_copy(update=update)
 
@@ -211,8 +215,10 @@ class Bench:
         latencies: dict[str, float] | None = None,
         shards: int = 3,
         freeze: bool = True,
+        stt_model: str | None = None,
     ) -> None:
         self.freeze = freeze
+        self.stt_model = stt_model
         self.child = SandboxShards(numbers=numbers, pace=pace, latencies=latencies or {}, shards=shards)
         self.app: Concierge | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="concierge-bench-")
@@ -224,7 +230,8 @@ class Bench:
             self.numbers = hello["numbers"]
             sock = bind("127.0.0.1", 0)
             port = sock.getsockname()[1]
-            settings = bench_settings(hello, port=port, db_path=str(Path(self._tmp.name) / "bench.db"))
+            db_path = str(Path(self._tmp.name) / "bench.db")
+            settings = bench_settings(hello, port=port, db_path=db_path, stt_model=self.stt_model)
             self.app = Concierge(
                 settings, clock=SystemClock(), graph_credential=sandbox_graph_credential(), owner="bench"
             )

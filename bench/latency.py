@@ -139,7 +139,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies = PUBLISHED if args.provider_latency == "published" else {}
     if not args.max_calls:
         bench_ = Bench(
-            numbers=args.calls, pace=args.pace, latencies=latencies, shards=args.shards, freeze=args.freeze
+            numbers=args.calls,
+            pace=args.pace,
+            latencies=latencies,
+            shards=args.shards,
+            freeze=args.freeze,
+            stt_model=args.stt_model,
         )
         async with bench_ as bench:
             r = await bench.round(args.calls, ramp=args.ramp)
@@ -148,7 +153,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     held: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
     async with Bench(
-        numbers=max(levels), pace=args.pace, latencies=latencies, shards=args.shards, freeze=args.freeze
+        numbers=max(levels),
+        pace=args.pace,
+        latencies=latencies,
+        shards=args.shards,
+        freeze=args.freeze,
+        stt_model=args.stt_model,
     ) as bench:
         for n in levels:
             r = await bench.round(n, ramp=args.ramp)
@@ -204,6 +214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Anthropic+Graph (default)",
     )
     p.add_argument("--pace", type=float, default=1.0, help="sandbox audio pace (1.0 = real time)")
+    p.add_argument(
+        "--stt-model", default=None,
+        help="DEEPGRAM_STT_MODEL for the product (default: the settings default); flux-general-en "
+        "uses /v2/listen and starts the model on EagerEndOfTurn",
+    )  # fmt: skip
     p.add_argument(
         "--no-freeze", dest="freeze", action="store_false",
         help="skip gc.freeze() after start-up (as `concierge serve` does it); for in-process callers",

@@ -149,6 +149,8 @@ class Concierge:
             stt_model=s.deepgram_stt_model,
             tts_model=s.deepgram_tts_model,
             stt_chunk_ms=s.stt_chunk_ms,
+            eot_threshold=s.deepgram_eot_threshold,
+            eager_eot_threshold=s.deepgram_eager_eot_threshold,
         )
         self.flow = self._build_flow()
         self.tg_app = self._build_telegram() if s.configured("telegram") else None

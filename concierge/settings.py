@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     deepgram_ws_url: str = "wss://api.deepgram.com"
     deepgram_stt_model: str = "nova-3"
     deepgram_tts_model: str = "aura-2-thalia-en"
+    #: Flux models only (``flux-general-en``): the end-of-turn confidence that ends the callee's
+    #: turn, and the lower one at which the conversation model is started early (empty: never).
+    #: Early starts hide the model's time to first token; a guess that was wrong costs one
+    #: model request that is thrown away.
+    deepgram_eot_threshold: float = Field(default=0.7, ge=0.5, le=0.9)
+    deepgram_eager_eot_threshold: float | None = Field(default=0.5, ge=0.3, le=0.9)
     #: Inbound call audio is forwarded to speech-to-text in chunks of this many ms (20 = every
     #: Twilio frame). 40 halves the websocket sends per call (the biggest per-call CPU cost) for
     #: at most 20 ms more before a transcript; Deepgram recommends 20-250 ms per message.
@@ -110,6 +116,13 @@ class Settings(BaseSettings):
     person_timezone: str = "America/Los_Angeles"
     person_region: str = "US"
     assistant_name: str = "Robin"
+
+    @field_validator("deepgram_eager_eot_threshold", mode="before")
+    @classmethod
+    def _off_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "false"):
+            return None
+        return value
 
     @field_validator(
         "telegram_allowed_users",

@@ -60,8 +60,9 @@ class AssistantTurn:
 
     def to_turn(self, *, interrupted: bool, barge_in_ms: float | None = None) -> Turn:
         text = self.heard_text() if interrupted else self.full_text()
-        return Turn(Speaker.ASSISTANT, text, at=self.at, interrupted=interrupted,
-                    latency=self.latency(barge_in_ms))
+        return Turn(
+            Speaker.ASSISTANT, text, at=self.at, interrupted=interrupted, latency=self.latency(barge_in_ms)
+        )
 
 
 @dataclass(eq=False)

@@ -37,10 +37,12 @@ from telephony import audio, frame_stats, media_stream, replies
 from telephony.frame_stats import FrameStats
 from telephony.playback import AssistantTurn, Playback
 from telephony.speech import (
+    EagerEndOfTurn,
     SpeechStarted,
     TtsAudio,
     TtsCleared,
     TtsFlushed,
+    TurnResumed,
     UtteranceEnd,
 )
 from telephony.speech import Transcript as SttTranscript
@@ -321,6 +323,25 @@ class CallSession:
                     self._utterance_done(ev)
             elif isinstance(ev, UtteranceEnd) and self._utterance:
                 self._utterance_done(None)
+            elif isinstance(ev, EagerEndOfTurn):
+                self._prepare(ev.text)
+            elif isinstance(ev, TurnResumed):
+                discard = getattr(self._agent, "discard_prepared", None)
+                if discard is not None:
+                    discard()
+
+    def _prepare(self, text: str) -> None:
+        """Start the model on a turn that has probably ended (Flux eager mode; ``agent.early``).
+
+        Only between replies: while the assistant is talking, the turn's end cuts a reply short
+        and the history that request was made with would no longer hold.
+        """
+        prepare = getattr(self._agent, "prepare", None)  # optional, like ``aclose``
+        if prepare is None or self._assistant_busy() or self._hangup_pending or self._ended.is_set():
+            return
+        words = " ".join([*self._utterance, text.strip()])
+        if words:
+            prepare(CalleeSaid(words))
 
     def _utterance_done(self, final: SttTranscript | None) -> None:
         text = " ".join(self._utterance)

@@ -30,21 +30,24 @@ from telephony.speech_common import (
     AsyncDeepgramClient,
     Clock,
     DeepgramClientEnvironment,
+    EagerEndOfTurn,
     SpeakEvent,
     SpeechStarted,
     Transcript,
     TtsAudio,
     TtsCleared,
     TtsFlushed,
+    TurnResumed,
     UtteranceEnd,
 )
 from telephony.stt import Listener
+from telephony.stt_flux import FluxListener, is_flux
 from telephony.tts import Speaker
 
 __all__ = [
-    "BYTES_PER_SECOND", "KEEPALIVE_SECONDS", "MAX_BUFFER_BYTES", "Listener", "SpeakEvent", "Speaker",
-    "SpeechClient", "SpeechStarted", "Transcript", "TtsAudio", "TtsCleared", "TtsFlushed",
-    "UtteranceEnd",
+    "BYTES_PER_SECOND", "EagerEndOfTurn", "FluxListener", "KEEPALIVE_SECONDS", "MAX_BUFFER_BYTES",
+    "Listener", "SpeakEvent", "Speaker", "SpeechClient", "SpeechStarted", "Transcript", "TtsAudio",
+    "TtsCleared", "TtsFlushed", "TurnResumed", "UtteranceEnd",
 ]  # fmt: skip
 
 
@@ -55,11 +58,15 @@ class SpeechClient:
         api_key: Deepgram key.
         http_url: REST base, e.g. ``https://api.deepgram.com``.
         ws_url: websocket base, e.g. ``wss://api.deepgram.com``.
-        stt_model: listen model, e.g. ``nova-3``.
+        stt_model: listen model: ``nova-3`` (``/v1/listen``, fixed-silence endpointing) or a Flux
+            model, ``flux-general-en`` (``/v2/listen``, model-decided end of turn; ``FluxListener``).
         tts_model: speak voice, e.g. ``aura-2-thalia-en``.
         clock: monotonic clock for event timestamps.
         stt_chunk_ms: inbound audio is sent to the listen socket in chunks of this many ms
             (``Listener.send``); 20 forwards every Twilio frame as it comes.
+        eot_threshold: Flux only: confidence at which a turn ends (0.5–0.9).
+        eager_eot_threshold: Flux only: confidence at which Flux says the turn has probably ended
+            and the model is started early (0.3–0.9, at most ``eot_threshold``); None: not eager.
     """
 
     def __init__(
@@ -72,8 +79,12 @@ class SpeechClient:
         tts_model: str = "aura-2-thalia-en",
         clock: Clock = time.monotonic,
         stt_chunk_ms: int = 20,
+        eot_threshold: float = 0.7,
+        eager_eot_threshold: float | None = None,
     ) -> None:
         self.stt_model = stt_model
+        self.eot_threshold = eot_threshold
+        self.eager_eot_threshold = eager_eot_threshold
         self.stt_chunk_bytes = max(1, BYTES_PER_SECOND * stt_chunk_ms // 1000)
         self.tts_model = tts_model
         self.clock = clock
@@ -81,7 +92,7 @@ class SpeechClient:
         self.sdk = AsyncDeepgramClient(api_key=api_key, environment=env)
 
     def listener(self) -> Listener:
-        return Listener(self)
+        return FluxListener(self) if is_flux(self.stt_model) else Listener(self)
 
     def speaker(self) -> Speaker:
         return Speaker(self)

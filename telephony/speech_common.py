@@ -15,6 +15,7 @@ with warnings.catch_warnings():
     # nothing for us to change.
     warnings.simplefilter("ignore", DeprecationWarning)
     import deepgram.listen.v1.client  # noqa: F401  (the SDK imports these lazily, at first connect)
+    import deepgram.listen.v2.client  # noqa: F401
     import deepgram.speak.v1.client  # noqa: F401
     from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
     from deepgram.core.api_error import ApiError
@@ -77,7 +78,26 @@ class UtteranceEnd:
     t: float
 
 
-ListenEvent = SpeechStarted | Transcript | UtteranceEnd
+@dataclass(frozen=True, slots=True)
+class EagerEndOfTurn:
+    """Flux thinks the callee has probably finished: ``text`` is the turn so far (never empty).
+
+    If the turn does end, its final transcript is exactly ``text``; otherwise ``TurnResumed``
+    comes first. The session starts the model on it (``ClaudeAgent.prepare``).
+    """
+
+    text: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResumed:
+    """Flux's last ``EagerEndOfTurn`` was wrong: the callee is still talking."""
+
+    t: float
+
+
+ListenEvent = SpeechStarted | Transcript | UtteranceEnd | EagerEndOfTurn | TurnResumed
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +123,16 @@ SpeakEvent = TtsAudio | TtsFlushed | TtsCleared
 # --- client -----------------------------------------------------------------------------------
 
 
-
 def backoff(attempt: int) -> float:
     return min(0.1 * 2 ** (attempt - 1), 2.0)
 
 
 def map_error(e: BaseException, what: str) -> ProviderError:
     if isinstance(e, ApiError) and isinstance(e.status_code, int):
-        return ProviderStatusError(f"deepgram {what}: HTTP {e.status_code}", provider="deepgram",
-                                   status=e.status_code)
+        return ProviderStatusError(
+            f"deepgram {what}: HTTP {e.status_code}", provider="deepgram", status=e.status_code
+        )
     return ProviderConnectionError(f"deepgram {what}: {e!r}", provider="deepgram")
-
-
 
 
 class Reconnecting:

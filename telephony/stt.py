@@ -56,6 +56,7 @@ class Listener(Reconnecting):
         self._sent = 0  # stream offset up to which the current socket was sent audio
         self._chunk = client.stt_chunk_bytes
         self._conn_base = 0  # stream offset of the first byte the current socket received
+        self._lead_in = 0  # bytes of silence the current socket was sent before our audio (Flux)
         self._last_send = self._clock()
         self._closing = False
         # (stream offset after a chunk, clock time it arrived): maps Deepgram's
@@ -108,8 +109,9 @@ class Listener(Reconnecting):
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 await conn.send_close_stream()
 
-    async def _session(self) -> None:
-        async with self._client.sdk.listen.v1.connect(
+    def _connect(self) -> Any:
+        """The SDK's socket context for this listener's protocol (Nova: ``/v1/listen``)."""
+        return self._client.sdk.listen.v1.connect(
             model=self._client.stt_model,
             encoding="mulaw",
             sample_rate=8000,
@@ -121,7 +123,11 @@ class Listener(Reconnecting):
             vad_events="true",
             smart_format="true",
             punctuate="true",
-        ) as conn:
+        )
+
+    async def _session(self) -> None:
+        self._lead_in = 0
+        async with self._connect() as conn:
             send_uncompressed(conn)  # µ-law does not deflate; save the CPU (ws_tuning)
             self.connections += 1
             # Replay everything not yet finalized (cut off by a drop, or arrived while
@@ -171,7 +177,7 @@ class Listener(Reconnecting):
     def _handle(self, msg: Any) -> None:
         kind = getattr(msg, "type", None)
         now = self._clock()
-        base = self._conn_base / BYTES_PER_SECOND
+        base = (self._conn_base - self._lead_in) / BYTES_PER_SECOND
         if kind == "Results":
             alts = msg.channel.alternatives
             text = alts[0].transcript if alts else ""
@@ -189,5 +195,3 @@ class Listener(Reconnecting):
             self.events.put_nowait(SpeechStarted(now, onset))
         elif kind == "UtteranceEnd":
             self.events.put_nowait(UtteranceEnd(now))
-
-

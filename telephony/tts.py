@@ -124,8 +124,6 @@ class Speaker(Reconnecting):
                 log.warning("deepgram speak warning: %s", getattr(msg, "description", msg))
 
 
-
-
 async def _send_op(conn: Any, op: str, text: str) -> None:
     if op == "speak":
         await conn.send_text(SpeakV1Text(type="Speak", text=text))

@@ -66,8 +66,9 @@ def stream_twiml(public_base_url: str, job_id: str, token: str) -> str:
 def map_twilio_error(e: BaseException, what: str) -> ProviderError:
     """Translate SDK / transport errors into our retry-aware tree."""
     if isinstance(e, TwilioRestException):
-        return ProviderStatusError(f"twilio {what}: HTTP {e.status} code {e.code}: {e.msg}",
-                                   provider=PROVIDER, status=int(e.status))
+        return ProviderStatusError(
+            f"twilio {what}: HTTP {e.status} code {e.code}: {e.msg}", provider=PROVIDER, status=int(e.status)
+        )
     if isinstance(e, asyncio.TimeoutError | TimeoutError):
         return ProviderTimeoutError(f"twilio {what}: timed out", provider=PROVIDER)
     return ProviderConnectionError(f"twilio {what}: {e!r}", provider=PROVIDER)

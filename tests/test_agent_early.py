@@ -58,7 +58,7 @@ def says(actions: list[AgentAction]) -> str:
 
 async def requests_reach(sandbox: SandboxAnthropic, n: int) -> None:
     async with asyncio.timeout(5):
-        while len(sandbox.requests) < n:
+        while len(sandbox.requests) < n:  # noqa: ASYNC110  (the sandbox records, it does not notify)
             await asyncio.sleep(0.001)
 
 

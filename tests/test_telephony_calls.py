@@ -293,7 +293,11 @@ async def test_full_scripted_call_books(h: Harness) -> None:
     assert len(h.dg.listens) == 1 and len(h.dg.speaks) == 1
     q = h.dg.listens[0].query
     assert (q["encoding"], q["sample_rate"], q["interim_results"], q["vad_events"]) == (
-        "mulaw", "8000", "true", "true")
+        "mulaw",
+        "8000",
+        "true",
+        "true",
+    )
     assert h.dg.speaks[0].query["encoding"] == "mulaw"
     assert call.params["MachineDetection"] == ["DetectMessageEnd"] and call.params["TimeLimit"] == ["120"]
     assert (await h.store.get(job.id)).meta["stream_token_sha256"] is None  # consumed
@@ -425,3 +429,52 @@ async def test_silent_callee_is_prompted_once_then_the_call_ends(h: Harness) -> 
     assert outcome.kind is OutcomeKind.ERROR and h.sessions[0].end_reason == "callee silent"
     assert [t.text for t in turns] == ["Hello, is anyone there?", "Hello? Are you still there?"]
     assert hung_up_by_api(h, call.sid)
+
+
+class PreparingAgent(ScriptedAgent):
+    """A scripted agent that also records Flux's early starts (``ClaudeAgent.prepare``)."""
+
+    def __init__(self, replies: list[list[AgentAction]], outcome: CallOutcome | None = None) -> None:
+        super().__init__(replies, outcome)
+        self.prepared: list[str] = []
+        self.discarded = 0
+
+    def prepare(self, event: CallerInput) -> None:
+        assert isinstance(event, CalleeSaid)
+        self.prepared.append(event.text)
+
+    def discard_prepared(self) -> None:
+        self.discarded += 1
+
+
+async def test_flux_turns_start_the_model_early_with_the_final_words(h: Harness) -> None:
+    h.speech = SpeechClient(
+        api_key=DG_KEY, http_url=h.dg.http_url, ws_url=h.dg.ws_url, stt_chunk_ms=40,
+        stt_model="flux-general-en", eager_eot_threshold=0.5,
+    )  # fmt: skip
+    long_reply = "I would like to book a haircut for next Tuesday afternoon if you have any time at all"
+    booked = CallOutcome(OutcomeKind.BOOKED, summary="haircut Tuesday 3 pm")
+    agent = PreparingAgent([
+        [Say("Hello, this is Robin, an AI assistant calling for Alex.")],
+        [Say(long_reply)],
+        [Say("Great, thank you, goodbye."), Hangup(booked)],
+    ])  # fmt: skip
+    h.twilio.program(PHONE, script=CalleeScript([
+        WaitTurn(contains="hello"), CalleeSays("Joe's Barbershop, how can I help?"),
+        Interrupt(after_words=3, text="Sorry, Tuesday at three works."),
+        WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+
+    assert outcome.kind is OutcomeKind.BOOKED and not call.callee.errors
+    assert h.dg.listens[0].query["model"] == "flux-general-en"
+    said = [i.text for i in agent.inputs if isinstance(i, CalleeSaid)]
+    assert _words(said[0]) == _words("Joe's Barbershop, how can I help?")
+    # every final turn was prepared with exactly its words before it was final; the barge-in
+    # (StartOfTurn while the assistant talked) cut the long reply short
+    assert said == agent.prepared
+    assert call.clears >= 1 and len(agent.heard) == 1
+    assert [t.interrupted for t in turns if t.speaker is Speaker.ASSISTANT] == [False, True, False]
+    await h.webhooks.join()
+    assert_clean(h)
