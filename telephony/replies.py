@@ -46,9 +46,7 @@ async def reply(
                     playback.add_clause(action.text.strip(), turn)
                     await self.speaker.speak(action.text)
                     await self.speaker.flush()
-                    # The model's next events are usually buffered already, so without this the
-                    # reply would parse to its end before the first clause's audio is forwarded.
-                    await asyncio.sleep(0)
+                    await _first_audio_first(self, turn)
             elif isinstance(action, SendDigits):
                 await self._press(action.digits, turn)
             elif isinstance(action, Hangup):
@@ -66,6 +64,23 @@ async def reply(
     if hangup is not None:
         await self._wait_until(lambda: playback.idle, self._cfg.drain_timeout)
         self.end("assistant hung up", hangup.outcome, hang_up=True)
+
+
+async def _first_audio_first(self: CallSession, turn: AssistantTurn) -> None:
+    """Let the turn's first audio through before the reply does more work.
+
+    The rest of the model's answer is often buffered already (always, when it was started early),
+    and a tool round costs a few milliseconds of this loop. Done first, either would sit between
+    the first clause's audio arriving from TTS and its forwarding to Twilio: the audio takes
+    several hops through the loop (SDK socket task, listener, session) and each waits behind it.
+    The wait is bounded (``SessionConfig.first_audio_priority``): with a real TTS (~100-200 ms to
+    the first byte) later clauses are only sent a little later, long before they are needed, and a
+    tool round starts at most that much later while the acknowledgement plays.
+    """
+    if turn.first_audio_out is None:
+        await self._wait_until(lambda: turn.first_audio_out is not None, self._cfg.first_audio_priority)
+    else:
+        await asyncio.sleep(0)  # a clause's audio goes out before the next clause is parsed
 
 
 async def press(self: CallSession, digits: str, turn: AssistantTurn) -> None:

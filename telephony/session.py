@@ -371,6 +371,7 @@ class CallSession:
                         return
                     if turn.first_audio_out is None:
                         turn.first_audio_out = self._clock()
+                        self._notify()  # the reply holds back until now (replies._first_audio_first)
                     await self._send(mark)
             elif isinstance(ev, TtsFlushed):
                 clause = playback.on_flushed()

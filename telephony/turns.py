@@ -33,6 +33,11 @@ class SessionConfig:
     greet_after: float = 1.5
     attach_timeout: float = 120.0  # ringing + answering, until the media stream connects
     drain_timeout: float = 30.0  # waiting for queued audio to play before hanging up
+    #: After a reply's first clause goes to TTS, the rest of the reply (later clauses, a tool round)
+    #: waits until that clause's first audio is on its way to Twilio, for at most this long: the
+    #: first words are what the callee is waiting for, and the rest is not needed until they have
+    #: played (``telephony.replies``).
+    first_audio_priority: float = 0.05
 
 
 class TurnLog:
