@@ -42,7 +42,7 @@ from agent.base import (
 )
 from agent.chunking import ClauseChunker
 from agent.early import EarlyRound
-from agent.history import Message, prefix_text, set_text, text_of
+from agent.history import Message, add_user, drop_empty, prefix_text, set_text, text_of
 from agent.llm import RetryPolicy, from_transport_error
 from agent.prompts import build_system_prompt
 from agent.tools import BookingTools, FreeBusy
@@ -178,7 +178,7 @@ class ClaudeAgent:
         if self._outcome is not None:
             return
         messages = copy.deepcopy(self.messages)
-        self._add_user([{"type": "text", "text": render_input(event)}], messages)
+        add_user(messages, [{"type": "text", "text": render_input(event)}])
         self._early = EarlyRound(messages, lambda: self._create(messages))
 
     def discard_prepared(self) -> None:
@@ -201,7 +201,7 @@ class ClaudeAgent:
             return
         self._spoken = []
         self._filler_said = False
-        self._add_user([{"type": "text", "text": render_input(event)}])
+        add_user(self.messages, [{"type": "text", "text": render_input(event)}])
         early = self._claim_prepared()
         first = True
         for _ in range(self._max_tool_rounds + 1):
@@ -231,11 +231,11 @@ class ClaudeAgent:
                 assistant["content"][:] = [b for b in assistant["content"] if b["type"] == "text"]
                 if assistant["content"]:
                     self.messages.append(assistant)
-                    self._drop_empty()
+                    drop_empty(self.messages)
                 raise
             # Both appended in one step: a cancellation can never separate tool_use from tool_result.
             self.messages.append(assistant)
-            self._add_user(results)
+            add_user(self.messages, results)
             for action in actions:
                 if isinstance(action, Hangup):
                     self._outcome = action.outcome
@@ -254,7 +254,7 @@ class ClaudeAgent:
             if message is not None:
                 set_text(message, keep)
         self._spoken = []
-        self._drop_empty()
+        drop_empty(self.messages)
         # A disclosure cut off before the callee heard "AI" does not count: say it again.
         self._disclosed = any(
             _DISCLOSES.search(text_of(m)) for m in self.messages if m["role"] == "assistant"
@@ -416,25 +416,3 @@ class ClaudeAgent:
             await self._on_booking(booking)
         except Exception:  # the call goes on; the outcome at hang-up still carries the booking
             log.exception("recording the confirmed booking failed")
-
-    # -- history ------------------------------------------------------------------------------------
-
-    def _add_user(self, blocks: list[dict[str, Any]], messages: list[Message] | None = None) -> None:
-        """Append user content, merging into a trailing user message (roles must alternate)."""
-        messages = self.messages if messages is None else messages
-        if messages and messages[-1]["role"] == "user":
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": "user", "content": list(blocks)})
-
-    def _drop_empty(self) -> None:
-        """Remove messages left empty by a trim and merge the neighbours that now touch."""
-        merged: list[Message] = []
-        for m in self.messages:
-            if not m["content"]:
-                continue
-            if merged and merged[-1]["role"] == m["role"]:
-                merged[-1]["content"].extend(m["content"])
-            else:
-                merged.append(m)
-        self.messages[:] = merged

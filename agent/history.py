@@ -28,3 +28,24 @@ def set_text(message: Message, text: str) -> None:
     """Replace a message's text with ``text`` (dropping text blocks if empty), keeping tool_use."""
     others = [b for b in message["content"] if b["type"] != "text"]
     message["content"][:] = ([{"type": "text", "text": text}] if text else []) + others
+
+
+def add_user(messages: list[Message], blocks: list[dict[str, Any]]) -> None:
+    """Append user content, merging into a trailing user message (roles must alternate)."""
+    if messages and messages[-1]["role"] == "user":
+        messages[-1]["content"].extend(blocks)
+    else:
+        messages.append({"role": "user", "content": list(blocks)})
+
+
+def drop_empty(messages: list[Message]) -> None:
+    """Remove messages left empty by a trim and merge the neighbours that now touch."""
+    merged: list[Message] = []
+    for m in messages:
+        if not m["content"]:
+            continue
+        if merged and merged[-1]["role"] == m["role"]:
+            merged[-1]["content"].extend(m["content"])
+        else:
+            merged.append(m)
+    messages[:] = merged
