@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     deepgram_api_key: str = ""
     deepgram_http_url: str = "https://api.deepgram.com"
     deepgram_ws_url: str = "wss://api.deepgram.com"
-    deepgram_stt_model: str = "nova-3"
+    deepgram_stt_model: str = "flux-general-en"
     deepgram_tts_model: str = "aura-2-thalia-en"
     #: Flux models only (``flux-general-en``): the end-of-turn confidence that ends the callee's
     #: turn, and the lower one at which the conversation model is started early (empty: never).
