@@ -174,10 +174,14 @@ class Listener(Reconnecting):
                 await conn.send_keep_alive()
             self._last_send = self._clock()
 
+    def _stream_base(self) -> float:
+        """Stream seconds at the current socket's audio time 0 (what its timestamps are relative to)."""
+        return (self._conn_base - self._lead_in) / BYTES_PER_SECOND
+
     def _handle(self, msg: Any) -> None:
         kind = getattr(msg, "type", None)
         now = self._clock()
-        base = (self._conn_base - self._lead_in) / BYTES_PER_SECOND
+        base = self._stream_base()
         if kind == "Results":
             alts = msg.channel.alternatives
             text = alts[0].transcript if alts else ""

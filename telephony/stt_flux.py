@@ -70,8 +70,6 @@ class FluxListener(Listener):
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
-            if self._sent != self._conn_base:
-                return
             self._lead_in += len(_SILENCE)  # before the await: results may be handled meanwhile
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 await conn.send_media(_SILENCE)
@@ -81,7 +79,7 @@ class FluxListener(Listener):
         if getattr(msg, "type", None) != "TurnInfo":
             return  # Connected; errors arrive as a close, which run() handles
         now = self._clock()
-        base = (self._conn_base - self._lead_in) / BYTES_PER_SECOND
+        base = self._stream_base()
         event, text, words = msg.event, msg.transcript or "", msg.words or []
         if event == "StartOfTurn":
             start = words[0].start if words and words[0].start is not None else msg.audio_window_end
