@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
+from agent.conversation import ClaudeAgent
+from agent.llm import RetryPolicy
 from storage.models import BookingWindow, CallRequest, ChatOrigin, Platform
 
 
@@ -46,3 +48,17 @@ class FakeCalendar:
         if self.fail is not None:
             raise self.fail
         return [(s, e) for s, e in self.spans if s < end and e > start]
+
+
+def claude_agent(client: Any, **overrides: Any) -> ClaudeAgent:
+    """A ``ClaudeAgent`` for ``call_request()``: an empty ``FakeCalendar``, Robin, 25 Nov 2026 9 am in
+    Los Angeles, three attempts 0.25 s apart. Pass ``sleep`` to keep retries from really waiting."""
+    base: dict[str, Any] = dict(
+        model="claude-haiku-5-5",
+        request=call_request(),
+        calendar=FakeCalendar(),
+        assistant_name="Robin",
+        clock=lambda: datetime(2026, 11, 25, 17, 0, tzinfo=UTC),
+        retry=RetryPolicy(max_attempts=3, base_delay=0.25),
+    )
+    return ClaudeAgent(client, **{**base, **overrides})

@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from factories import FakeCalendar, call_request
+from factories import FakeCalendar, claude_agent
 
 from agent.base import AgentAction, CallConnected, CalleeSaid, CallerInput, Hangup, Say, SendDigits
 from agent.conversation import ClaudeAgent
-from agent.llm import RetryPolicy, build_anthropic
+from agent.llm import build_anthropic
 from sandbox.anthropic import SandboxAnthropic
 from storage.errors import ProviderConnectionError
 from storage.models import OutcomeKind
 
 LA = ZoneInfo("America/Los_Angeles")
-KEY = "sk-sandbox-test"
 
 
 class Sleeps:
@@ -32,32 +31,14 @@ class Sleeps:
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxAnthropic]:
-    sb = SandboxAnthropic(api_key=KEY)
-    await sb.start()
-    yield sb
-    await sb.stop()
-
-
-@pytest.fixture
 async def client(sandbox: SandboxAnthropic) -> AsyncIterator[Any]:
-    c = build_anthropic(KEY, sandbox.base_url)
+    c = build_anthropic(sandbox.api_key, sandbox.base_url)
     yield c
     await c.close()
 
 
 def make_agent(client: Any, calendar: FakeCalendar, sleeps: Sleeps | None = None, **kw: Any) -> ClaudeAgent:
-    return ClaudeAgent(
-        client,
-        model="claude-haiku-5-5",
-        request=kw.pop("request", call_request()),
-        calendar=calendar,
-        assistant_name="Robin",
-        clock=lambda: datetime(2026, 11, 25, 17, 0, tzinfo=UTC),
-        sleep=sleeps or Sleeps(),
-        retry=RetryPolicy(max_attempts=3, base_delay=0.25),
-        **kw,
-    )
+    return claude_agent(client, calendar=calendar, sleep=sleeps or Sleeps(), **kw)
 
 
 async def run(agent: ClaudeAgent, event: CallerInput) -> list[AgentAction]:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from factories import FakeCalendar, call_request
+from factories import FakeCalendar, claude_agent
 
 from agent.base import AgentAction, CallConnected, CalleeSaid, Hangup, Say
 from agent.conversation import ClaudeAgent
-from agent.llm import RetryPolicy, build_anthropic
+from agent.llm import build_anthropic
 from sandbox.anthropic import SandboxAnthropic
-
-KEY = "sk-sandbox-test"
 
 
 async def _no_wait(seconds: float) -> None:
@@ -23,26 +20,9 @@ async def _no_wait(seconds: float) -> None:
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxAnthropic]:
-    sb = SandboxAnthropic(api_key=KEY)
-    await sb.start()
-    yield sb
-    await sb.stop()
-
-
-@pytest.fixture
 async def agent(sandbox: SandboxAnthropic) -> AsyncIterator[ClaudeAgent]:
-    client = build_anthropic(KEY, sandbox.base_url)
-    a = ClaudeAgent(
-        client,
-        model="claude-haiku-5-5",
-        request=call_request(),
-        calendar=FakeCalendar(),
-        assistant_name="Robin",
-        clock=lambda: datetime(2026, 11, 25, 17, 0, tzinfo=UTC),
-        sleep=_no_wait,
-        retry=RetryPolicy(max_attempts=3, base_delay=0.25),
-    )
+    client = build_anthropic(sandbox.api_key, sandbox.base_url)
+    a = claude_agent(client, sleep=_no_wait)
     yield a
     await a.aclose()
     await client.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,6 +15,7 @@ from telephony import stt_flux
 from telephony.speech import (
     EagerEndOfTurn,
     FluxListener,
+    Listener,
     SpeechClient,
     SpeechStarted,
     Transcript,
@@ -38,13 +41,27 @@ def flux(dg: SandboxDeepgram, eager: float | None = 0.5) -> SpeechClient:
     )
 
 
-async def play(listener: FluxListener, audio: bytes) -> None:
+@contextlib.asynccontextmanager
+async def running(listener: Listener) -> AsyncIterator[Listener]:
+    """``listener.run()`` in a task, connected on entry; closed and awaited on exit."""
+    task = asyncio.create_task(listener.run())
+    try:
+        async with asyncio.timeout(5):
+            await listener.connected.wait()
+        yield listener
+    finally:
+        await listener.close()
+        async with asyncio.timeout(5):
+            await task
+
+
+async def play(listener: Listener, audio: bytes) -> None:
     for i in range(0, len(audio), FRAME):
         await listener.send(audio[i : i + FRAME])
         await asyncio.sleep(0)
 
 
-async def events_until_final(listener: FluxListener, limit: float = 5.0) -> list[ListenEvent]:
+async def events_until_final(listener: Listener, limit: float = 5.0) -> list[ListenEvent]:
     out: list[ListenEvent] = []
     async with asyncio.timeout(limit):
         while True:
@@ -57,17 +74,10 @@ async def events_until_final(listener: FluxListener, limit: float = 5.0) -> list
 async def test_a_turn_maps_to_speech_started_interims_eager_and_a_final(dg: SandboxDeepgram) -> None:
     listener = flux(dg).listener()
     assert isinstance(listener, FluxListener)
-    task = asyncio.create_task(listener.run())
-    try:
-        async with asyncio.timeout(5):
-            await listener.connected.wait()
+    async with running(listener):
         sent_at = time.monotonic()
         await play(listener, encode_speech("Yes we have Tuesday at three.") + silence(0.5))
         events = await events_until_final(listener)
-    finally:
-        await listener.close()
-        async with asyncio.timeout(5):
-            await task
     query = dg.listens[0].query
     assert query["model"] == "flux-general-en" and query["encoding"] == "mulaw"
     assert query["eager_eot_threshold"] == "0.5" and query["eot_threshold"] == "0.7"
@@ -82,15 +92,9 @@ async def test_a_turn_maps_to_speech_started_interims_eager_and_a_final(dg: Sand
 
 
 async def test_without_eager_mode_there_is_no_early_event(dg: SandboxDeepgram) -> None:
-    listener = flux(dg, eager=None).listener()
-    task = asyncio.create_task(listener.run())
-    try:
+    async with running(flux(dg, eager=None).listener()) as listener:
         await play(listener, encode_speech("Please hold.") + silence(0.5))
         events = await events_until_final(listener)
-    finally:
-        await listener.close()
-        async with asyncio.timeout(5):
-            await task
     assert "eager_eot_threshold" not in dg.listens[0].query
     assert not any(isinstance(e, EagerEndOfTurn | TurnResumed) for e in events)
     assert isinstance(events[-1], Transcript) and events[-1].text == "Please hold."
@@ -102,10 +106,7 @@ async def test_while_the_phone_rings_silence_keeps_the_socket_open_and_times_sta
     monkeypatch.setattr(stt_flux, "KEEPALIVE_SECONDS", 0.05)
     async with SandboxDeepgram(api_key="dg-test-key", idle_timeout=0.3) as dg:
         listener = flux(dg).listener()
-        task = asyncio.create_task(listener.run())
-        try:
-            async with asyncio.timeout(5):
-                await listener.connected.wait()
+        async with running(listener):
             await asyncio.sleep(0.8)  # longer than the idle timeout, no call audio yet
             assert listener.connections == 1 and dg.listens[0].bytes_received > 0
             lead_in = listener._lead_in
@@ -113,10 +114,6 @@ async def test_while_the_phone_rings_silence_keeps_the_socket_open_and_times_sta
             sent_at = time.monotonic()
             await play(listener, encode_speech("Hello?") + silence(0.5))
             events = await events_until_final(listener)
-        finally:
-            await listener.close()
-            async with asyncio.timeout(5):
-                await task
     final = events[-1]
     assert isinstance(final, Transcript) and final.text == "Hello?"
     # the lead-in silence is not counted as call audio: the word's end maps to when it was sent

@@ -7,20 +7,16 @@ without a byte — exactly what a stuck upstream looks like to the client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from datetime import date, time
 from typing import Any
-
-import pytest
 
 from agent.base import AgentAction, CallConnected, Hangup, Say
 from agent.conversation import APOLOGY, ClaudeAgent
 from agent.llm import RetryPolicy, build_anthropic
 from sandbox.anthropic import SandboxAnthropic
 from storage.models import BookingWindow, CallRequest, ChatOrigin, OutcomeKind, Platform
-
-KEY = "sk-sandbox-timeouts"
 
 
 class NoCalendar:
@@ -41,14 +37,6 @@ def request() -> CallRequest:
     )
 
 
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxAnthropic]:
-    sb = SandboxAnthropic(api_key=KEY)
-    await sb.start()
-    yield sb
-    await sb.stop()
-
-
 async def collect(agent: ClaudeAgent) -> list[AgentAction]:
     async with aclosing(agent.reply(CallConnected())) as actions:  # type: ignore[type-var]
         return [a async for a in actions]
@@ -67,7 +55,7 @@ def make_agent(client: Any, sleep: Callable[[float], Awaitable[None]]) -> Claude
 
 
 async def test_a_stalled_stream_is_retried_with_a_filler(sandbox: SandboxAnthropic) -> None:
-    client = build_anthropic(KEY, sandbox.base_url, read_timeout=0.3)
+    client = build_anthropic(sandbox.api_key, sandbox.base_url, read_timeout=0.3)
     waits: list[float] = []
     sandbox.ttft_ms = 2000  # stalls far past the 0.3 s read timeout
 
@@ -88,7 +76,7 @@ async def test_a_stalled_stream_is_retried_with_a_filler(sandbox: SandboxAnthrop
 
 
 async def test_a_model_that_keeps_stalling_ends_the_call_politely(sandbox: SandboxAnthropic) -> None:
-    client = build_anthropic(KEY, sandbox.base_url, read_timeout=0.2)
+    client = build_anthropic(sandbox.api_key, sandbox.base_url, read_timeout=0.2)
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
