@@ -137,29 +137,21 @@ def table(d: dict[str, Any]) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies = PUBLISHED if args.provider_latency == "published" else {}
+
+    def bench_for(numbers: int) -> Bench:
+        return Bench(
+            numbers=numbers, pace=args.pace, latencies=latencies, shards=args.shards,
+            freeze=args.freeze, stt_model=args.stt_model,
+        )  # fmt: skip
+
     if not args.max_calls:
-        bench_ = Bench(
-            numbers=args.calls,
-            pace=args.pace,
-            latencies=latencies,
-            shards=args.shards,
-            freeze=args.freeze,
-            stt_model=args.stt_model,
-        )
-        async with bench_ as bench:
+        async with bench_for(args.calls) as bench:
             r = await bench.round(args.calls, ramp=args.ramp)
         return report(r, provider_latency=args.provider_latency)
     levels = [n for n in args.levels if n <= args.ceiling]
     held: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
-    async with Bench(
-        numbers=max(levels),
-        pace=args.pace,
-        latencies=latencies,
-        shards=args.shards,
-        freeze=args.freeze,
-        stt_model=args.stt_model,
-    ) as bench:
+    async with bench_for(max(levels)) as bench:
         for n in levels:
             r = await bench.round(n, ramp=args.ramp)
             d = report(r, provider_latency=args.provider_latency)
