@@ -112,6 +112,53 @@ def test_cut_then_new_audio_without_silence_drops_the_cut_word() -> None:
     assert [e.word for e in events if isinstance(e, WordHeard)] == ["alpha", "gamma"]
 
 
+def _reference_feed(state: dict[str, object], chunk: bytes) -> list[object]:
+    """The byte-at-a-time decoder the layout describes (the decoder scans with ``re`` instead)."""
+    events: list[object] = []
+    for b in chunk:
+        offset = state["offset"]
+        assert isinstance(offset, int)
+        state["offset"] = offset + 1
+        if b in (0xFF, 0x7F):
+            if state["voice"]:
+                events.append(VoiceEnd(offset))
+                state["voice"] = False
+            state["reading"] = False
+            continue
+        if not state["voice"]:
+            events.append(VoiceStart(offset))
+            state["voice"] = True
+        text = state["text"]
+        assert isinstance(text, bytearray)
+        if b == 0x01:
+            state["reading"] = True
+            text.clear()
+        elif state["reading"]:
+            if b == 0x02:
+                state["reading"] = False
+                if text:
+                    events.append(WordHeard(text.decode("ascii"), offset + 1))
+            elif 0x21 <= b <= 0x7E:
+                text.append(b)
+            else:
+                state["reading"] = False
+    return events
+
+
+# Markers, silence, text, filler and bytes that are none of these, so every rule is hit often.
+_SPEECHY = st.lists(st.sampled_from(b"\x01\x02\xff\x7fA~!\x80\xfe \x00"), max_size=400).map(bytes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=_SPEECHY, seed=st.integers(0, 10_000))
+def test_decoder_matches_the_byte_by_byte_rules(data: bytes, seed: int) -> None:
+    decoder = SpeechDecoder()
+    state: dict[str, object] = {"offset": 0, "voice": False, "reading": False, "text": bytearray()}
+    for chunk in rechunk(data, random.Random(seed), max_size=50):
+        assert decoder.feed(chunk) == _reference_feed(state, chunk)
+    assert decoder.in_voice == state["voice"]
+
+
 @pytest.mark.parametrize("tone_ms", [40, 100])
 def test_dtmf_detects_all_keys(tone_ms: int) -> None:
     keys = "123A456B789C*0#D"
