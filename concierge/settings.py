@@ -77,9 +77,10 @@ class Settings(BaseSettings):
     deepgram_eot_threshold: float = Field(default=0.7, ge=0.5, le=0.9)
     deepgram_eager_eot_threshold: float | None = Field(default=0.5, ge=0.3, le=0.9)
     #: Inbound call audio is forwarded to speech-to-text in chunks of this many ms (20 = every
-    #: Twilio frame). 40 halves the websocket sends per call (the biggest per-call CPU cost) for
-    #: at most 20 ms more before a transcript; Deepgram recommends 20-250 ms per message.
-    stt_chunk_ms: int = Field(default=40, ge=20, le=250)
+    #: Twilio frame). Empty: what Deepgram recommends for the model, 80 ms for Flux (it listens
+    #: in 80 ms steps) and 40 for Nova (half the sends of frame-by-frame for at most 20 ms more
+    #: before a transcript). Websocket sends are the biggest per-call CPU cost.
+    stt_chunk_ms: int | None = Field(default=None, ge=20, le=250)
 
     # Conversation model
     anthropic_api_key: str = ""
@@ -117,7 +118,7 @@ class Settings(BaseSettings):
     person_region: str = "US"
     assistant_name: str = "Robin"
 
-    @field_validator("deepgram_eager_eot_threshold", mode="before")
+    @field_validator("deepgram_eager_eot_threshold", "stt_chunk_ms", mode="before")
     @classmethod
     def _off_is_none(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "false"):

@@ -47,8 +47,19 @@ from telephony.tts import Speaker
 __all__ = [
     "BYTES_PER_SECOND", "EagerEndOfTurn", "FluxListener", "KEEPALIVE_SECONDS", "MAX_BUFFER_BYTES",
     "Listener", "SpeakEvent", "Speaker", "SpeechClient", "SpeechStarted", "Transcript", "TtsAudio",
+    "default_chunk_ms",
     "TtsCleared", "TtsFlushed", "TurnResumed", "UtteranceEnd",
 ]  # fmt: skip
+
+
+def default_chunk_ms(stt_model: str) -> int:
+    """Audio per listen-socket message when the settings leave it open.
+
+    Flux: 80 ms, which Deepgram "strongly recommends" for Flux (its model steps in 80 ms; smaller
+    messages only cost sends). Nova: 40 ms, half the sends of frame-by-frame forwarding for at
+    most 20 ms more before a transcript.
+    """
+    return 80 if is_flux(stt_model) else 40
 
 
 class SpeechClient:
@@ -63,7 +74,8 @@ class SpeechClient:
         tts_model: speak voice, e.g. ``aura-2-thalia-en``.
         clock: monotonic clock for event timestamps.
         stt_chunk_ms: inbound audio is sent to the listen socket in chunks of this many ms
-            (``Listener.send``); 20 forwards every Twilio frame as it comes.
+            (``Listener.send``); 20 forwards every Twilio frame as it comes. None: the model's
+            recommended size (``default_chunk_ms``).
         eot_threshold: Flux only: confidence at which a turn ends (0.5–0.9).
         eager_eot_threshold: Flux only: confidence at which Flux says the turn has probably ended
             and the model is started early (0.3–0.9, at most ``eot_threshold``); None: not eager.
@@ -78,14 +90,15 @@ class SpeechClient:
         stt_model: str = "nova-3",
         tts_model: str = "aura-2-thalia-en",
         clock: Clock = time.monotonic,
-        stt_chunk_ms: int = 20,
+        stt_chunk_ms: int | None = None,
         eot_threshold: float = 0.7,
         eager_eot_threshold: float | None = None,
     ) -> None:
         self.stt_model = stt_model
         self.eot_threshold = eot_threshold
         self.eager_eot_threshold = eager_eot_threshold
-        self.stt_chunk_bytes = max(1, BYTES_PER_SECOND * stt_chunk_ms // 1000)
+        chunk_ms = default_chunk_ms(stt_model) if stt_chunk_ms is None else stt_chunk_ms
+        self.stt_chunk_bytes = max(1, BYTES_PER_SECOND * chunk_ms // 1000)
         self.tts_model = tts_model
         self.clock = clock
         env = DeepgramClientEnvironment(base=http_url, production=ws_url, agent=ws_url, agent_rest=http_url)

@@ -59,3 +59,28 @@ def test_bad_database_url_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DATABASE_URL", "postgres://x")
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         _ = Settings(_env_file=None).database_path
+
+
+@pytest.mark.parametrize(
+    ("model", "env", "chunk_bytes"),
+    [
+        ("flux-general-en", "", 640),  # Deepgram's 80 ms for Flux
+        ("nova-3", "", 320),
+        ("flux-general-en", "20", 160),  # an explicit size wins
+    ],
+)
+def test_stt_chunk_defaults_to_the_models_recommendation(
+    monkeypatch: pytest.MonkeyPatch, model: str, env: str, chunk_bytes: int
+) -> None:
+    from telephony.speech import SpeechClient
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("DEEPGRAM_STT_MODEL", model)
+    monkeypatch.setenv("STT_CHUNK_MS", env)
+    s = Settings(_env_file=None)
+    assert s.stt_chunk_ms == (int(env) if env else None)
+    client = SpeechClient(
+        api_key="k", http_url="http://127.0.0.1:1", ws_url="ws://127.0.0.1:1",
+        stt_model=s.deepgram_stt_model, stt_chunk_ms=s.stt_chunk_ms,
+    )  # fmt: skip
+    assert client.stt_chunk_bytes == chunk_bytes
