@@ -38,6 +38,8 @@ from telephony.frame_stats import FrameStats
 from telephony.playback import AssistantTurn, Playback
 from telephony.speech import (
     EagerEndOfTurn,
+    ListenEvent,
+    SpeakEvent,
     SpeechStarted,
     TtsAudio,
     TtsCleared,
@@ -244,8 +246,9 @@ class CallSession:
             self.end("media stream never connected", hang_up=True)
             return
         self._log.started_at = self._clock()
-        self._spawn(self._speak_rx())
-        self._spawn(self._listen_rx())
+        # Events are handled in the sockets' own receive tasks from here on (deliver_to).
+        await self.speaker.deliver_to(self._on_speak)
+        await self.listener.deliver_to(self._on_listen)
         await self._twilio_rx()
 
     async def _twilio_rx(self) -> None:
@@ -300,35 +303,33 @@ class CallSession:
         elif due == "give_up":
             self.end("callee silent", hang_up=True)
 
-    async def _listen_rx(self) -> None:
-        while True:
-            ev = await self.listener.events.get()
-            if isinstance(ev, SpeechStarted):
+    async def _on_listen(self, ev: ListenEvent) -> None:
+        if isinstance(ev, SpeechStarted):
+            self._timers.callee_active(self._audio_s)
+            self._speech_started_at = ev.onset or ev.t
+            if self._utterance_at is None:
+                self._utterance_at = self._log.since_start(self._speech_started_at)
+            if self._assistant_busy():
+                await self._barge_in(ev.t)  # reaction is measured from the event's receipt
+        elif isinstance(ev, SttTranscript):
+            if ev.text.strip():
                 self._timers.callee_active(self._audio_s)
-                self._speech_started_at = ev.onset or ev.t
                 if self._utterance_at is None:
-                    self._utterance_at = self._log.since_start(self._speech_started_at)
-                if self._assistant_busy():
-                    await self._barge_in(ev.t)  # reaction is measured from the event's receipt
-            elif isinstance(ev, SttTranscript):
-                if ev.text.strip():
-                    self._timers.callee_active(self._audio_s)
-                    if self._utterance_at is None:
-                        self._utterance_at = self._log.since_start(ev.t)
-                    if not ev.is_final and self._assistant_busy():
-                        await self._barge_in(ev.t)
-                    if ev.is_final:
-                        self._utterance.append(ev.text.strip())
-                if ev.speech_final and self._utterance:
-                    self._utterance_done(ev)
-            elif isinstance(ev, UtteranceEnd) and self._utterance:
-                self._utterance_done(None)
-            elif isinstance(ev, EagerEndOfTurn):
-                self._prepare(ev.text)
-            elif isinstance(ev, TurnResumed):
-                discard = getattr(self._agent, "discard_prepared", None)
-                if discard is not None:
-                    discard()
+                    self._utterance_at = self._log.since_start(ev.t)
+                if not ev.is_final and self._assistant_busy():
+                    await self._barge_in(ev.t)
+                if ev.is_final:
+                    self._utterance.append(ev.text.strip())
+            if ev.speech_final and self._utterance:
+                self._utterance_done(ev)
+        elif isinstance(ev, UtteranceEnd) and self._utterance:
+            self._utterance_done(None)
+        elif isinstance(ev, EagerEndOfTurn):
+            self._prepare(ev.text)
+        elif isinstance(ev, TurnResumed):
+            discard = getattr(self._agent, "discard_prepared", None)
+            if discard is not None:
+                discard()
 
     def _prepare(self, text: str) -> None:
         """Start the model on a turn that has probably ended (Flux eager mode; ``agent.early``).
@@ -354,32 +355,30 @@ class CallSession:
             turn.stt_final = final.t if final else self._clock()
             turn.speech_end = final.speech_end if final else None
 
-    async def _speak_rx(self) -> None:
-        assert self._playback is not None
+    async def _on_speak(self, ev: SpeakEvent) -> None:
         playback = self._playback
-        while True:
-            ev = await self.speaker.events.get()
-            if isinstance(ev, TtsAudio):
-                clause = playback.tts_clause
-                if clause is None:
-                    continue  # stale audio of a cleared reply
-                turn = clause.turn
-                if turn.tts_first_byte is None:
-                    turn.tts_first_byte = self._clock()
-                for media, mark in playback.pieces(clause, ev.data):
-                    if not await self._send(media):
-                        return
-                    if turn.first_audio_out is None:
-                        turn.first_audio_out = self._clock()
-                        self._notify()  # the reply holds back until now (replies._first_audio_first)
-                    await self._send(mark)
-            elif isinstance(ev, TtsFlushed):
-                clause = playback.on_flushed()
-                if clause is not None:
-                    self._settled(clause.turn)
-                self._notify()
-            elif isinstance(ev, TtsCleared):
-                playback.on_cleared()
+        assert playback is not None
+        if isinstance(ev, TtsAudio):
+            clause = playback.tts_clause
+            if clause is None:
+                return  # stale audio of a cleared reply
+            turn = clause.turn
+            if turn.tts_first_byte is None:
+                turn.tts_first_byte = self._clock()
+            for media, mark in playback.pieces(clause, ev.data):
+                if not await self._send(media):
+                    return
+                if turn.first_audio_out is None:
+                    turn.first_audio_out = self._clock()
+                    self._notify()  # the reply holds back until now (replies._first_audio_first)
+                await self._send(mark)
+        elif isinstance(ev, TtsFlushed):
+            clause = playback.on_flushed()
+            if clause is not None:
+                self._settled(clause.turn)
+            self._notify()
+        elif isinstance(ev, TtsCleared):
+            playback.on_cleared()
 
     # --- replies and barge-in (telephony.replies) ---------------------------------------------
 

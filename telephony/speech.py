@@ -31,6 +31,7 @@ from telephony.speech_common import (
     Clock,
     DeepgramClientEnvironment,
     EagerEndOfTurn,
+    ListenEvent,
     SpeakEvent,
     SpeechStarted,
     Transcript,
@@ -45,10 +46,10 @@ from telephony.stt_flux import FluxListener, is_flux
 from telephony.tts import Speaker
 
 __all__ = [
-    "BYTES_PER_SECOND", "EagerEndOfTurn", "FluxListener", "KEEPALIVE_SECONDS", "MAX_BUFFER_BYTES",
-    "Listener", "SpeakEvent", "Speaker", "SpeechClient", "SpeechStarted", "Transcript", "TtsAudio",
+    "BYTES_PER_SECOND", "EagerEndOfTurn", "FluxListener", "KEEPALIVE_SECONDS", "ListenEvent",
+    "MAX_BUFFER_BYTES", "Listener", "SpeakEvent", "Speaker", "SpeechClient", "SpeechStarted",
+    "Transcript", "TtsAudio", "TtsCleared", "TtsFlushed", "TurnResumed", "UtteranceEnd",
     "default_chunk_ms",
-    "TtsCleared", "TtsFlushed", "TurnResumed", "UtteranceEnd",
 ]  # fmt: skip
 
 

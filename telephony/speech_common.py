@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,28 @@ class Reconnecting:
     _closing: bool
     _conn: Any
     connected: asyncio.Event
+    events: asyncio.Queue[Any]
+    _handler: Callable[[Any], Awaitable[None]] | None = None
+
+    async def deliver_to(self, handler: Callable[[Any], Awaitable[None]]) -> None:
+        """From now on, hand each event to ``handler`` in this socket's receive task, not to ``events``.
+
+        Why: a queue costs every event one more pass through the event loop, behind whatever else
+        is ready; on the path of a reply's first audio that was ~0.1 ms at the median and up to
+        ~0.8 ms at p95 with 20 calls (bench). The handler runs where the message was parsed, so
+        events keep their order, and the socket reads its next message once the handler is done
+        (its awaits are sends). Events queued before the call keep their place: they go first.
+        """
+        while not self.events.empty():
+            await handler(self.events.get_nowait())
+        self._handler = handler  # no await since the queue was seen empty: nothing can slip in
+
+    async def _emit(self, event: Any) -> None:
+        handler = self._handler
+        if handler is None:
+            self.events.put_nowait(event)
+        else:
+            await handler(event)
 
     async def _session(self) -> None:
         raise NotImplementedError

@@ -144,7 +144,7 @@ class Listener(Reconnecting):
             keepalive = asyncio.create_task(self._keepalive(conn))
             try:
                 async for msg in conn:
-                    self._handle(msg)
+                    await self._handle(msg)
                     if self._conn is None and not self._closing:
                         # a send failed: the socket is gone even if iteration has not noticed
                         raise ConnectionClosed(None, None)
@@ -178,7 +178,7 @@ class Listener(Reconnecting):
         """Stream seconds at the current socket's audio time 0 (what its timestamps are relative to)."""
         return (self._conn_base - self._lead_in) / BYTES_PER_SECOND
 
-    def _handle(self, msg: Any) -> None:
+    async def _handle(self, msg: Any) -> None:
         kind = getattr(msg, "type", None)
         now = self._clock()
         base = self._stream_base()
@@ -190,12 +190,12 @@ class Listener(Reconnecting):
                 speech_end = self.arrival_time(base + alts[0].words[-1].end)
             if msg.is_final:
                 self._finalized(base + float(msg.start or 0) + float(msg.duration or 0))
-            self.events.put_nowait(
+            await self._emit(
                 Transcript(text or "", bool(msg.is_final), bool(msg.speech_final), now, speech_end)
             )
         elif kind == "SpeechStarted":
             ts = getattr(msg, "timestamp", None)
             onset = self.arrival_time(base + ts) if isinstance(ts, int | float) else None
-            self.events.put_nowait(SpeechStarted(now, onset))
+            await self._emit(SpeechStarted(now, onset))
         elif kind == "UtteranceEnd":
-            self.events.put_nowait(UtteranceEnd(now))
+            await self._emit(UtteranceEnd(now))

@@ -75,7 +75,7 @@ class FluxListener(Listener):
                 await conn.send_media(_SILENCE)
             self._last_send = self._clock()
 
-    def _handle(self, msg: Any) -> None:
+    async def _handle(self, msg: Any) -> None:
         if getattr(msg, "type", None) != "TurnInfo":
             return  # Connected; errors arrive as a close, which run() handles
         now = self._clock()
@@ -83,16 +83,16 @@ class FluxListener(Listener):
         event, text, words = msg.event, msg.transcript or "", msg.words or []
         if event == "StartOfTurn":
             start = words[0].start if words and words[0].start is not None else msg.audio_window_end
-            self.events.put_nowait(SpeechStarted(now, self.arrival_time(base + float(start))))
+            await self._emit(SpeechStarted(now, self.arrival_time(base + float(start))))
         elif event == "Update":
             if text:
-                self.events.put_nowait(Transcript(text, False, False, now))
+                await self._emit(Transcript(text, False, False, now))
         elif event == "EagerEndOfTurn":
-            self.events.put_nowait(EagerEndOfTurn(text, now))
+            await self._emit(EagerEndOfTurn(text, now))
         elif event == "TurnResumed":
-            self.events.put_nowait(TurnResumed(now))
+            await self._emit(TurnResumed(now))
         elif event == "EndOfTurn":
             self._finalized(base + float(msg.audio_window_end))
             end = words[-1].end if words else None
             speech_end = self.arrival_time(base + float(end)) if end is not None else None
-            self.events.put_nowait(Transcript(text, True, True, now, speech_end))
+            await self._emit(Transcript(text, True, True, now, speech_end))

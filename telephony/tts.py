@@ -90,7 +90,7 @@ class Speaker(Reconnecting):
             if self._clearing:
                 # the Clear never reached the old socket; this one holds nothing from before it
                 self._clearing = False
-                self.events.put_nowait(TtsCleared())
+                await self._emit(TtsCleared())
             i = 0
             while i < len(self._unacked):  # sends made during the replay are appended: keep going
                 op, text = self._unacked[i]
@@ -111,15 +111,15 @@ class Speaker(Reconnecting):
     async def _receive(self, conn: Any) -> None:
         async for msg in conn:
             if isinstance(msg, bytes):
-                self.events.put_nowait(TtsAudio(msg))
+                await self._emit(TtsAudio(msg))
                 continue
             kind = getattr(msg, "type", None)
             if kind == "Flushed":
                 self._acked_flush()
-                self.events.put_nowait(TtsFlushed())
+                await self._emit(TtsFlushed())
             elif kind == "Cleared":
                 self._clearing = False
-                self.events.put_nowait(TtsCleared())
+                await self._emit(TtsCleared())
             elif kind == "Warning":
                 log.warning("deepgram speak warning: %s", getattr(msg, "description", msg))
 
