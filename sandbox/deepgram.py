@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from aiohttp import WSMsgType, web
 
 from sandbox.deepgram_flux import FluxTranscriber
 from sandbox.deepgram_stt import Transcriber
-from sandbox.speech import SAMPLE_RATE, encode_speech
+from sandbox.speech import SAMPLE_RATE, iter_speech
 
 _IDLE_SECONDS = 10.0
 
@@ -369,15 +369,26 @@ class SandboxDeepgram:
             text, sequence = await jobs.get()
             if self.tts_ttfb_ms > 0:
                 await asyncio.sleep(self.tts_ttfb_ms / 1000)
-            audio = encode_speech(text, words_per_second=self.tts_words_per_second)
-            step = max(1, self.tts_chunk_bytes)
-            for i in range(0, len(audio), step):
+            for chunk in self._tts_chunks(text):
                 if ws.closed:
                     return
-                await ws.send_bytes(audio[i : i + step])
-                session.audio_bytes_sent += len(audio[i : i + step])
+                await ws.send_bytes(chunk)
+                session.audio_bytes_sent += len(chunk)
                 await asyncio.sleep(0)  # let a Clear in between chunks win
             await self._send_json(ws, session, {"type": "Flushed", "sequence_id": sequence})
+
+    def _tts_chunks(self, text: str) -> Iterator[bytes]:
+        """The clause's audio in ``tts_chunk_bytes`` pieces, rendered word by word as they are needed:
+        the first audio goes out before the rest of the clause is rendered, as a real TTS streams."""
+        step = max(1, self.tts_chunk_bytes)
+        audio = bytearray()
+        for word in iter_speech(text, words_per_second=self.tts_words_per_second):
+            audio += word
+            while len(audio) >= step:
+                yield bytes(audio[:step])
+                del audio[:step]
+        if audio:
+            yield bytes(audio)
 
     async def _send_json(
         self, ws: web.WebSocketResponse, session: SpeakSession, message: dict[str, Any]

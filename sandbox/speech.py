@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 SAMPLE_RATE = 8000
@@ -33,6 +34,7 @@ _MIN_FILLER = 8
 _SILENCE_RUN = re.compile(rb"[\x7f\xff]+")
 _TEXT_RUN = re.compile(rb"[\x21-\x7e]*")
 _START_BYTE = bytes([_START])
+_END_BYTE = bytes([_END])
 
 
 @dataclass(frozen=True)
@@ -81,19 +83,20 @@ def encode_speech(text: str, *, words_per_second: float = 3.0) -> bytes:
     Returns:
         µ-law bytes (deterministic for a given text and rate).
     """
+    return b"".join(iter_speech(text, words_per_second=words_per_second))
+
+
+def iter_speech(text: str, *, words_per_second: float = 3.0) -> Iterator[bytes]:
+    """``encode_speech`` one word slot at a time (the same bytes), so a TTS can stream the first
+    word's audio before it has rendered the rest, as a real one does."""
     if words_per_second <= 0:
         raise ValueError("words_per_second must be positive")
     slot = max(1, round(SAMPLE_RATE / words_per_second))
     rng = random.Random(len(text) * 7919 + slot)
-    out = bytearray()
     for word in _ascii_words(text):
         encoded = word.encode("ascii")
         filler_len = max(_MIN_FILLER, slot - len(encoded) - 2)
-        out += rng.randbytes(filler_len).translate(_FILLER_TABLE)
-        out.append(_START)
-        out += encoded
-        out.append(_END)
-    return bytes(out)
+        yield b"".join((rng.randbytes(filler_len).translate(_FILLER_TABLE), _START_BYTE, encoded, _END_BYTE))
 
 
 def silence(seconds: float) -> bytes:

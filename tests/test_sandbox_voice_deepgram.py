@@ -138,9 +138,12 @@ async def test_speak_flush_audio_decodes_and_clear(dg: SandboxDeepgram) -> None:
         await conn.send_text(SpeakV1Text(text="calling for Sam."))
         await conn.send_flush()
         msgs = await recv_until(conn, "Flushed")
-        audio = b"".join(m for m in msgs if isinstance(m, bytes))
+        chunks = [m for m in msgs if isinstance(m, bytes)]
+        audio = b"".join(chunks)
         assert decode_text(audio) == "Hi, this is an AI assistant calling for Sam."
-        assert max(len(m) for m in msgs if isinstance(m, bytes)) == 800
+        # rendered word by word, but cut from the clause's byte stream: 800-byte chunks, then the rest
+        assert audio == encode_speech("Hi, this is an AI assistant calling for Sam.")
+        assert {len(c) for c in chunks[:-1]} == {800} and 0 < len(chunks[-1]) <= 800
         assert msgs[-1].sequence_id == 0
         await conn.send_text(SpeakV1Text(text="never mind"))
         await conn.send_clear()
