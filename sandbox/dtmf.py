@@ -31,6 +31,12 @@ _KEYS = ("123A", "456B", "789C", "*0#D")
 _MIN_MEAN_SQUARE = 100.0**2  # quieter than this is line noise, not a key press
 _MIN_SHARE = 0.08  # power / (energy * N); a clean equal-level two-tone pair gives ~0.25
 _DOMINANCE = 4.0  # strongest tone vs the runner-up of its group
+#: Zero crossings a window must have to be worth measuring. Passing the share test takes at least
+#: ~66 samples of a (zero-mean) key's two tones, which cross zero 11 times or more (the fewest
+#: seen in any detecting window: 14). Sandbox speech is samples of one sign with its text bytes of
+#: the other: at most 2 crossings, so the callee, which hears every frame the assistant plays,
+#: skips the eight tone measurements on speech (they were the sandbox Twilio's largest cost).
+_MIN_CROSSINGS = 6
 
 
 _SCALE = 32767.0
@@ -77,6 +83,8 @@ def _window_digit(window: bytes) -> str | None:
     energy = float(audioop.rms(window, 2)) ** 2 * _WINDOW
     if energy < _MIN_MEAN_SQUARE * _WINDOW:
         return None
+    if audioop.cross(window, 2) < _MIN_CROSSINGS:
+        return None  # not two tones (sandbox speech: one sign but at its text), skip the 8 measurements
     row = _best(_powers(window, slice(0, 4)), energy)
     if row is None:  # speech: no need to look at the column tones
         return None

@@ -182,6 +182,28 @@ def test_dtmf_ignores_speech_and_silence() -> None:
     assert det.feed(encode_speech(text, words_per_second=20.0)) == []
 
 
+def test_dtmf_zero_crossing_precheck_changes_no_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cheap pre-check only skips windows that could not hold a key, and it skips speech."""
+    from sandbox import dtmf
+    from telephony.audio import dtmf_tones
+
+    clips = [
+        dtmf_tones("0123456789*#ABCD"),
+        tones("0123456789*#ABCD", tone_ms=40, gap_ms=40),
+        tones("159#", amplitude=1500),
+        tones("2580", amplitude=14000, gap_ms=20),
+        encode_speech("press one " * 5) + tones("1") + encode_speech("then two") + tones("2"),
+    ]
+    found = [detect_digits(c) for c in clips]
+    assert found[0] == "0123456789*#ABCD" and found[4] == "12"
+    measured: list[int] = []
+    original_powers = dtmf._powers
+    monkeypatch.setattr(dtmf, "_powers", lambda *a: measured.append(1) or original_powers(*a))
+    assert detect_digits(encode_speech("nothing to hear here " * 10)) == "" and not measured
+    monkeypatch.setattr(dtmf, "_MIN_CROSSINGS", 0)  # every window measured
+    assert [detect_digits(c) for c in clips] == found
+
+
 def test_dtmf_ignores_single_tone_and_quiet_tones() -> None:
     pcm = b"".join(
         int(6000 * math.sin(2 * math.pi * 941 * i / 8000)).to_bytes(2, "little", signed=True)
