@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from sandbox.callee import CalleeScript
+from sandbox.frame_clock import FrameClock
 from sandbox.twilio_call import FINAL_STATUSES, Behavior, CallRunner, Program, SandboxCall, new_sid
 
 __all__ = ["Behavior", "SandboxCall", "SandboxTwilio"]
@@ -51,6 +52,7 @@ class SandboxTwilio:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.pace = pace
+        self._clock = FrameClock(pace)  # one audio clock for all of this server's media streams
         self.ring_seconds = ring_seconds
         self.calls: dict[str, SandboxCall] = {}
         self.requests: list[tuple[str, str, dict[str, list[str]], int]] = []  # method, path, form, status
@@ -85,6 +87,7 @@ class SandboxTwilio:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._clock.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -176,8 +179,9 @@ class SandboxTwilio:
         self.calls[call.sid] = call
         assert self._http is not None
         runner = CallRunner(
-            call, http=self._http, auth_token=self.auth_token, pace=self.pace, ring_seconds=self.ring_seconds
-        )
+            call, http=self._http, auth_token=self.auth_token, pace=self.pace, ring_seconds=self.ring_seconds,
+            clock=self._clock,
+        )  # fmt: skip
         task = asyncio.get_running_loop().create_task(runner.run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -23,6 +23,7 @@ import aiohttp
 from twilio.request_validator import RequestValidator
 
 from sandbox.callee import Callee, CalleeScript, Say
+from sandbox.frame_clock import FrameClock
 
 FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -132,8 +133,10 @@ class CallRunner:
         auth_token: str,
         pace: float,
         ring_seconds: float,
+        clock: FrameClock | None = None,
     ) -> None:
         self.call = call
+        self.clock = clock or FrameClock(pace)  # shared by the calls of one SandboxTwilio
         self.http = http
         self.validator = RequestValidator(auth_token)
         self.pace = pace

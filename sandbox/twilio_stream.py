@@ -1,29 +1,27 @@
 """The media-stream side of a sandbox Twilio call: one audio clock for both directions.
 
-Why one clock: every 20 ms / pace the pump plays up to 160 bytes of the app's buffered audio to
-the callee and sends the callee's next 160-byte frame to the app. Marks, the callee script, the
+Why one clock: every 20 ms / pace (``sandbox.frame_clock`` steps every call of the process) the
+pump plays up to 160 bytes of the app's buffered audio to the callee and sends the callee's next
+160-byte frame to the app. Marks, the callee script, the
 time limit and the stream drop all count these frames, so results never depend on pace or load.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
 import json
-import math
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from sandbox.callee import FRAME_BYTES, FRAME_SECONDS
+from sandbox.callee import FRAME_BYTES
 
 if TYPE_CHECKING:
     from sandbox.twilio_call import CallRunner
 
 _DROP_GRACE_SECONDS = 2.0
-FRAME_SLOTS = 4  # phases a call's frames can take within one frame time (see MediaPump._pump)
 
 
 def _new_stream_sid() -> str:
@@ -46,6 +44,8 @@ class MediaPump:
         self.marks: list[tuple[int, str]] = []
         self.seq = 0
         self.app_closed = False
+        self.time_limit = float(self.call.param("TimeLimit") or 14400)
+        self.drop_after = self.call.program.drop_stream_after
 
     async def send(self, message: dict[str, Any]) -> None:
         self.seq += 1
@@ -75,7 +75,7 @@ class MediaPump:
             },
         })  # fmt: skip
         receiver = self.runner.spawn(self._receive())
-        dropped = await self._pump()
+        dropped = await self.runner.clock.play(self)
         if dropped:
             await self._abort()
             receiver.cancel()
@@ -100,54 +100,45 @@ class MediaPump:
         with contextlib.suppress(Exception):
             await self.ws.close()
 
-    async def _pump(self) -> bool:
-        """Run the audio clock until the call ends; True if the stream was dropped."""
-        call, callee, runner = self.call, self.call.callee, self.runner
-        time_limit = float(call.param("TimeLimit") or 14400)
-        drop_after = call.program.drop_stream_after
-        loop = asyncio.get_running_loop()
-        # Frame deadlines sit on a grid of FRAME_SLOTS per frame, shared by every call of this
-        # process: asyncio runs all timers due at one instant in one pass, so N calls cost
-        # FRAME_SLOTS wake-ups per frame instead of N, in this process and in the app's.
-        slot = FRAME_SECONDS / runner.pace / FRAME_SLOTS
-        tick = math.ceil(loop.time() / slot)
-        head = f'{{"event":"media","streamSid":"{self.stream_sid}","sequenceNumber":"'
-        while True:
-            played = bytes(self.buffer[:FRAME_BYTES])
-            del self.buffer[: len(played)]
-            self.played += len(played)
-            while self.marks and self.marks[0][0] <= self.played:
-                await self.echo_mark(self.marks.pop(0)[1])
-            frame = callee.tick(played)
-            if frame is None:
-                call.ended_by = "callee"
-                return False
-            # One formatted string, not a dict through json.dumps: every call sends 50 of these a
-            # second (the same message as send() builds; sids and numbers need no escaping).
-            payload = binascii.b2a_base64(frame, newline=False).decode("ascii")
-            self.seq += 1
-            chunk = callee.frames
-            message = (
-                f'{head}{self.seq}","media":{{"track":"inbound","chunk":"{chunk}",'
-                f'"timestamp":"{(chunk - 1) * 20}","payload":"{payload}"}}}}'
-            )
-            try:
-                await self.ws.send_str(message)
-            except (ConnectionError, aiohttp.ClientError):
-                self.app_closed = True
-            if self.app_closed:
-                call.ended_by = "stream_closed"
-                return False
-            if drop_after is not None and callee.seconds >= drop_after:
-                return True
-            if callee.seconds >= time_limit:
-                call.ended_by = "time_limit"
-                return False
-            if call.hangup_requested.is_set():
-                call.ended_by = "api"
-                return False
-            tick += FRAME_SLOTS
-            await asyncio.sleep(max(0.0, tick * slot - loop.time()))
+    async def step(self) -> bool | None:
+        """One frame of the audio clock (``FrameClock``): None to go on, else True if the stream
+        was dropped (network loss) and False if the call ended another way."""
+        call, callee = self.call, self.call.callee
+        played = bytes(self.buffer[:FRAME_BYTES])
+        del self.buffer[: len(played)]
+        self.played += len(played)
+        while self.marks and self.marks[0][0] <= self.played:
+            await self.echo_mark(self.marks.pop(0)[1])
+        frame = callee.tick(played)
+        if frame is None:
+            call.ended_by = "callee"
+            return False
+        # One formatted string, not a dict through json.dumps: every call sends 50 of these a
+        # second (the same message as send() builds; sids and numbers need no escaping).
+        payload = binascii.b2a_base64(frame, newline=False).decode("ascii")
+        self.seq += 1
+        chunk = callee.frames
+        message = (
+            f'{{"event":"media","streamSid":"{self.stream_sid}","sequenceNumber":"{self.seq}",'
+            f'"media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{(chunk - 1) * 20}",'
+            f'"payload":"{payload}"}}}}'
+        )
+        try:
+            await self.ws.send_str(message)
+        except (ConnectionError, aiohttp.ClientError):
+            self.app_closed = True
+        if self.app_closed:
+            call.ended_by = "stream_closed"
+            return False
+        if self.drop_after is not None and callee.seconds >= self.drop_after:
+            return True
+        if callee.seconds >= self.time_limit:
+            call.ended_by = "time_limit"
+            return False
+        if call.hangup_requested.is_set():
+            call.ended_by = "api"
+            return False
+        return None
 
     async def _receive(self) -> None:
         async for msg in self.ws:

@@ -1,0 +1,85 @@
+"""The sandbox Twilio's shared audio clock: every stream stepped once a frame, slots kept even."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sandbox.frame_clock import FRAME_SLOTS, FrameClock
+
+PACE = 10.0  # 2 ms frames
+
+
+class Counting:
+    """A stream that ends after ``frames`` steps, recording the loop time (and clock pass) of each."""
+
+    def __init__(
+        self,
+        frames: int,
+        *,
+        result: bool = False,
+        fail_at: int | None = None,
+        clock: FrameClock | None = None,
+    ) -> None:
+        self.clock = clock
+        self.passes: list[int] = []
+        self.frames = frames
+        self.result = result
+        self.fail_at = fail_at
+        self.times: list[float] = []
+
+    async def step(self) -> bool | None:
+        self.times.append(asyncio.get_running_loop().time())
+        if self.clock is not None:
+            self.passes.append(self.clock.passes)
+        if self.fail_at is not None and len(self.times) == self.fail_at:
+            raise RuntimeError("broken stream")
+        return self.result if len(self.times) >= self.frames else None
+
+
+async def test_each_stream_once_a_frame_and_the_result_comes_back() -> None:
+    clock = FrameClock(PACE)
+    streams = [Counting(20, result=i % 2 == 0) for i in range(2 * FRAME_SLOTS)]
+    results = await asyncio.gather(*(clock.play(s) for s in streams))
+    assert results == [i % 2 == 0 for i in range(2 * FRAME_SLOTS)]
+    frame = 0.02 / PACE
+    for s in streams:
+        assert len(s.times) == 20
+        gaps = [b - a for a, b in zip(s.times[1:], s.times[2:], strict=False)]  # after the first step
+        assert sum(gaps) / len(gaps) == pytest.approx(frame, rel=0.2)
+    assert clock.streams == 0
+    await asyncio.sleep(frame)
+    assert clock._task is not None and clock._task.done()  # no streams: the clock stopped ticking
+
+
+async def test_streams_are_spread_evenly_over_the_slots_and_stepped_together() -> None:
+    clock = FrameClock(PACE)
+    streams = [Counting(6, clock=clock) for _ in range(3 * FRAME_SLOTS)]
+    tasks = [asyncio.create_task(clock.play(s)) for s in streams]
+    await asyncio.sleep(0.005)
+    assert sorted(len(slot) for slot in clock._slots) == [3] * FRAME_SLOTS
+    await asyncio.gather(*tasks)
+    # the calls of one slot are stepped in one pass of the clock, and each pass steps one slot
+    by_pass: dict[int, int] = {}
+    for s in streams:
+        for p in s.passes[1:]:  # the first step is made at once, outside the clock's passes
+            by_pass[p] = by_pass.get(p, 0) + 1
+    assert set(by_pass.values()) == {3}
+
+
+async def test_a_broken_stream_fails_alone_and_a_cancelled_one_leaves() -> None:
+    clock = FrameClock(PACE)
+    broken, healthy, left = Counting(50, fail_at=3), Counting(8), Counting(10_000)
+    leaving = asyncio.create_task(clock.play(left))
+    with pytest.raises(RuntimeError, match="broken stream"):
+        await clock.play(broken)
+    assert await clock.play(healthy) is False and len(healthy.times) == 8
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert clock.streams == 0
+    steps = len(left.times)
+    await asyncio.sleep(0.01)
+    assert len(left.times) == steps  # no longer stepped
+    await clock.stop()
