@@ -26,7 +26,16 @@ from concierge.app import Concierge, bind
 from concierge.clock import SystemClock
 from concierge.demo_env import sandbox_graph_credential
 from concierge.settings import Settings
-from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, Platform, Speaker, TurnLatency
+from storage.models import (
+    BookingWindow,
+    CallRequest,
+    ChatOrigin,
+    Job,
+    JobState,
+    Platform,
+    Speaker,
+    TurnLatency,
+)
 from telephony import frame_stats
 
 #: How the sandbox world is spread over child processes (``--shards``): service groups per process.
@@ -273,15 +282,16 @@ class Bench:
                 await asyncio.sleep(ramp / calls)
         deadline = t0 + timeout
         ids = [j.id for j in result.jobs]
-        while True:
-            jobs = [await app.store.get(i) for i in ids]
-            if all(j.state.is_final for j in jobs) and not app.webhooks.active_calls():
-                break
+        # One query a second while the calls run, not one per call: the harness shares the app's
+        # loop, and a read per call (each a hand-off to the SQLite thread and back) stalled it.
+        open_states = [s for s in JobState if not s.is_final]
+        while (await app.store.list(states=open_states, limit=1)) or app.webhooks.active_calls():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"round of {calls} calls still running after {timeout:.0f} s")
             await asyncio.sleep(1.0)
         result.seconds = time.monotonic() - t0
         result.cpu_ms = (sum(proc.cpu_times()[:2]) - cpu0) * 1000.0
+        jobs = [await app.store.get(i) for i in ids]
         result.jobs = jobs
         result.frames = frame_stats.TOTALS.summary()
         result.sandbox = await self.child.command("stats")
