@@ -178,12 +178,15 @@ class SandboxGraph:
         interval = int(_get(body, "availabilityViewInterval") or 30)
         zone = self._out_zone(request)
         spans = [(s, e) for s, e in self._all_busy() if s < end and e > start]
-        view = []
-        t = start
-        while t < end:
-            nxt = t + timedelta(minutes=interval)
-            view.append("2" if any(s < nxt and e > t for s, e in spans) else "0")
-            t = nxt
+        # One mark per slot a span touches (not every slot against every span: with a week of
+        # 15-minute slots and the bookings of a 100-call bench, that was ~40 ms a request).
+        step = timedelta(minutes=interval)
+        slots = -(-(end - start) // step)
+        view = ["0"] * slots
+        for s, e in spans:
+            first = max(0, (s - start) // step)
+            last = min(slots, -(-(e - start) // step))
+            view[first:last] = ["2"] * (last - first)
         items = [
             {"isPrivate": False, "status": "busy", "start": _dttz(s, zone), "end": _dttz(e, zone)}
             for s, e in spans

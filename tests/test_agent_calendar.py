@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -186,3 +186,83 @@ async def test_create_event_errors_are_retried_and_mapped_like_every_graph_error
         await create("job-2")
     assert err.value.status == 503 and err.value.retryable and err.value.provider == "graph"
     assert len(graph.events) == 1
+
+
+async def test_busy_skips_free_items_and_keeps_non_utc_times() -> None:
+    """getSchedule is read from its JSON: free-ish statuses are skipped, every time zone kept."""
+    tokyo = ZoneInfo("Asia/Tokyo")
+    events = [
+        {"start": {"dateTime": "2026-12-02T09:00:00", "timeZone": "Asia/Tokyo"},
+         "end": {"dateTime": "2026-12-02T10:00:00", "timeZone": "Asia/Tokyo"}, "showAs": "busy"},
+    ]  # fmt: skip
+    g = SandboxGraph(user_id=USER, busy=BUSY, events=events, token="sandbox-token")
+    await g.start()
+    client = build_graph_client("tenant", "client", "secret", g.base_url, credential=FakeCredential())
+    cal = GraphCalendar(client, USER)
+    try:
+        spans = await cal.busy(
+            datetime(2026, 12, 1, 0, 0, tzinfo=UTC), datetime(2026, 12, 3, 0, 0, tzinfo=UTC)
+        )
+    finally:
+        await cal.aclose()
+        await g.stop()
+    assert spans == sorted(
+        [
+            (
+                datetime(2026, 12, 2, 9, 0, tzinfo=tokyo).astimezone(UTC),
+                datetime(2026, 12, 2, 10, 0, tzinfo=tokyo).astimezone(UTC),
+            ),
+            (BUSY[0][0].astimezone(UTC), BUSY[0][1].astimezone(UTC)),
+        ]
+    )
+    assert all(s.tzinfo is UTC and e.tzinfo is UTC for s, e in spans)
+
+
+def test_schedule_json_helpers_reject_what_graph_would_not_send() -> None:
+    from agent.calendar import _objects, _parse_graph_dt
+
+    assert (
+        _objects([{"a": 1}, "x", None, 3]) == [{"a": 1}] and _objects({"a": 1}) == [] and _objects(None) == []
+    )
+    assert _parse_graph_dt(
+        {"dateTime": "2026-12-02T09:00:00.0000000", "timeZone": "Europe/London"}
+    ) == datetime(2026, 12, 2, 9, 0, tzinfo=LONDON)
+    assert _parse_graph_dt({"dateTime": "2026-12-02T09:00:00Z"}).utcoffset() == UTC.utcoffset(None)
+    for bad in (None, {}, {"dateTime": ""}, {"dateTime": 5}, "2026-12-02T09:00:00"):
+        with pytest.raises(ProviderStatusError):
+            _parse_graph_dt(bad)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_sandbox_availability_view_marks_every_slot_a_span_touches(seed: int) -> None:
+    import random
+
+    import aiohttp
+
+    rng = random.Random(seed)
+    base = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+    busy = []
+    for _ in range(rng.randint(0, 12)):
+        s = base + timedelta(minutes=rng.randint(-120, 3000))
+        busy.append((s, s + timedelta(minutes=rng.randint(1, 300))))
+    g = SandboxGraph(user_id=USER, busy=busy, token="sandbox-token")
+    await g.start()
+    start, end, interval = base, base + timedelta(minutes=2900), rng.choice([5, 15, 30, 60])
+    body = {
+        "schedules": [USER], "availabilityViewInterval": interval,
+        "startTime": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+        "endTime": {"dateTime": end.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+    }  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"{g.base_url}/users/{USER}/calendar/getSchedule"
+            async with http.post(url, json=body, headers={"Authorization": "Bearer sandbox-token"}) as resp:
+                view = (await resp.json())["value"][0]["availabilityView"]
+    finally:
+        await g.stop()
+    expected, t = "", start
+    while t < end:  # the definition: a slot is busy if any span overlaps it
+        nxt = t + timedelta(minutes=interval)
+        expected += "2" if any(s < nxt and e > t for s, e in busy) else "0"
+        t = nxt
+    assert view == expected
