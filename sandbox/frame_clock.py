@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 from sandbox.callee import FRAME_SECONDS
@@ -24,12 +25,18 @@ class Stream(Protocol):
         """Play one frame; None to go on, else the stream is over (True: it was dropped)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    done: asyncio.Future[bool]  # the stream's result (True: dropped)
+    not_before: float  # loop time of its first step on the clock
+
+
 class FrameClock:
     """Steps every attached stream once per frame time (20 ms / ``pace``)."""
 
     def __init__(self, pace: float = 1.0) -> None:
         self.slot_seconds = FRAME_SECONDS / pace / FRAME_SLOTS
-        self._slots: list[dict[Stream, asyncio.Future[bool]]] = [{} for _ in range(FRAME_SLOTS)]
+        self._slots: list[dict[Stream, _Entry]] = [{} for _ in range(FRAME_SLOTS)]
         self._task: asyncio.Task[None] | None = None
         self.passes = 0  # slot passes so far (each steps the streams of one slot)
 
@@ -41,14 +48,17 @@ class FrameClock:
         """Step ``stream`` every frame until it is over; True if it was dropped.
 
         The first frame goes out at once (the stream starts with audio, not with a wait for the
-        next tick); the following ones on the clock.
+        next tick); the following ones on the clock, the first of them a frame time later (give or
+        take half a slot), as a stream of its own would.
         """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         first = await stream.step()
         if first is not None:
             return first
         slot = min(self._slots, key=len)
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        slot[stream] = done
+        done: asyncio.Future[bool] = loop.create_future()
+        slot[stream] = _Entry(done, started + self.slot_seconds * (FRAME_SLOTS - 0.5))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         try:
@@ -69,11 +79,12 @@ class FrameClock:
         tick = math.ceil(loop.time() / self.slot_seconds)
         while self.streams:
             await asyncio.sleep(max(0.0, tick * self.slot_seconds - loop.time()))
-            slot = self._slots[tick % FRAME_SLOTS]
+            slot, due = self._slots[tick % FRAME_SLOTS], tick * self.slot_seconds
             tick += 1
             self.passes += 1
-            for stream, done in list(slot.items()):
-                if done.done():
+            for stream, entry in list(slot.items()):
+                done = entry.done
+                if done.done() or entry.not_before > due:
                     continue
                 try:
                     result = await stream.step()

@@ -46,6 +46,8 @@ async def test_each_stream_once_a_frame_and_the_result_comes_back() -> None:
     frame = 0.02 / PACE
     for s in streams:
         assert len(s.times) == 20
+        # the first frame at once, the next a frame later (less half a slot), never sooner
+        assert s.times[1] - s.times[0] >= frame * (1 - 0.5 / FRAME_SLOTS) - 1e-6
         gaps = [b - a for a, b in zip(s.times[1:], s.times[2:], strict=False)]  # after the first step
         assert sum(gaps) / len(gaps) == pytest.approx(frame, rel=0.2)
     assert clock.streams == 0
