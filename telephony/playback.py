@@ -19,6 +19,9 @@ from storage.models import Speaker, Turn, TurnLatency
 from telephony import media_stream
 
 PIECE_BYTES = 1600  # 200 ms of µ-law per media message + mark
+#: While at least this much sent audio is still unplayed at Twilio, TTS audio is held back until it
+#: fills a whole piece (see ``Playback.take``).
+LEAD_BYTES = 2 * PIECE_BYTES
 #: Bytes of confirmed audio not credited to words (leading silence, rounding).
 SAFETY_BYTES = 800
 
@@ -75,6 +78,7 @@ class Clause:
     played: int = 0  # bytes Twilio confirmed as played (mark echoes)
     flushed: bool = False  # all of its audio has been received from TTS
     cancelled: bool = False
+    held: bytearray = field(default_factory=bytearray)  # received from TTS, not yet sent
 
     @property
     def done(self) -> bool:
@@ -131,6 +135,31 @@ class Playback:
     def idle(self) -> bool:
         """Nothing is waiting for TTS, being sent, or unplayed."""
         return not self.open
+
+    def take(self, clause: Clause, audio: bytes, *, final: bool = False) -> Iterator[tuple[str, str]]:
+        """(media, mark) messages for TTS ``audio`` of ``clause`` that should go out now.
+
+        A TTS streams faster than real time, in small chunks (800 bytes from the sandbox), and each
+        chunk as its own media message and mark doubled the messages per second of speech: on a
+        2-core machine the send calls were most of a call's cost while it talks. So audio waits
+        until it fills a whole piece, but only while Twilio has ``LEAD_BYTES`` or more of this
+        call's audio still to play: a clause's first audio, the end of a clause (``final``) and
+        audio for a nearly drained line go out at once.
+        """
+        clause.held += audio
+        if not final and clause.sent and self.unplayed() >= LEAD_BYTES:
+            ready = len(clause.held) - len(clause.held) % PIECE_BYTES
+        else:
+            ready = len(clause.held)
+        if not ready:
+            return iter(())
+        out = bytes(clause.held[:ready])
+        del clause.held[:ready]
+        return self.pieces(clause, out)
+
+    def unplayed(self) -> int:
+        """Bytes sent to Twilio that it has not confirmed as played (to within one piece)."""
+        return sum(c.sent - c.played for c in self.open if not c.cancelled)
 
     def pieces(self, clause: Clause, audio: bytes) -> Iterator[tuple[str, str]]:
         """(media message, mark message) pairs for ``audio``; stops if the clause is cancelled."""

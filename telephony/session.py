@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -365,20 +365,26 @@ class CallSession:
             turn = clause.turn
             if turn.tts_first_byte is None:
                 turn.tts_first_byte = self._clock()
-            for media, mark in playback.pieces(clause, ev.data):
-                if not await self._send(media):
-                    return
-                if turn.first_audio_out is None:
-                    turn.first_audio_out = self._clock()
-                    self._notify()  # the reply holds back until now (replies._first_audio_first)
-                await self._send(mark)
+            await self._play(turn, playback.take(clause, ev.data))
         elif isinstance(ev, TtsFlushed):
+            head = playback.tts_clause
+            if head is not None and head.held:
+                await self._play(head.turn, playback.take(head, b"", final=True))
             clause = playback.on_flushed()
             if clause is not None:
                 self._settled(clause.turn)
             self._notify()
         elif isinstance(ev, TtsCleared):
             playback.on_cleared()
+
+    async def _play(self, turn: AssistantTurn, pieces: Iterator[tuple[str, str]]) -> None:
+        for media, mark in pieces:
+            if not await self._send(media):
+                return
+            if turn.first_audio_out is None:
+                turn.first_audio_out = self._clock()
+                self._notify()  # the reply holds back until now (replies._first_audio_first)
+            await self._send(mark)
 
     # --- replies and barge-in (telephony.replies) ---------------------------------------------
 
