@@ -3,8 +3,8 @@
 Why: with a task and a timer per call, N calls cost N timer wake-ups, N task switches and (on a
 2-core VM, where waking an idle process costs ~0.1 ms) many more cross-process wake-ups every 20 ms.
 Here one task wakes ``FRAME_SLOTS`` times a frame and steps the calls of that slot one after the
-other, so their frames also reach the app together. Calls are spread over the slots evenly, as a
-real Twilio's streams arrive at unrelated phases rather than all at once.
+other, so their frames also reach the app together. A call's slot is its phase (when its first frame
+went out): calls start at unrelated times, so the slots fill evenly, as a real Twilio's do.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Stream(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Entry:
     done: asyncio.Future[bool]  # the stream's result (True: dropped)
-    not_before: float  # loop time of its first step on the clock
+    first_tick: int  # the clock tick of its first step on the clock
 
 
 class FrameClock:
@@ -48,17 +48,20 @@ class FrameClock:
         """Step ``stream`` every frame until it is over; True if it was dropped.
 
         The first frame goes out at once (the stream starts with audio, not with a wait for the
-        next tick); the following ones on the clock, the first of them a frame time later (give or
-        take half a slot), as a stream of its own would.
+        next tick); the following ones on the clock every frame time from then, give or take half a
+        slot, as a stream of its own would (streams start at unrelated times, so the slots fill
+        evenly).
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
         first = await stream.step()
         if first is not None:
             return first
-        slot = min(self._slots, key=len)
+        # Its phase decides its slot: the tick nearest to one frame after its first frame.
+        tick = round((started + self.slot_seconds * FRAME_SLOTS) / self.slot_seconds)
+        slot = self._slots[tick % FRAME_SLOTS]
         done: asyncio.Future[bool] = loop.create_future()
-        slot[stream] = _Entry(done, started + self.slot_seconds * (FRAME_SLOTS - 0.5))
+        slot[stream] = _Entry(done, tick)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         try:
@@ -79,12 +82,12 @@ class FrameClock:
         tick = math.ceil(loop.time() / self.slot_seconds)
         while self.streams:
             await asyncio.sleep(max(0.0, tick * self.slot_seconds - loop.time()))
-            slot, due = self._slots[tick % FRAME_SLOTS], tick * self.slot_seconds
+            slot, now = self._slots[tick % FRAME_SLOTS], tick
             tick += 1
             self.passes += 1
             for stream, entry in list(slot.items()):
                 done = entry.done
-                if done.done() or entry.not_before > due:
+                if done.done() or entry.first_tick > now:
                     continue
                 try:
                     result = await stream.step()

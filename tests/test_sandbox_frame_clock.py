@@ -55,19 +55,22 @@ async def test_each_stream_once_a_frame_and_the_result_comes_back() -> None:
     assert clock._task is not None and clock._task.done()  # no streams: the clock stopped ticking
 
 
-async def test_streams_are_spread_evenly_over_the_slots_and_stepped_together() -> None:
-    clock = FrameClock(PACE)
-    streams = [Counting(6, clock=clock) for _ in range(3 * FRAME_SLOTS)]
-    tasks = [asyncio.create_task(clock.play(s)) for s in streams]
-    await asyncio.sleep(0.005)
-    assert sorted(len(slot) for slot in clock._slots) == [3] * FRAME_SLOTS
+async def test_a_stream_keeps_its_phase_and_streams_of_a_phase_share_a_pass() -> None:
+    clock = FrameClock(1.0)  # real time: 5 ms slots (epoll sleeps in whole milliseconds)
+    frame = clock.slot_seconds * FRAME_SLOTS
+    together = [Counting(5, clock=clock) for _ in range(3)]  # same start: same phase
+    alone = Counting(5, clock=clock)
+    tasks = [asyncio.create_task(clock.play(s)) for s in together]
+    await asyncio.sleep(frame / 2)  # half a frame later: another phase
+    tasks.append(asyncio.create_task(clock.play(alone)))
     await asyncio.gather(*tasks)
-    # the calls of one slot are stepped in one pass of the clock, and each pass steps one slot
-    by_pass: dict[int, int] = {}
-    for s in streams:
-        for p in s.passes[1:]:  # the first step is made at once, outside the clock's passes
-            by_pass[p] = by_pass.get(p, 0) + 1
-    assert set(by_pass.values()) == {3}
+    for s in [*together, alone]:
+        # on the clock a frame after the first frame, then every frame: no jump in the stream
+        intervals = [b - a for a, b in zip(s.times, s.times[1:], strict=False)]
+        assert all(abs(i - frame) <= clock.slot_seconds / 2 + 0.004 for i in intervals), intervals
+    passes = {tuple(s.passes[1:]) for s in together}
+    assert len(passes) == 1  # the three are stepped in the same passes
+    assert not set(alone.passes[1:]) & set(next(iter(passes)))  # the other phase in other passes
 
 
 async def test_a_broken_stream_fails_alone_and_a_cancelled_one_leaves() -> None:
