@@ -148,19 +148,6 @@ async def close_graph_client(client: GraphServiceClient) -> None:
         await transport.aclose()
 
 
-def warm_up() -> None:
-    """Pay msgraph's first-use cost at start-up instead of in the middle of a call.
-
-    The first deserialisation of a Graph ``Event`` walks ``Entity.get_field_deserializers``, which
-    imports about a thousand model modules: ~1–1.5 s of CPU. Done lazily, that lands on the event
-    loop during the first booked call and stalls every live call's audio once per process.
-    """
-    from msgraph.generated.models.schedule_information import ScheduleInformation
-
-    Event().get_field_deserializers()
-    ScheduleInformation().get_field_deserializers()
-
-
 def _parse_graph_dt(value: Any) -> datetime:
     """A ``dateTimeTimeZone`` object of Graph's JSON (``{"dateTime": ..., "timeZone": ...}``)."""
     date_time = value.get("dateTime") if isinstance(value, dict) else None

@@ -244,7 +244,7 @@ class Bench:
             self.app = Concierge(
                 settings, clock=SystemClock(), graph_credential=sandbox_graph_credential(), owner="bench"
             )
-            await self.app.start(sock)  # includes agent.calendar.warm_up()
+            await self.app.start(sock)  # includes concierge.warmup.warm_up()
             if self.freeze:
                 warmup.freeze_heap()  # as `concierge serve` does
         except BaseException:

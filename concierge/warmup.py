@@ -4,9 +4,10 @@ Each SDK builds what it needs lazily on first use, on the event loop, in the mid
 
 * anthropic: the first streamed answer builds pydantic schemas for the stream events and the
   accumulated ``Message`` (~50–100 ms of CPU), once per process;
-* msgraph: the first ``Event`` / ``ScheduleInformation`` deserialisation imports ~1,000 model
-  modules (~1–1.5 s, ``agent.calendar.warm_up``);
 * deepgram: the first socket message of each kind resolves its model's type hints.
+
+msgraph needs nothing here: its answers are read raw (``agent.calendar``), so the ~1,200 model
+modules its first deserialisation would import (~2 s of CPU) are never loaded.
 
 Measured in the benchmark, the first turn of the first calls took 50–75 ms more than the rest.
 ``warm_up()`` runs each path once offline — no network: the anthropic stream is a canned answer
@@ -25,8 +26,6 @@ from typing import Any
 
 import anthropic
 import httpx2
-
-from agent import calendar
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,6 @@ def warm_up_deepgram() -> None:
 
 async def warm_up() -> None:
     """All of the above; the blocking parts run in a thread so a shared loop keeps turning."""
-    await asyncio.to_thread(calendar.warm_up)
     await asyncio.to_thread(warm_up_deepgram)
     await warm_up_anthropic()
 
@@ -135,7 +133,7 @@ GC_THRESHOLDS = (2000, 10, 1000)
 def freeze_heap() -> None:
     """Move everything alive after start-up out of the garbage collector's sight (``gc.freeze``).
 
-    The SDK imports (msgraph alone: ~1,000 model modules) leave ~300,000 long-lived objects, and
+    The SDK imports leave ~300,000 long-lived objects (measured with msgraph's models loaded), and
     every full collection walked all of them: at 40 concurrent calls the bench saw gen-2 pauses of
     45-180 ms, each one a frame falling that far behind and a turn that much slower. Frozen, a
     full collection only walks what calls allocated since. For the process's one app, after
