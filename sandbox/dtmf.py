@@ -84,7 +84,7 @@ def _window_digit(window: bytes) -> str | None:
     if energy < _MIN_MEAN_SQUARE * _WINDOW:
         return None
     if audioop.cross(window, 2) < _MIN_CROSSINGS:
-        return None  # not two tones (sandbox speech: one sign but at its text), skip the 8 measurements
+        return None  # cannot hold two tones (e.g. sandbox speech): skip the eight measurements
     row = _best(_powers(window, slice(0, 4)), energy)
     if row is None:  # speech: no need to look at the column tones
         return None

@@ -63,7 +63,7 @@ class FrameClock:
         done: asyncio.Future[bool] = loop.create_future()
         slot[stream] = _Entry(done, tick)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = loop.create_task(self._run())
         try:
             return await done
         finally:

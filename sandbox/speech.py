@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 SAMPLE_RATE = 8000
 SILENCE_BYTE = 0xFF
-_SILENT = frozenset({0xFF, 0x7F})
 _START = 0x01
 _END = 0x02
 # Filler: map any random byte into 0x80..0xFE (positive, non-zero µ-law samples).

@@ -133,10 +133,10 @@ class CallRunner:
         auth_token: str,
         pace: float,
         ring_seconds: float,
-        clock: FrameClock | None = None,
+        clock: FrameClock,
     ) -> None:
         self.call = call
-        self.clock = clock or FrameClock(pace)  # shared by the calls of one SandboxTwilio
+        self.clock = clock  # the audio clock shared by the calls of one SandboxTwilio
         self.http = http
         self.validator = RequestValidator(auth_token)
         self.pace = pace

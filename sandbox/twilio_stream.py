@@ -2,8 +2,8 @@
 
 Why one clock: every 20 ms / pace (``sandbox.frame_clock`` steps every call of the process) the
 pump plays up to 160 bytes of the app's buffered audio to the callee and sends the callee's next
-160-byte frame to the app. Marks, the callee script, the
-time limit and the stream drop all count these frames, so results never depend on pace or load.
+160-byte frame to the app. Marks, the callee script, the time limit and the stream drop all count
+these frames, so results never depend on pace or load.
 """
 
 from __future__ import annotations
