@@ -71,3 +71,34 @@ class ProviderTimeoutError(ProviderError):
 def is_retryable_status(status: int) -> bool:
     """5xx, 408 and 429 are worth retrying; every other 4xx is permanent."""
     return status >= 500 or status in (408, 429)
+
+
+#: What the person (chat) and the callee (via a tool result the model may read out) are told about
+#: a failed outside service. Fixed sentences only: provider error text can carry mailbox ids, tenant
+#: ids or URLs, so it goes to the redacted log and never into chat or a tool result.
+_USER_MESSAGES: dict[str, str] = {
+    "twilio": "the phone service had a problem",
+    "deepgram": "the speech service had a problem",
+    "anthropic": "the assistant's language model had a problem",
+    "graph": "the calendar service had a problem",
+    "telegram": "the chat service had a problem",
+    "slack": "the chat service had a problem",
+}
+
+
+def user_message(error: BaseException) -> str:
+    """A short, fixed, user-facing phrase for ``error`` that leaks none of its text.
+
+    Args:
+        error: any exception; a :class:`ProviderError` names its provider, anything else is
+            "something went wrong".
+
+    Returns:
+        A lower-case phrase to embed in a sentence, e.g. "the calendar service had a problem".
+    """
+    if isinstance(error, ProviderError):
+        phrase = _USER_MESSAGES.get(error.provider, "an outside service had a problem")
+        if isinstance(error, ProviderTimeoutError):
+            return phrase.replace("had a problem", "did not answer in time")
+        return phrase
+    return "something went wrong on my side"

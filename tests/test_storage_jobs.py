@@ -437,3 +437,14 @@ def test_stored_times_sort_like_time() -> None:
     assert format_dt(moments[1]) == "2029-12-31T23:30:00.000000+00:00"
     with pytest.raises(ValueError):
         format_dt(datetime(2030, 1, 1))
+
+
+def test_user_message_leaks_no_provider_text() -> None:
+    from storage.errors import ProviderStatusError, ProviderTimeoutError, user_message
+
+    err = ProviderStatusError("404: mailbox alex@contoso.com not found", provider="graph", status=404)
+    assert user_message(err) == "the calendar service had a problem"
+    assert "contoso" not in user_message(err)
+    timeout = ProviderTimeoutError("t", provider="twilio")
+    assert user_message(timeout) == "the phone service did not answer in time"
+    assert user_message(ValueError("secret detail")) == "something went wrong on my side"
