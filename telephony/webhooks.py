@@ -82,7 +82,6 @@ class _Call:
     attached: bool = False
     answered: bool = False
     reported: bool = False
-    final_status: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -183,11 +182,25 @@ class TwilioWebhooks:
             return None  # a late callback of an earlier attempt
         return job
 
-    def _call(self, job: Job, call_sid: str) -> _Call:
+    async def _call(self, job: Job, call_sid: str) -> _Call | None:
+        """This call's entry; a new one only while the call may still be live.
+
+        An entry is dropped as soon as its call has reported (see :meth:`_report`), so a late
+        or repeated callback finds none. The job is read again *after* seeing no entry: a
+        report that dropped one has committed its outcome by then, so a finished call shows
+        as such and is neither brought back into memory nor reported a second time. An active
+        job with no entry is a call this process never saw (e.g. placed before a restart).
+        """
         call = self._calls.get(call_sid)
-        if call is None:
-            call = self._calls[call_sid] = _Call(job.id, call_sid)
-        return call
+        if call is not None:
+            return call
+        try:
+            fresh = await self._store.get(job.id)
+        except JobNotFound:
+            return None
+        if not fresh.state.is_active or (fresh.call_sid and fresh.call_sid != call_sid):
+            return None
+        return self._calls.setdefault(call_sid, _Call(job.id, call_sid))
 
     def _ensure_session(self, call: _Call, job: Job) -> SessionLike | None:
         if call.session is None and not call.reported and not self._closing and job.state.is_active:
@@ -209,9 +222,14 @@ class TwilioWebhooks:
         call.reported = True
         if outcome.call_sid is None:
             outcome = replace(outcome, call_sid=call.call_sid)
-        await self._sink.report_outcome(call.job_id, outcome, turns or [])
-        if call.final_status:
-            self._calls.pop(call.call_sid, None)
+        try:
+            await self._sink.report_outcome(call.job_id, outcome, turns or [])
+        finally:
+            # Reported is finished, whichever of the session and Twilio's final callback came
+            # first: nothing of the call stays in memory. (If the sink failed, the job is still
+            # active and a later callback makes a fresh entry that reports again.)
+            if self._calls.get(call.call_sid) is call:
+                del self._calls[call.call_sid]
 
     # --- routes -------------------------------------------------------------------------------
 
@@ -236,7 +254,9 @@ class TwilioWebhooks:
         job = await self._job_for(request, call_sid)
         if job is None or not call_sid:
             return web.Response(status=204)
-        call = self._call(job, call_sid)
+        call = await self._call(job, call_sid)
+        if call is None:
+            return web.Response(status=204)  # a finished call's late or repeated callback
         if status in ("queued", "initiated", "ringing"):
             self._ensure_session(call, job)
         elif status == "in-progress":
@@ -245,14 +265,12 @@ class TwilioWebhooks:
                 call.answered = True
                 await self._sink.call_answered(job.id, call_sid)
         elif status in _UNANSWERED:
-            call.final_status = True
             kind, summary = _UNANSWERED[status]
             if call.session is not None:
                 call.session.end(f"call {status}", CallOutcome(kind, summary=summary))
             else:
                 await self._report(call, CallOutcome(kind, summary=summary))
         elif status == "completed":
-            call.final_status = True
             if call.session is not None and call.task is not None and not call.task.done():
                 call.session.end("call completed")  # its runner reports the agent's outcome
             else:
@@ -269,7 +287,9 @@ class TwilioWebhooks:
         if job is None or not call_sid:
             return web.Response(status=204)
         if answered_by.startswith("machine") or answered_by == "fax":
-            call = self._call(job, call_sid)
+            call = await self._call(job, call_sid)
+            if call is None:
+                return web.Response(status=204)
             summary = f"reached an answering machine ({answered_by})"
             outcome = CallOutcome(OutcomeKind.VOICEMAIL, summary=summary)
             if call.session is not None:
@@ -338,6 +358,7 @@ class TwilioWebhooks:
             if call is not None and (call.attached or call.reported):
                 return None
             await self._store.set_meta(job.id, stream_token_sha256=None)  # one use only
-        call = self._call(job, start.call_sid)
-        self._ensure_session(call, job)
+        call = await self._call(job, start.call_sid)
+        if call is not None:
+            self._ensure_session(call, job)
         return call
