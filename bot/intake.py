@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import asdict, dataclass, replace
+from datetime import date, datetime, time
 from typing import Any, Protocol, cast
 
 import anthropic
@@ -56,6 +55,40 @@ class IntakeDraft:
     duration_minutes: int | None = None
     notes: str = ""
     editing: bool = False
+
+    def to_data(self) -> dict[str, Any]:
+        """The fields as JSON, for ``storage.drafts`` (``id`` and ``key`` are the store's)."""
+        return {
+            "origin": {**asdict(self.origin), "platform": str(self.origin.platform)},
+            "business_name": self.business_name,
+            "phone": self.phone,
+            "business_tz": self.business_tz,
+            "service": self.service,
+            "dates": [self.dates.start.isoformat(), self.dates.end.isoformat()] if self.dates else None,
+            "times": [self.times.earliest.isoformat(), self.times.latest.isoformat()] if self.times else None,
+            "duration_minutes": self.duration_minutes,
+            "notes": self.notes,
+            "editing": self.editing,
+        }
+
+    @classmethod
+    def from_data(cls, draft_id: str, key: str, data: dict[str, Any]) -> IntakeDraft:
+        """Inverse of :meth:`to_data`."""
+        dates, times = data.get("dates"), data.get("times")
+        return cls(
+            id=draft_id,
+            key=key,
+            origin=ChatOrigin.from_dict(data["origin"]),
+            business_name=data.get("business_name") or "",
+            phone=data.get("phone") or "",
+            business_tz=data.get("business_tz"),
+            service=data.get("service") or "",
+            dates=DateRange(date.fromisoformat(dates[0]), date.fromisoformat(dates[1])) if dates else None,
+            times=DayTimes(time.fromisoformat(times[0]), time.fromisoformat(times[1])) if times else None,
+            duration_minutes=data.get("duration_minutes"),
+            notes=data.get("notes") or "",
+            editing=bool(data.get("editing")),
+        )
 
     def missing(self) -> list[str]:
         """What still has to be asked, in the order it is asked."""
@@ -197,7 +230,10 @@ def parse_call_args(args: str) -> dict[str, Any]:
 
 
 class Intake:
-    """Keeps one draft per chat thread and turns messages into a confirmed-ready request.
+    """Turns messages into a draft and the draft into a confirmed-ready request.
+
+    It keeps no drafts itself: the chat flow loads a draft from ``storage.drafts``, hands it
+    here with the new message and stores what comes back.
 
     Args:
         extractor: reads free text (Claude); ``None`` means only the deterministic form
@@ -217,7 +253,6 @@ class Intake:
         region: str,
         blocked_numbers: Iterable[str] = (),
         clock: Callable[[], datetime] = utcnow,
-        max_drafts: int = 500,
     ) -> None:
         self.extractor = extractor
         self.person_name = person_name
@@ -225,52 +260,18 @@ class Intake:
         self.region = region
         self.blocked = tuple(blocked_numbers)
         self.clock = clock
-        self._max = max_drafts
-        self._by_key: dict[str, IntakeDraft] = {}
-
-    # -- drafts -----------------------------------------------------------------
-    def draft_for(self, key: str) -> IntakeDraft | None:
-        return self._by_key.get(key)
-
-    def get(self, draft_id: str) -> IntakeDraft | None:
-        return next((d for d in self._by_key.values() if d.id == draft_id), None)
-
-    def drop(self, draft_id: str) -> None:
-        for k, d in list(self._by_key.items()):
-            if d.id == draft_id:
-                del self._by_key[k]
-
-    def begin_edit(self, draft_id: str) -> IntakeDraft | None:
-        """Mark a draft as being edited: the next message in its thread changes it."""
-        d = self.get(draft_id)
-        if d:
-            d.editing = True
-        return d
-
-    def _new(self, key: str, origin: ChatOrigin) -> IntakeDraft:
-        self._by_key.pop(key, None)
-        while len(self._by_key) >= self._max:
-            self._by_key.pop(next(iter(self._by_key)))
-        d = IntakeDraft(id=secrets.token_hex(5), key=key, origin=origin)
-        self._by_key[key] = d
-        return d
 
     # -- entry points -------------------------------------------------------------
     async def from_text(self, key: str, origin: ChatOrigin, text: str) -> IntakeReply:
         """A new errand in free words (read by the model, gaps filled deterministically)."""
-        draft = self._new(key, origin)
-        return await self._update(draft, text)
+        return await self._update(IntakeDraft(id="", key=key, origin=origin), text)
 
     def from_command(self, key: str, origin: ChatOrigin, args: str) -> IntakeReply:
         """A new errand in the deterministic ``/call`` form (no model involved)."""
-        draft = self._new(key, origin)
-        return self._apply(draft, parse_call_args(args), text="")
+        return self._apply(IntakeDraft(id="", key=key, origin=origin), parse_call_args(args), text="")
 
-    async def follow_up(self, key: str, origin: ChatOrigin, text: str) -> IntakeReply | None:
-        """A message in a thread that has a draft; ``None`` when there is none to continue."""
-        draft = self._by_key.get(key)
-        if draft is None:
-            return None
+    async def follow_up(self, draft: IntakeDraft, origin: ChatOrigin, text: str) -> IntakeReply:
+        """A message continuing ``draft`` (changed in place and returned in the reply)."""
         draft.origin = (
             replace(draft.origin, message_id=origin.message_id) if origin.message_id else draft.origin
         )
@@ -323,7 +324,6 @@ class Intake:
             try:
                 checked = check_phone(phone, self.region, self.blocked, prefer_tz=self.person_tz)
             except IntakeError as e:
-                self.drop(draft.id)
                 return IntakeReply("refuse", str(e))
             draft.phone, draft.business_tz = checked.e164, checked.tz
         when = " ".join(str(fields.get(k) or "") for k in ("when", "times_of_day")).strip()

@@ -31,6 +31,12 @@ EDIT_PROMPT = "What should I change? Reply here (e.g. “make it Friday morning�
 DRAFT_GONE = "That request is no longer open — send it again if you still need it."
 DRAFT_DROPPED = "OK, dropped. Nothing will be called."
 NOT_YOURS = "Only the person who asked can answer that."
+NOT_YOUR_DRAFT = (
+    "This request belongs to the person who started it, so only they can change or confirm it. "
+    "To ask for your own, start a new one with /call."
+)
+DRAFT_CHANGED = "This request has changed since — please use the buttons on the latest message."
+DRAFT_RACED = "That request changed while I was reading your message — please send your change again."
 MODEL_DOWN = (
     "I couldn't read that just now. Try the exact form: "
     "/call +14155550100 Joe's Barbershop | haircut | next week afternoons"

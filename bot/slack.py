@@ -113,7 +113,7 @@ def build_slack_app(
         if event.get("subtype") or event.get("bot_id") or not thread_ts:
             return
         key = thread_key(channel, thread_ts)
-        if not flow.has_draft(key):
+        if not await flow.has_draft(key):
             return
         user, team = event.get("user"), body.get("team_id")
         if not allow.slack(user, team):
@@ -123,7 +123,14 @@ def build_slack_app(
             Platform.SLACK, chat_id=channel, user_id=str(user), thread_id=thread_ts, team_id=team
         )
         out = await flow.follow_up(key, origin, event.get("text") or "")
-        if out is not None:
+        if out is None:
+            return
+        if out.private:
+            # Only the writer sees why their words changed nothing; the thread stays the owner's.
+            await client.chat_postEphemeral(
+                channel=channel, user=str(user), thread_ts=thread_ts, text=out.text
+            )
+        else:
             await post(client, channel, thread_ts, out)
 
     @app.action(ACTION_RE)
@@ -145,6 +152,8 @@ def build_slack_app(
         message = body.get("message") or {}
         ts = str(message.get("ts", ""))
         thread_ts = str(message.get("thread_ts") or ts)
+        if pressed.notice:
+            await respond(text=pressed.notice, response_type="ephemeral", replace_original=False)
         if pressed.edit is not None:
             await client.chat_update(
                 channel=channel, ts=ts, text=pressed.edit.text, blocks=blocks(pressed.edit)

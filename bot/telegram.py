@@ -115,7 +115,7 @@ class _Handlers:
             return
         key = thread_key(msg, user.id)
         private = msg.chat.type == "private"
-        if not private and not self.flow.has_draft(key):
+        if not private and not await self.flow.has_draft(key):
             return  # group chatter that is not an answer to us
         if not await self._allowed(update):
             return
@@ -129,8 +129,10 @@ class _Handlers:
         query = update.callback_query
         if query is None or not await self._allowed(update):
             return
-        await query.answer()
         pressed = await self.flow.press(str(query.from_user.id), query.data or "")
+        # Answered after the press, so a refused press is explained to the presser alone (an
+        # alert) instead of in the chat; otherwise this just stops the button's spinner.
+        await query.answer(pressed.notice or None, show_alert=bool(pressed.notice))
         if pressed.edit is not None:
             await query.edit_message_text(pressed.edit.text, reply_markup=markup(pressed.edit.buttons))
         if pressed.reply is not None and isinstance(query.message, Message):

@@ -38,6 +38,7 @@ from concierge.clock import Clock, SystemClock
 from concierge.dispatcher import Dispatcher
 from concierge.settings import REQUIRED, Settings
 from storage.db import Database
+from storage.drafts import DraftStore
 from storage.jobs import JobStore
 from storage.models import CallOutcome, CallRequest, Job
 from storage.redact import Redactor, secret_variants
@@ -231,6 +232,7 @@ class Concierge:
         it exists (before anything can reach the flow: nothing listens yet).
         """
         s = self.settings
+        assert self.db is not None, "the database opens first"
         intake = Intake(
             extractor=ClaudeExtractor(self.llm, model=s.anthropic_model),
             person_name=s.person_name,
@@ -239,7 +241,8 @@ class Concierge:
             blocked_numbers=s.blocked_numbers,
             clock=self.clock.now,
         )
-        return ChatFlow(intake=intake, desk=_LateDesk(), clock=self.clock.now)
+        self.drafts = DraftStore(self.db, clock=self.clock.now)
+        return ChatFlow(intake=intake, desk=_LateDesk(), drafts=self.drafts, clock=self.clock.now)
 
     @property
     def allow(self) -> AllowList:

@@ -37,6 +37,7 @@ class Posted:
     thread_ts: str | None = None
     blocks: list[dict[str, Any]] = field(default_factory=list)
     file: dict[str, Any] | None = None  # {"filename", "title", "content": bytes}
+    user: str | None = None  # whom an ephemeral message is shown to
 
     @property
     def buttons(self) -> list[tuple[str, str, str]]:
@@ -309,8 +310,11 @@ class SandboxSlack:
         return {"channel": posted.channel, "ts": posted.ts, "message": {"text": posted.text, "ts": posted.ts}}
 
     async def _m_chat_postEphemeral(self, p: dict[str, Any]) -> dict[str, Any]:
+        if not p.get("channel") or not p.get("user"):
+            return {"ok": False, "error": "invalid_arguments"}  # Slack needs both
         posted = Posted("ephemeral", str(p.get("channel")), self._next_ts(), str(p.get("text") or ""))
         posted.thread_ts = p.get("thread_ts") or None
+        posted.user = str(p["user"])
         await self._record(posted, keep=False)
         return {"message_ts": posted.ts}
 

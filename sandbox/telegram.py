@@ -194,6 +194,22 @@ class SandboxTelegram:
         assert found is not None
         return found
 
+    async def wait_for_callback_answer(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 (the driver API the tests share)
+    ) -> dict[str, Any]:
+        """The first ``answerCallbackQuery`` whose parameters match ``predicate``."""
+
+        def find() -> dict[str, Any] | None:
+            return next((c for c in self.answered_callbacks if predicate(c)), None)
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: find() is not None), timeout)
+        found = find()
+        assert found is not None
+        return found
+
     def _chat(self, chat_id: int, chat_type: str | None, thread_id: int | None) -> dict[str, Any]:
         kind = chat_type or ("private" if chat_id > 0 else "supergroup")
         chat: dict[str, Any] = {"id": chat_id, "type": kind}
@@ -299,6 +315,8 @@ class SandboxTelegram:
 
     async def _m_answercallbackquery(self, p: dict[str, Any], f: Any) -> Any:
         self.answered_callbacks.append(p)
+        async with self._changed:
+            self._changed.notify_all()
         return True
 
     def _bot_message(self, p: dict[str, Any]) -> dict[str, Any]:

@@ -86,6 +86,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        """
+        -- Chat drafts (storage.drafts): one open draft per chat thread, owned by the person
+        -- who started it; id = lineage-version, the version bumped by every change.
+        CREATE TABLE drafts (
+            lineage TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            thread_key TEXT NOT NULL UNIQUE,
+            owner TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX drafts_updated ON drafts (updated_at);
+        """,
+    ),
 ]
 
 

@@ -1,11 +1,12 @@
 """Intake: phone vetting, the deterministic /call form, drafts asked back and filled in."""
 
+import json
 from datetime import UTC, date, datetime, time
 from typing import Any
 
 import pytest
 
-from bot.intake import Intake, parse_call_args
+from bot.intake import Intake, IntakeDraft, parse_call_args
 from bot.phone import check_phone, find_phone
 from sandbox.intake_model import extract, respond
 from storage.errors import IntakeError
@@ -117,8 +118,9 @@ async def test_missing_number_is_asked_back_and_filled_without_the_model() -> No
     intake = make_intake(model)
     first = await intake.from_text("k", ORIGIN, "book me a haircut at Joe's Barbershop next week afternoons")
     assert first.kind == "ask" and "phone number" in first.text and "Joe's Barbershop" in first.text
-    second = await intake.follow_up("k", ORIGIN, "+1 415 555 0100")
-    assert second is not None and second.kind == "ready" and second.request is not None
+    assert first.draft is not None
+    second = await intake.follow_up(first.draft, ORIGIN, "+1 415 555 0100")
+    assert second.kind == "ready" and second.request is not None
     assert second.request.phone == "+14155550100" and second.request.service == "haircut"
     assert len(model.calls) == 1  # the bare number needed no model
 
@@ -128,12 +130,13 @@ async def test_missing_window_then_edit_through_the_model_with_context() -> None
     intake = make_intake(model)
     first = await intake.from_text("k", ORIGIN, "book me a haircut at Joe's Barbershop, +1 415 555 0100")
     assert first.kind == "ask" and "when it could be" in first.text
-    ready = await intake.follow_up("k", ORIGIN, "tomorrow afternoon please")
-    assert ready is not None and ready.request is not None and ready.draft is not None
+    assert first.draft is not None
+    ready = await intake.follow_up(first.draft, ORIGIN, "tomorrow afternoon please")
+    assert ready.request is not None and ready.draft is not None
     assert ready.request.window.start_date == date(2025, 3, 13)
-    intake.begin_edit(ready.draft.id)
-    edited = await intake.follow_up("k", ORIGIN, "actually make it Friday morning, ask for Sam")
-    assert edited is not None and edited.request is not None
+    ready.draft.editing = True
+    edited = await intake.follow_up(ready.draft, ORIGIN, "actually make it Friday morning, ask for Sam")
+    assert edited.request is not None
     assert edited.request.window.start_date == date(2025, 3, 14)
     assert edited.request.window.earliest == time(9) and edited.request.notes == "ask for Sam"
     assert model.calls[-1][1]["phone"] == "+14155550100"  # the model saw the request so far
@@ -143,11 +146,20 @@ async def test_emergency_number_is_refused_and_the_draft_dropped() -> None:
     intake = make_intake(RegexExtractor())
     reply = await intake.from_text("k", ORIGIN, "call 911 and book a table at Luigi tomorrow evening")
     assert reply.kind == "refuse" and "emergency" in reply.text
-    assert intake.draft_for("k") is None
+    assert reply.draft is None  # nothing to keep
 
 
-async def test_no_draft_no_follow_up() -> None:
-    assert await make_intake().follow_up("nope", ORIGIN, "hello") is None
+def test_a_draft_round_trips_through_its_stored_form() -> None:
+    reply = make_intake().from_command("k", ORIGIN, "+14155550100 Joe's | trim | next week mornings | Sam")
+    assert reply.draft is not None
+    reply.draft.duration_minutes, reply.draft.editing = 45, True
+    data = json.loads(json.dumps(reply.draft.to_data()))
+    again = IntakeDraft.from_data("abc-2", "k", data)
+    assert (again.id, again.key) == ("abc-2", "k")
+    assert again.to_data() == reply.draft.to_data() and again.origin == ORIGIN
+    assert IntakeDraft.from_data("x-1", "k", {"origin": data["origin"]}).missing() == [
+        "phone", "business", "service", "window",
+    ]  # fmt: skip
 
 
 def test_sandbox_intake_model_answers_one_tool_use_block() -> None:

@@ -21,6 +21,7 @@ from bot.notify import ChatNotifier
 from sandbox.slack import SandboxSlack
 from sandbox.telegram import SandboxTelegram
 from storage.db import Database
+from storage.drafts import DraftStore
 from storage.jobs import JobStore
 from storage.models import (
     Booking,
@@ -174,10 +175,11 @@ async def test_slack_needs_you_buttons_in_the_thread_answered_through_the_desk(s
     await slack.start()
     desk = FakeDesk()
     intake = Intake(extractor=None, person_name="Alex", person_tz=TZ, region="US", clock=lambda: NOW)
+    drafts_db = await Database.open(":memory:")
     bolt = sl.build_slack_app(
         bot_token="xoxb-t",
         signing_secret="sec",
-        flow=ChatFlow(intake=intake, desk=desk, clock=lambda: NOW),
+        flow=ChatFlow(intake=intake, desk=desk, drafts=DraftStore(drafts_db), clock=lambda: NOW),
         allow=AllowList.build(slack_users=["U1"]),
         api_base_url=slack.base_url,
     )
@@ -228,3 +230,4 @@ async def test_slack_needs_you_buttons_in_the_thread_answered_through_the_desk(s
     finally:
         await runner.cleanup()
         await slack.stop()
+        await drafts_db.close()

@@ -3,10 +3,13 @@ in our own aiohttp app, with Claude intake through the sandbox Messages API."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anthropic
 import pytest
@@ -19,9 +22,11 @@ from bot.flow import ChatFlow
 from bot.intake import ClaudeExtractor, Intake
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.slack import Posted, SandboxSlack
+from storage.db import Database
+from storage.drafts import DraftStore
 
 BOT_TOKEN, SECRET, TEAM = "xoxb-sandbox", "signing-secret", "T0SANDBOX"
-ALEX, STRANGER, CHANNEL = "U0ALEX", "U0STRANGER", "C0GENERAL"
+ALEX, BOB, STRANGER, CHANNEL = "U0ALEX", "U0BOB", "U0STRANGER", "C0GENERAL"
 
 
 @dataclass
@@ -29,16 +34,25 @@ class Rig:
     slack: SandboxSlack
     desk: FakeDesk
     url: str
+    claude: anthropic.AsyncAnthropic
+    db_path: Path
+    stack: contextlib.AsyncExitStack
+
+    async def serve(self) -> str:
+        """One more server, as after a restart: its own database connection, Bolt app and
+        flow on the same database file; returns its events URL."""
+        return await serve(self.stack, self.slack, self.desk, self.claude, self.db_path)
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
-    model = SandboxAnthropic(api_key="sk-test")
-    await model.start()
-    claude = anthropic.AsyncAnthropic(api_key="sk-test", base_url=model.base_url, max_retries=0)
-    slack = SandboxSlack(bot_token=BOT_TOKEN, signing_secret=SECRET, team_id=TEAM)
-    await slack.start()
-    desk = FakeDesk()
+async def serve(
+    stack: contextlib.AsyncExitStack,
+    slack: SandboxSlack,
+    desk: FakeDesk,
+    claude: anthropic.AsyncAnthropic,
+    db_path: Path,
+) -> str:
+    db = await Database.open(db_path)
+    stack.push_async_callback(db.close)
     intake = Intake(
         extractor=ClaudeExtractor(claude, model="claude-haiku-4-5"),
         person_name="Alex",
@@ -46,25 +60,40 @@ async def rig() -> AsyncIterator[Rig]:
         region="US",
         clock=lambda: NOW,
     )
+    flow = ChatFlow(intake=intake, desk=desk, drafts=DraftStore(db, clock=lambda: NOW), clock=lambda: NOW)
     bolt = sl.build_slack_app(
         bot_token=BOT_TOKEN,
         signing_secret=SECRET,
-        flow=ChatFlow(intake=intake, desk=desk, clock=lambda: NOW),
-        allow=AllowList.build(slack_users=[ALEX]),
+        flow=flow,
+        allow=AllowList.build(slack_users=[ALEX, BOB]),
         api_base_url=slack.base_url,
     )
     web_app = web.Application()
     sl.add_slack_routes(web_app, bolt)
     runner = web.AppRunner(web_app)
     await runner.setup()
+    stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield Rig(slack, desk, f"http://127.0.0.1:{port}/slack/events")
-    await runner.cleanup()
-    await slack.stop()
-    await claude.close()
-    await model.stop()
+    return f"http://127.0.0.1:{port}/slack/events"
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with contextlib.AsyncExitStack() as stack:
+        model = SandboxAnthropic(api_key="sk-test")
+        await model.start()
+        stack.push_async_callback(model.stop)
+        claude = anthropic.AsyncAnthropic(api_key="sk-test", base_url=model.base_url, max_retries=0)
+        stack.push_async_callback(claude.close)
+        slack = SandboxSlack(bot_token=BOT_TOKEN, signing_secret=SECRET, team_id=TEAM)
+        await slack.start()
+        stack.push_async_callback(slack.stop)
+        desk = FakeDesk()
+        path = tmp_path / "concierge.sqlite"
+        url = await serve(stack, slack, desk, claude, path)
+        yield Rig(slack, desk, url, claude, path, stack)
 
 
 def in_thread(ts: str, word: str):  # noqa: ANN201
@@ -166,3 +195,74 @@ async def test_unsigned_wrongly_signed_or_stale_requests_get_401(rig: Rig) -> No
         assert answer.status == 401
     assert not slack.posted and not rig.desk.submitted
     assert not [c for c in slack.calls if c[0] != "auth.test"]
+
+
+def ephemeral_to(user: str, word: str):  # noqa: ANN201
+    return lambda p: p.method == "ephemeral" and p.user == user and word in p.text
+
+
+async def test_someone_elses_reply_does_not_change_the_draft_nor_their_click_confirm_it(rig: Rig) -> None:
+    """The probe: Bob, also allowed, replies in Alex's thread with another number, then the
+    original Confirm is pressed. The draft is Alex's: Bob's words change nothing (he is told
+    so, privately), his own click on Confirm is refused, and Alex's click submits Alex's number."""
+    slack = rig.slack
+    parent = await start_errand(rig, "+14155550100 Joe's Barbershop | haircut | next week afternoons")
+    confirm = await slack.wait_for(in_thread(parent.ts, "Shall I go ahead?"))
+
+    await slack.message_event(
+        rig.url, user_id=BOB, channel=CHANNEL, text="+1 415 555 0199", thread_ts=parent.ts
+    )
+    note = await slack.wait_for(ephemeral_to(BOB, "belongs to the person who started it"))
+    assert note.thread_ts == parent.ts and note.channel == CHANNEL
+    assert [p for p in slack.posted if "Shall I go ahead?" in p.text] == [confirm], "no new prompt"
+
+    await slack.click(rig.url, user_id=BOB, message=confirm, action_id=confirm.buttons[0][1])
+    refusal = await slack.wait_for_response(lambda r: "belongs to the person" in r.get("text", ""))
+    assert refusal["response_type"] == "ephemeral" and refusal["replace_original"] is False
+    assert not rig.desk.submitted and not [p for p in slack.posted if p.method == "update"]
+
+    await slack.click(rig.url, user_id=ALEX, message=confirm, action_id=confirm.buttons[0][1])
+    await slack.wait_for(lambda p: p.method == "update" and p.ts == confirm.ts and "Confirmed" in p.text)
+    (req,) = rig.desk.submitted
+    assert req.phone == "+14155550100" and req.origin.user_id == ALEX
+
+
+async def test_every_change_makes_the_older_buttons_stale(rig: Rig) -> None:
+    slack = rig.slack
+    parent = await start_errand(rig, "+14155550100 Joe's Barbershop | haircut | next week afternoons")
+    first = await slack.wait_for(in_thread(parent.ts, "Shall I go ahead?"))
+    await slack.message_event(
+        rig.url, user_id=ALEX, channel=CHANNEL, text="+1 415 555 0199", thread_ts=parent.ts
+    )
+    second = await slack.wait_for(lambda p: in_thread(parent.ts, "+14155550199")(p) and bool(p.buttons))
+    assert {b[2] for b in first.buttons}.isdisjoint(b[2] for b in second.buttons), "a new draft id"
+
+    for label in ("Confirm", "Edit", "Cancel"):
+        action = next(b[1] for b in first.buttons if b[0] == label)
+        await slack.click(rig.url, user_id=ALEX, message=first, action_id=action)
+    await slack.wait_for_response(
+        lambda r: len([x for x in slack.responses if "changed since" in x["text"]]) == 3
+    )
+    assert not rig.desk.submitted and not [p for p in slack.posted if p.method == "update"]
+
+    await slack.click(rig.url, user_id=ALEX, message=second, action_id=second.buttons[0][1])
+    await slack.wait_for(lambda p: p.method == "update" and p.ts == second.ts and "Confirmed" in p.text)
+    (req,) = rig.desk.submitted
+    assert req.phone == "+14155550199"
+
+
+async def test_a_draft_survives_a_restart_and_is_queued_once(rig: Rig) -> None:
+    slack = rig.slack
+    parent = await start_errand(rig, "+14155550100 Joe's Barbershop | haircut | next week afternoons")
+    confirm = await slack.wait_for(in_thread(parent.ts, "Shall I go ahead?"))
+    restarted = await rig.serve()  # a new process would hold nothing of the first one's memory
+
+    clicks = [
+        slack.click(restarted, user_id=ALEX, message=confirm, action_id=confirm.buttons[0][1])
+        for _ in range(3)
+    ]  # a triple click, on the restarted server and the old one
+    clicks.append(slack.click(rig.url, user_id=ALEX, message=confirm, action_id=confirm.buttons[0][1]))
+    assert {a.status for a in await asyncio.gather(*clicks)} == {200}
+    await slack.wait_for(lambda p: p.method == "update" and p.ts == confirm.ts and "Confirmed" in p.text)
+    assert len(rig.desk.submitted) == 1
+    assert len([p for p in slack.posted if p.method == "update"]) == 1, "the losers edit nothing"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anthropic
@@ -18,9 +20,11 @@ from bot.flow import ChatFlow
 from bot.intake import ClaudeExtractor, Intake
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.telegram import SandboxTelegram, Sent
+from storage.db import Database
+from storage.drafts import DraftStore
 
 TOKEN = "123456:sandbox-token"
-ALEX, STRANGER = 7, 99
+ALEX, BOB, STRANGER = 7, 8, 99
 
 
 @dataclass
@@ -30,7 +34,7 @@ class Rig:
     app: tg.TgApp
 
 
-def make_flow(desk: FakeDesk, client: anthropic.AsyncAnthropic | None) -> ChatFlow:
+def make_flow(desk: FakeDesk, client: anthropic.AsyncAnthropic | None, db: Database) -> ChatFlow:
     intake = Intake(
         extractor=ClaudeExtractor(client, model="claude-haiku-4-5") if client else None,
         person_name="Alex",
@@ -38,7 +42,7 @@ def make_flow(desk: FakeDesk, client: anthropic.AsyncAnthropic | None) -> ChatFl
         region="US",
         clock=lambda: NOW,
     )
-    return ChatFlow(intake=intake, desk=desk, clock=lambda: NOW)
+    return ChatFlow(intake=intake, desk=desk, drafts=DraftStore(db, clock=lambda: NOW), clock=lambda: NOW)
 
 
 @pytest.fixture
@@ -52,15 +56,22 @@ async def claude() -> AsyncIterator[anthropic.AsyncAnthropic]:
 
 
 @pytest.fixture
-async def rig(claude: anthropic.AsyncAnthropic) -> AsyncIterator[Rig]:
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(tmp_path / "concierge.sqlite")
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def rig(claude: anthropic.AsyncAnthropic, db: Database) -> AsyncIterator[Rig]:
     api = SandboxTelegram(token=TOKEN)
     await api.start()
     desk = FakeDesk()
     app = tg.build_application(
         token=TOKEN,
         api_base_url=api.base_url,
-        flow=make_flow(desk, claude),
-        allow=AllowList.build(telegram_users=[ALEX]),
+        flow=make_flow(desk, claude, db),
+        allow=AllowList.build(telegram_users=[ALEX, BOB]),
     )
     await tg.start_polling(app, poll_timeout=1)
     yield Rig(api, desk, app)
@@ -70,6 +81,14 @@ async def rig(claude: anthropic.AsyncAnthropic) -> AsyncIterator[Rig]:
 
 def replying_to(mid: int, word: str):  # noqa: ANN201
     return lambda s: s.method == "sendMessage" and s.reply_to_message_id == mid and word in (s.text or "")
+
+
+async def alerted(api: SandboxTelegram, word: str) -> dict[str, Any]:
+    """The first callback answer shown as an alert that says ``word`` (only the presser sees it)."""
+
+    found = await api.wait_for_callback_answer(lambda c: word in str(c.get("text", "")))
+    assert found.get("show_alert") in (True, "true", "True"), found
+    return found
 
 
 async def test_free_text_missing_number_asked_back_then_confirmed(rig: Rig) -> None:
@@ -125,8 +144,9 @@ async def test_cancel_button_drops_the_draft(rig: Rig) -> None:
     api.press_button(42, ALEX, confirm.message_id, confirm.buttons[2][1])
     await api.wait_for(lambda s: s.method == "editMessageText" and "dropped" in (s.text or ""))
     api.press_button(42, ALEX, confirm.message_id, confirm.buttons[0][1])  # a late Confirm
-    await api.wait_for(lambda s: s.method == "editMessageText" and "no longer open" in (s.text or ""))
+    await alerted(api, "no longer open")
     assert not rig.desk.submitted
+    assert len([s for s in api.sent if s.method == "editMessageText"]) == 1, "the refusal edits nothing"
 
 
 async def test_cancel_command_and_status(rig: Rig) -> None:
@@ -176,14 +196,14 @@ async def test_emergency_number_refused(rig: Rig) -> None:
     assert not rig.desk.submitted
 
 
-async def test_webhook_requires_the_secret() -> None:
+async def test_webhook_requires_the_secret(db: Database) -> None:
     api = SandboxTelegram(token=TOKEN)
     await api.start()
     desk = FakeDesk()
     app = tg.build_application(
         token=TOKEN,
         api_base_url=api.base_url,
-        flow=make_flow(desk, None),
+        flow=make_flow(desk, None, db),
         allow=AllowList.build(telegram_users=[ALEX]),
         webhook=True,
     )
@@ -213,3 +233,33 @@ async def test_webhook_requires_the_secret() -> None:
         await runner.cleanup()
         await tg.stop(app)
         await api.stop()
+
+
+async def test_a_group_draft_is_its_starters_and_stale_buttons_are_refused(rig: Rig) -> None:
+    """Bob, also allowed, presses Alex's buttons in a group: refused, privately. Alex changes
+    the draft; the older message's buttons are then refused as stale, the newest one works."""
+    api = rig.api
+    m1 = api.user_message(-1001, ALEX, "/call +14155550100 Joe's Barbershop | haircut | next week afternoons")
+    first = await api.wait_for(replying_to(m1, "Shall I go ahead?"))
+    for _, data in first.buttons:
+        api.press_button(-1001, BOB, first.message_id, data)
+    m2 = api.user_message(-1001, BOB, "+1 415 555 0199")  # Bob's words are his own thread, with no draft
+    await alerted(api, "belongs to the person who started it")
+    await api.wait_for_callback_answer(
+        lambda _: len([c for c in api.answered_callbacks if "belongs to" in str(c.get("text"))]) == 3
+    )
+    assert not rig.desk.submitted
+
+    m3 = api.user_message(-1001, ALEX, "+1 415 555 0123")
+    second = await api.wait_for(replying_to(m3, "Shall I go ahead?"))
+    assert "+14155550123" in (second.text or "")
+    assert {d for _, d in first.buttons}.isdisjoint(d for _, d in second.buttons), "a new draft id"
+    api.press_button(-1001, ALEX, first.message_id, first.buttons[0][1])  # the stale Confirm
+    await alerted(api, "changed since")
+    api.press_button(-1001, ALEX, second.message_id, second.buttons[0][1])
+    await api.wait_for(lambda s: s.method == "editMessageText" and "Confirmed" in (s.text or ""))
+    (req,) = rig.desk.submitted
+    assert req.phone == "+14155550123" and req.origin.user_id == str(ALEX)
+    assert not [s for s in api.sent if s.reply_to_message_id == m2], "Bob's chatter is not answered"
+    edits = [s for s in api.sent if s.method == "editMessageText"]
+    assert [e.message_id for e in edits] == [second.message_id], "refused presses edit nothing"

@@ -87,7 +87,7 @@ async def snapshot(stack: Stack) -> tuple[Any, ...]:
         len(w.slack.posted),
         len(w.slack.responses),
         len(w.twilio.calls),
-        len(stack.app.flow.intake._by_key),
+        await stack.app.drafts.count(),
     )
 
 
@@ -99,7 +99,6 @@ async def dialing_job(stack: Stack, phone: str = "+14155550123", owner: str = "r
         "rel:setup", origin, f"{phone} Test Shop | haircut | next week"
     )
     assert reply.request is not None, reply.text
-    stack.app.flow.intake.drop(reply.draft.id if reply.draft else "")
     store = stack.app.store
     job = await store.enqueue(reply.request, due_at=stack.clock.now() - timedelta(minutes=1), max_attempts=3)
     claimed = await store.claim_due(owner, limit=1, lease_seconds=3600)
