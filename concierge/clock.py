@@ -2,11 +2,11 @@
 
 The dispatcher never polls: it sleeps until either something happens (an
 ``asyncio.Event`` is set) or the next job falls due. Making that sleep a
-method of an injected clock lets tests drive time by hand (``FakeClock``) and
-lets the demo skip ahead to opening time (``OffsetClock``) while the call's
-audio still runs at real speed.
+method of an injected clock lets tests drive time by hand (their fake clock
+subclasses :class:`ReschedulingClock`) and lets the demo skip ahead to opening
+time (``OffsetClock``) while the call's audio still runs at real speed.
 
-All three clocks share one mechanism: the waiter sits in ``event.wait()``
+Every clock shares one mechanism: the waiter sits in ``event.wait()``
 inside an ``asyncio.timeout`` whose deadline is on the event loop's own
 clock; moving the clock reschedules those deadlines. No helper tasks are
 created, so nothing can leak.
@@ -39,8 +39,12 @@ class _Waiter:
         self.timeout = timeout
 
 
-class _ReschedulingClock:
-    """Shared ``wait`` for clocks whose deadlines may move (see module doc)."""
+class ReschedulingClock:
+    """Shared ``wait`` for clocks whose deadlines may move (see module doc).
+
+    A subclass supplies ``now`` and ``_loop_deadline`` and calls ``_reschedule_all``
+    whenever its time jumps.
+    """
 
     def __init__(self) -> None:
         self._waiters: set[_Waiter] = set()
@@ -86,7 +90,7 @@ class _ReschedulingClock:
             waiter.timeout.reschedule(deadline)
 
 
-class SystemClock(_ReschedulingClock):
+class SystemClock(ReschedulingClock):
     """Real time."""
 
     def now(self) -> datetime:
@@ -124,39 +128,3 @@ class OffsetClock(SystemClock):
     def jump(self, delta: timedelta) -> None:
         """Move time by ``delta`` (may be negative)."""
         self.jump_to(self.now() + delta)
-
-
-class FakeClock(_ReschedulingClock):
-    """Time that only moves when a test says so.
-
-    Waiters with a deadline are woken by :meth:`advance` / :meth:`set` once
-    the fake time reaches it, never by real time passing.
-    """
-
-    def __init__(self, start: datetime) -> None:
-        super().__init__()
-        if start.tzinfo is None:
-            raise ValueError("FakeClock needs an aware start time")
-        self._now = start.astimezone(UTC)
-
-    def now(self) -> datetime:
-        return self._now
-
-    def advance(self, delta: timedelta) -> None:
-        """Move time forward by ``delta``."""
-        if delta < timedelta(0):
-            raise ValueError("FakeClock cannot go backwards")
-        self.set(self._now + delta)
-
-    def set(self, dt: datetime) -> None:
-        """Jump to ``dt`` (not earlier than now) and wake waiters whose deadline passed."""
-        dt = dt.astimezone(UTC)
-        if dt < self._now:
-            raise ValueError("FakeClock cannot go backwards")
-        self._now = dt
-        self._reschedule_all()
-
-    def _loop_deadline(self, until: datetime | None) -> float | None:
-        if until is None or until > self._now:
-            return None  # only advance()/set() may reach it
-        return asyncio.get_running_loop().time()

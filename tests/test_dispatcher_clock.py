@@ -6,8 +6,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from clocks import FakeClock
 
-from concierge.clock import FakeClock, OffsetClock, SystemClock
+from concierge.clock import OffsetClock, SystemClock
 
 T0 = datetime(2026, 6, 8, 12, 0, tzinfo=UTC)
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from concierge.clock import Clock, FakeClock
+from clocks import FakeClock
+
+from concierge.clock import Clock
 from concierge.dispatcher import Dispatcher
 from storage.db import Database
 from storage.errors import ProviderError

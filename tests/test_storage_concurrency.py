@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from clocks import FakeClock
 
 from storage.db import Database
 from storage.jobs import JobStore
@@ -20,19 +21,6 @@ from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, JobState
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("test_storage_crash_child.py")
-
-
-class FakeClock:
-    """A clock the test moves by hand (leases are timestamps, so no sleeping)."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def make_request(n: int) -> CallRequest:
@@ -76,7 +64,7 @@ async def claimed_dialing_count(store: JobStore, job_id: str) -> int:
 
 
 async def test_two_connections_claim_every_job_exactly_once(two_dbs: tuple[Database, Database]) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     store_a, store_b = (JobStore(db, clock=clock) for db in two_dbs)
     jobs = await fill(store_a, 240)
 
@@ -208,7 +196,7 @@ async def test_killed_dispatcher_loses_nothing_and_its_jobs_are_taken_over_once(
 async def test_cancelled_claim_waiting_for_the_lock_leaves_the_connection_usable(
     two_dbs: tuple[Database, Database],
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     db_a, db_b = two_dbs
     store_b = JobStore(db_b, clock=clock)
     jobs = await fill(JobStore(db_a, clock=clock), 3)

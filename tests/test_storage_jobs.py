@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from clocks import FakeClock
 
 from storage.db import MIGRATIONS, Database, format_dt, parse_dt
 from storage.errors import IllegalTransition, JobNotFound, LeaseLost
@@ -32,19 +33,6 @@ T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 S = JobState
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 def make_request(n: int = 0, *, user_id: str = "u1", platform: Platform = Platform.TELEGRAM) -> CallRequest:
     return CallRequest(
         business_name=f"Joe's Barbershop #{n}",
@@ -61,7 +49,7 @@ def make_request(n: int = 0, *, user_id: str = "u1", platform: Platform = Platfo
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture
@@ -124,10 +112,10 @@ async def test_every_legal_transition(
     assert after.state is dst
     assert after.outcome == outcome
     assert after.next_attempt_at == retry_at
-    assert after.updated_at == clock.now
+    assert after.updated_at == clock.now()
     assert after.attempts == job.attempts + (1 if dst is S.DIALING else 0)
     last = (await store.history(job.id))[-1]
-    assert last == HistoryEntry(at=clock.now, from_state=src, to_state=dst, reason="test step", owner=None)
+    assert last == HistoryEntry(at=clock.now(), from_state=src, to_state=dst, reason="test step", owner=None)
     assert await store.get(job.id) == after
 
 
@@ -195,7 +183,7 @@ async def test_full_history_is_complete_and_ordered(store: JobStore, clock: Fake
         steps.append((S.IN_CALL, owner))
         clock.advance(1)
         final = S.QUEUED if owner == "d1" else S.BOOKED
-        await store.transition(job.id, final, owner=owner, reason="done", next_attempt_at=clock.now)
+        await store.transition(job.id, final, owner=owner, reason="done", next_attempt_at=clock.now())
         steps.append((final, owner))
 
     history = await store.history(job.id)
@@ -376,7 +364,7 @@ async def test_expired_leases_and_take_over(store: JobStore, clock: FakeClock) -
     taken = await store.take_over(job.id, "d2", 30)
     assert taken is not None
     assert (taken.state, taken.lease_owner, taken.attempts) == (S.DIALING, "d2", 1)
-    assert taken.lease_expires_at == clock.now + timedelta(seconds=30)
+    assert taken.lease_expires_at == clock.now() + timedelta(seconds=30)
     assert await store.take_over(job.id, "d3", 30) is None
     last = (await store.history(job.id))[-1]
     assert (last.from_state, last.to_state, last.owner) == (S.DIALING, S.DIALING, "d2")
