@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import telegram
 from aiohttp import web
+from bot_fakes import NOW, FakeDesk
 from slack_sdk.web.async_client import AsyncWebClient
-from test_bot_support import NOW, FakeDesk
 
 from bot import slack as sl
 from bot.allow import AllowList

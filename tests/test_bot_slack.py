@@ -14,7 +14,7 @@ from pathlib import Path
 import anthropic
 import pytest
 from aiohttp import web
-from test_bot_support import NOW, FakeDesk
+from bot_fakes import NOW, FakeDesk
 
 from bot import slack as sl
 from bot.allow import AllowList

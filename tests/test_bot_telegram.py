@@ -12,7 +12,7 @@ import aiohttp
 import anthropic
 import pytest
 from aiohttp import web
-from test_bot_support import NOW, FakeDesk
+from bot_fakes import NOW, FakeDesk
 
 from bot import telegram as tg
 from bot.allow import AllowList

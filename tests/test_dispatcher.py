@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_dispatcher_helpers import harness, local, request
+from dispatcher_harness import harness, local, request
 
 from concierge.clock import OffsetClock
 from concierge.dispatcher import calls_made

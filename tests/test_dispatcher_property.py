@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, date, datetime, timedelta
 
+from dispatcher_harness import harness, request
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_dispatcher_helpers import harness, request
 
 from concierge.hours import parse_weekly
 from storage.errors import IllegalTransition

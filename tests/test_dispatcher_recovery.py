@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_dispatcher_helpers import Harness, harness, local, request
+from dispatcher_harness import Harness, harness, local, request
 
 from concierge.dispatcher import calls_made, current_call_sid
 from concierge.dispatcher_outcomes import record_call_sid

@@ -11,7 +11,7 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-from test_dispatcher_helpers import FakeNotifier, request
+from dispatcher_harness import FakeNotifier, request
 
 from concierge.clock import SystemClock
 from concierge.dispatcher import Dispatcher

@@ -20,7 +20,7 @@ from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, JobState
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
-CHILD = Path(__file__).with_name("test_storage_crash_child.py")
+CHILD = Path(__file__).with_name("storage_crash_child.py")
 
 
 def make_request(n: int) -> CallRequest:

@@ -1,7 +1,7 @@
 """Restart safety end to end: ``concierge serve`` SIGKILLed mid-call, restarted, and the errand recovers.
 
 The sandbox world runs in the test process, the server in a subprocess
-configured only by environment variables (see ``tests/reliability/serve_proc.py``).
+configured only by environment variables (see ``tests/serve_proc.py``).
 The person asks for a booking in the chat; once the receptionist is talking the
 server is killed with SIGKILL. After the restart the errand must be reconciled
 against Twilio (the call's real status fetched through the REST API *before*
@@ -12,16 +12,12 @@ not lost, not duplicated, and never dialled while its first call was live.
 from __future__ import annotations
 
 import re
-import sys
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-
-from reliability_kit import (  # noqa: E402
+from reliability_kit import (
     CallWatch,
     is_live,
     job_of_call,
@@ -29,15 +25,15 @@ from reliability_kit import (  # noqa: E402
     submit_errand,
     wait_until,
 )
-from serve_proc import Server, free_port, server_env  # noqa: E402
+from serve_proc import Server, free_port, server_env
 
-from concierge.demo_env import DEMO_TELEGRAM_USER, SandboxWorld  # noqa: E402
-from concierge.settings import Settings  # noqa: E402
-from sandbox import scenarios  # noqa: E402
-from sandbox.twilio import Behavior  # noqa: E402
-from storage.db import Database  # noqa: E402
-from storage.jobs import JobStore  # noqa: E402
-from storage.models import JobState  # noqa: E402
+from concierge.demo_env import DEMO_TELEGRAM_USER, SandboxWorld
+from concierge.settings import Settings
+from sandbox import scenarios
+from sandbox.twilio import Behavior
+from storage.db import Database
+from storage.jobs import JobStore
+from storage.models import JobState
 
 pytestmark = [pytest.mark.slow]
 

@@ -8,10 +8,11 @@ a second restart must not post it again.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from factories import call_request
 
 from concierge.app import Concierge
 from concierge.demo import start_stack, wait_until
@@ -20,9 +21,7 @@ from storage.db import Database
 from storage.jobs import JobStore
 from storage.models import (
     Booking,
-    BookingWindow,
     CallOutcome,
-    CallRequest,
     ChatOrigin,
     JobState,
     OutcomeKind,
@@ -40,16 +39,7 @@ async def finished_but_untold(path: Path) -> str:
     try:
         store = JobStore(db)
         origin = ChatOrigin(Platform.TELEGRAM, str(DEMO_TELEGRAM_USER), str(DEMO_TELEGRAM_USER))
-        request = CallRequest(
-            business_name="Joe's Barbershop",
-            phone="+14155550100",
-            business_tz="America/Los_Angeles",
-            service="haircut",
-            person_name="Alex Doe",
-            person_tz="America/Los_Angeles",
-            window=BookingWindow(date(2026, 12, 1), date(2026, 12, 4), time(13, 0), time(18, 0), 30),
-            origin=origin,
-        )
+        request = call_request(origin=origin)
         job = await store.enqueue(request, due_at=utcnow() - timedelta(minutes=1), max_attempts=3)
         [job] = await store.claim_due("dead-server", limit=1, lease_seconds=60)
         await store.transition(job.id, JobState.IN_CALL, owner="dead-server", reason="call answered")

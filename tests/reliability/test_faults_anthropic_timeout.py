@@ -9,32 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from datetime import date, time
 from typing import Any
+
+from factories import call_request
 
 from agent.base import AgentAction, CallConnected, Hangup, Say
 from agent.conversation import APOLOGY, ClaudeAgent
 from agent.llm import RetryPolicy, build_anthropic
 from sandbox.anthropic import SandboxAnthropic
-from storage.models import BookingWindow, CallRequest, ChatOrigin, OutcomeKind, Platform
+from storage.models import OutcomeKind
 
 
 class NoCalendar:
     async def busy(self, start: Any, end: Any) -> list[Any]:
         return []
-
-
-def request() -> CallRequest:
-    return CallRequest(
-        business_name="Joe's Barbershop",
-        phone="+14155550100",
-        business_tz="America/Los_Angeles",
-        service="haircut",
-        person_name="Alex Doe",
-        person_tz="America/Los_Angeles",
-        window=BookingWindow(date(2026, 12, 1), date(2026, 12, 4), time(13, 0), time(18, 0), 30),
-        origin=ChatOrigin(Platform.CLI, "chat", "user"),
-    )
 
 
 async def collect(agent: ClaudeAgent) -> list[AgentAction]:
@@ -46,7 +34,7 @@ def make_agent(client: Any, sleep: Callable[[float], Awaitable[None]]) -> Claude
     return ClaudeAgent(
         client,
         model="claude-haiku-4-5",
-        request=request(),
+        request=call_request(),
         calendar=NoCalendar(),
         assistant_name="Robin",
         sleep=sleep,

@@ -20,7 +20,7 @@ from typing import Any
 from concierge.demo_env import GRAPH_TOKEN, SandboxWorld
 from concierge.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

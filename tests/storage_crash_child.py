@@ -1,6 +1,6 @@
 """Child process for the crash-safety test (run as a script; holds no pytest tests).
 
-Usage: ``python test_storage_crash_child.py DB_PATH NOW_ISO OWNER COMMIT_N LEASE_SECONDS``
+Usage: ``python storage_crash_child.py DB_PATH NOW_ISO OWNER COMMIT_N LEASE_SECONDS``
 
 It claims ``COMMIT_N`` due jobs for ``OWNER`` with its clock frozen at
 ``NOW_ISO`` (committed), then opens a second ``BEGIN IMMEDIATE`` transaction
