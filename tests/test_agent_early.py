@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
+import httpx2
 import pytest
 from factories import FakeCalendar, claude_agent
 
@@ -26,6 +28,45 @@ async def agent(sandbox: SandboxAnthropic) -> AsyncIterator[ClaudeAgent]:
     yield a
     await a.aclose()
     await client.close()
+
+
+class _ReadToEnd(httpx2.AsyncByteStream):
+    """A response body that sets ``done`` once the SDK has read its last byte."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, done: asyncio.Event) -> None:
+        self._inner = inner
+        self._done = done
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+        self._done.set()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _WatchedTransport(httpx2.AsyncBaseTransport):
+    """httpx's own transport, plus one ``read_to_end`` event per response (in request order)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+        self.read_to_end: list[asyncio.Event] = []
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        done = asyncio.Event()
+        self.read_to_end.append(done)
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        return httpx2.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_ReadToEnd(response.stream, done),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 async def run(agent: ClaudeAgent, event: Any) -> list[AgentAction]:
@@ -104,17 +145,31 @@ async def test_a_prepared_request_that_failed_is_retried_like_any_other(
     assert len(sandbox.requests) == 2
 
 
-async def test_tools_of_a_prepared_answer_run_only_once_the_turn_is_final(
-    sandbox: SandboxAnthropic, agent: ClaudeAgent
-) -> None:
-    calendar = agent.tools.calendar
-    assert isinstance(calendar, FakeCalendar)
-    await run(agent, CallConnected())
-    agent.prepare(CalleeSaid("We could do 12/3 at 3pm."))
-    await requests_reach(sandbox, 2)
-    await asyncio.sleep(0.05)  # the whole answer (a check_availability call) has arrived by now
-    assert calendar.queries == []
-    actions = await run(agent, CalleeSaid("We could do 12/3 at 3pm."))
-    assert calendar.queries  # the lookup ran in the reply
-    assert "December 3" in says(actions)
-    assert isinstance(actions[-1], Hangup) and agent.tools.booking is not None  # a free slot: booked
+async def test_tools_of_a_prepared_answer_run_only_once_the_turn_is_final(sandbox: SandboxAnthropic) -> None:
+    transport = _WatchedTransport()
+    client = anthropic.AsyncAnthropic(
+        api_key=sandbox.api_key,
+        base_url=sandbox.base_url,
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=transport),
+    )
+    agent = claude_agent(client, sleep=_no_wait)
+    try:
+        calendar = agent.tools.calendar
+        assert isinstance(calendar, FakeCalendar)
+        await run(agent, CallConnected())
+        agent.prepare(CalleeSaid("We could do 12/3 at 3pm."))
+        await requests_reach(sandbox, 2)
+        # The SDK has read the whole prepared answer (a check_availability call), event by event,
+        # into the early round: a tool started from it would have asked the calendar by now.
+        async with asyncio.timeout(5):
+            await transport.read_to_end[1].wait()
+        assert sandbox.requests[1]["messages"][-1]["content"][0]["text"] == "We could do 12/3 at 3pm."
+        assert calendar.queries == []
+        actions = await run(agent, CalleeSaid("We could do 12/3 at 3pm."))
+        assert calendar.queries  # the lookup ran in the reply
+        assert "December 3" in says(actions)
+        assert isinstance(actions[-1], Hangup) and agent.tools.booking is not None  # a free slot: booked
+    finally:
+        await agent.aclose()
+        await client.close()

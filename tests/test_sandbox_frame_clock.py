@@ -38,6 +38,14 @@ class Counting:
         return self.result if len(self.times) >= self.frames else None
 
 
+async def stops_ticking(clock: FrameClock) -> None:
+    """Wait for the clock's ticking task to end by itself (it does once no stream is attached)."""
+    task = clock._task
+    assert task is not None
+    async with asyncio.timeout(5):
+        await task
+
+
 async def test_each_stream_once_a_frame_and_the_result_comes_back() -> None:
     clock = FrameClock(PACE)
     streams = [Counting(20, result=i % 2 == 0) for i in range(2 * FRAME_SLOTS)]
@@ -51,8 +59,7 @@ async def test_each_stream_once_a_frame_and_the_result_comes_back() -> None:
         gaps = [b - a for a, b in zip(s.times[1:], s.times[2:], strict=False)]  # after the first step
         assert sum(gaps) / len(gaps) == pytest.approx(frame, rel=0.2)
     assert clock.streams == 0
-    await asyncio.sleep(frame)
-    assert clock._task is not None and clock._task.done()  # no streams: the clock stopped ticking
+    await stops_ticking(clock)
 
 
 async def test_a_stream_keeps_its_phase_and_streams_of_a_phase_share_a_pass() -> None:
@@ -61,7 +68,7 @@ async def test_a_stream_keeps_its_phase_and_streams_of_a_phase_share_a_pass() ->
     together = [Counting(5, clock=clock) for _ in range(3)]  # same start: same phase
     alone = Counting(5, clock=clock)
     tasks = [asyncio.create_task(clock.play(s)) for s in together]
-    await asyncio.sleep(frame / 2)  # half a frame later: another phase
+    await asyncio.sleep(frame / 2)  # the stimulus, not a wait: half a frame later is another phase
     tasks.append(asyncio.create_task(clock.play(alone)))
     await asyncio.gather(*tasks)
     for s in [*together, alone]:
@@ -85,6 +92,6 @@ async def test_a_broken_stream_fails_alone_and_a_cancelled_one_leaves() -> None:
         await leaving
     assert clock.streams == 0
     steps = len(left.times)
-    await asyncio.sleep(0.01)
+    await stops_ticking(clock)
     assert len(left.times) == steps  # no longer stepped
     await clock.stop()

@@ -28,6 +28,7 @@ pytestmark = [
 ]
 
 FRAME = 160  # bytes of one 20 ms Twilio frame
+KEEPALIVE_BYTES = 320  # the 40 ms of silence stt_flux sends while the phone rings
 
 
 def flux(dg: SandboxDeepgram, eager: float | None = 0.5) -> SpeechClient:
@@ -107,7 +108,11 @@ async def test_while_the_phone_rings_silence_keeps_the_socket_open_and_times_sta
     async with SandboxDeepgram(api_key="dg-test-key", idle_timeout=0.3) as dg:
         listener = flux(dg).listener()
         async with running(listener):
-            await asyncio.sleep(0.8)  # longer than the idle timeout, no call audio yet
+            # No call audio yet. Keep-alives go out at least 0.05 s apart, so once this many have
+            # arrived the socket has lived through twice the sandbox's idle timeout.
+            async with asyncio.timeout(10):
+                while not dg.listens or dg.listens[0].bytes_received < 12 * KEEPALIVE_BYTES:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # the sandbox records, it does not notify
             assert listener.connections == 1 and dg.listens[0].bytes_received > 0
             lead_in = listener._lead_in
             assert lead_in == dg.listens[0].bytes_received
