@@ -7,6 +7,11 @@ history sent to the model holds only what the callee actually heard: a
 barge-in (the session cancels the reply iterator, then calls ``interrupted``)
 trims the reply to the played words, and a cancelled reply never leaves a
 ``tool_use`` without its ``tool_result``.
+
+The callee's first words from the assistant are always the product's own fixed disclosure
+(``disclosure_sentence``), never the model's: whatever is said first (a model clause, a retry
+filler, the apology, a goodbye at a cap) is preceded by it, and a barge-in that cut it short
+makes it due again. A reply that only presses keys says nothing, so it discloses nothing yet.
 """
 
 from __future__ import annotations
@@ -15,11 +20,10 @@ import asyncio
 import contextlib
 import copy
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,18 +47,32 @@ from agent.base import (
 from agent.chunking import ClauseChunker
 from agent.early import EarlyRound
 from agent.history import Message, add_user, drop_empty, prefix_text, set_text, text_of
-from agent.llm import RetryPolicy, from_transport_error
+from agent.limits import CallLimits
+from agent.llm import RetryPolicy, from_transport_error, to_provider_error
 from agent.prompts import build_system_prompt
-from agent.tools import BookingTools, FreeBusy
+from agent.tools import DEFAULT_MIN_LEAD, BookingTools, FreeBusy
+from storage.errors import user_message
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
 
 log = logging.getLogger(__name__)
 
-#: The disclosure rule (DESIGN.md, safety): the callee learns in the assistant's first words that
-#: it is an AI. The prompt asks for it; this guard makes it hold whatever the model writes.
-_DISCLOSES = re.compile(r"\bAI\b|artificial intelligence", re.IGNORECASE)
-
 APOLOGY = "I'm sorry, I'm having technical trouble on my end. I'll call back later. Goodbye."
+#: Said when a per-call cap (``CallLimits``) ends the call.
+CAP_GOODBYE = "I'm sorry, I have to end this call now. Thank you for your time, goodbye."
+
+
+def disclosure_sentence(assistant_name: str, person_name: str, *, transcript_notice: bool) -> str:
+    """The fixed words that open every call (DESIGN.md, safety: the callee learns it is an AI).
+
+    Args:
+        assistant_name: how the assistant introduces itself.
+        person_name: whom it calls for.
+        transcript_notice: add that the call is transcribed (all-party-consent jurisdictions).
+    """
+    words = f"Hi, this is {assistant_name}, an AI assistant calling on behalf of {person_name}."
+    if transcript_notice:
+        words += f" This call is transcribed for {person_name}."
+    return words
 
 
 def render_input(event: CallerInput) -> str:
@@ -97,6 +115,9 @@ class ClaudeAgent:
             needs a running loop, and ``aclose()`` when the call ends.
         first_clause_words: hand the first clause of each model answer to TTS at its first comma
             or after this many words (``ClauseChunker``): it is what the callee waits for.
+        limits: per-call caps (turns, tool calls, DTMF presses); reaching one ends the call.
+        transcript_notice: the disclosure adds that the call is transcribed for the person.
+        min_lead: how soon after now a booking may start at the earliest.
     """
 
     def __init__(
@@ -117,6 +138,9 @@ class ClaudeAgent:
         on_booking: Callable[[Booking], Awaitable[None]] | None = None,
         prefetch_calendar: bool = False,
         first_clause_words: int | None = None,
+        limits: CallLimits | None = None,
+        transcript_notice: bool = True,
+        min_lead: timedelta = DEFAULT_MIN_LEAD,
     ) -> None:
         self._client = client
         self._model = model
@@ -126,17 +150,26 @@ class ClaudeAgent:
         self._max_tool_rounds = max_tool_rounds
         self._max_tokens = max_tokens
         self._first_clause_words = first_clause_words
-        self.disclosure = (
-            f"Hi, this is {assistant_name}, an AI assistant calling on behalf of {request.person_name}."
+        self.disclosure = disclosure_sentence(
+            assistant_name, request.person_name, transcript_notice=transcript_notice
         )
-        self._disclosed = False
+        self._disclosed = False  # the callee has heard the disclosure (so far as we know)
+        self._unrecorded = False  # said, but not yet put into an assistant message of history
+        self._limits = limits or CallLimits()
+        self._turns = 0
+        self._tool_calls = 0
+        self._dtmf_presses = 0
         self._fillers = list(filler_phrases) or ["One moment, please."]
         self._filler_i = 0
         self._filler_said = False
         self._on_booking = on_booking
-        self.tools = BookingTools(request, calendar, prefetch=prefetch_calendar)
+        self.tools = BookingTools(
+            request, calendar, prefetch=prefetch_calendar, clock=clock, min_lead=min_lead
+        )
         today: date = clock().astimezone(ZoneInfo(request.business_tz)).date()
-        self.system_prompt = build_system_prompt(request, assistant_name=assistant_name, today=today)
+        self.system_prompt = build_system_prompt(
+            request, assistant_name=assistant_name, today=today, opening=self.disclosure
+        )
         schemas = self.tools.schemas()
         schemas[-1] = {**schemas[-1], "cache_control": {"type": "ephemeral"}}
         self._tool_defs = schemas
@@ -151,7 +184,7 @@ class ClaudeAgent:
 
     def outcome(self) -> CallOutcome | None:
         if self._outcome is not None:
-            return self._outcome
+            return self.tools.keep_booking(self._outcome)
         if self.tools.booking is not None:
             return CallOutcome(
                 kind=OutcomeKind.BOOKED,
@@ -201,6 +234,12 @@ class ClaudeAgent:
             return
         self._spoken = []
         self._filler_said = False
+        self._turns += 1
+        if self._turns > self._limits.max_turns:
+            self.discard_prepared()
+            for action in self._end_at_cap(f"the limit of {self._limits.max_turns} turns per call"):
+                yield action
+            return
         add_user(self.messages, [{"type": "text", "text": render_input(event)}])
         early = self._claim_prepared()
         first = True
@@ -215,13 +254,22 @@ class ClaudeAgent:
                     else:
                         assistant = item
             if self._outcome is not None:  # the model failed for good: apologise and hang up
-                yield Say(APOLOGY)
-                yield Hangup(self._outcome)
+                for say in self._say(APOLOGY):
+                    yield say
+                yield Hangup(self.tools.keep_booking(self._outcome))
                 return
             if assistant is None:
                 return
             uses = [b for b in assistant["content"] if b["type"] == "tool_use"]
             if not uses:
+                return
+            cap = self._tool_cap(uses)
+            if cap is not None:
+                # History stays well-formed (every tool_use answered), though no more rounds follow.
+                self.messages.append(assistant)
+                add_user(self.messages, [_refused(use, cap) for use in uses])
+                for action in self._end_at_cap(cap):
+                    yield action
                 return
             try:
                 results, actions = await self._run_tools(uses)
@@ -237,6 +285,13 @@ class ClaudeAgent:
             self.messages.append(assistant)
             add_user(self.messages, results)
             for action in actions:
+                if isinstance(action, SendDigits):
+                    self._dtmf_presses += len(action.digits)
+                    if self._dtmf_presses > self._limits.max_dtmf_presses:
+                        cap = f"the limit of {self._limits.max_dtmf_presses} key presses per call"
+                        for end in self._end_at_cap(cap):
+                            yield end
+                        return
                 if isinstance(action, Hangup):
                     self._outcome = action.outcome
                 yield action
@@ -244,40 +299,65 @@ class ClaudeAgent:
                     return
 
     def interrupted(self, heard: str) -> None:
-        """Trim the last reply in history to exactly what the callee heard (``heard``)."""
+        """Trim the last reply in history to exactly what the callee heard (``heard``).
+
+        A disclosure the callee did not hear in full does not count: it is said again first.
+        """
         remaining = heard.strip()
+        kept: dict[int, tuple[Message, list[str]]] = {}
         for message, text in self._spoken:
             if len(remaining) >= len(text):
                 keep, remaining = text, remaining[len(text) :].strip()
             else:
                 keep, remaining = remaining, ""
+            if text is self.disclosure and keep != text:
+                self._disclosed = self._unrecorded = False
+                keep = ""  # a cut disclosure is said again whole: history does not keep the stump
             if message is not None:
-                set_text(message, keep)
+                kept.setdefault(id(message), (message, []))[1].append(keep)
+        for message, parts in kept.values():
+            set_text(message, " ".join(p for p in parts if p))
         self._spoken = []
         drop_empty(self.messages)
-        # A disclosure cut off before the callee heard "AI" does not count: say it again.
-        self._disclosed = any(
-            _DISCLOSES.search(text_of(m)) for m in self.messages if m["role"] == "assistant"
-        )
 
-    def _disclose(self, pieces: list[str], held: list[str], *, final: bool) -> list[str]:
-        """Hold the call's first sentence until it is known to disclose; otherwise say the disclosure first.
+    def _say(self, text: str, first_token_at: float | None = None) -> list[Say]:
+        """``text`` as ``Say``s, preceded by the fixed disclosure if the callee has not heard it yet.
 
-        Costs nothing after the first sentence of the call: the guard is then off.
+        The one gate every spoken word of the agent passes through (model clauses, fillers, the
+        apology, the goodbye at a cap), so no path can speak before the disclosure.
         """
-        if self._disclosed or not (pieces or held):
-            return pieces
-        held.extend(pieces)
-        if _DISCLOSES.search(" ".join(held)):
-            self._disclosed = True
-        elif final or any(p.rstrip().endswith((".", "!", "?")) for p in held):
-            self._disclosed = True
-            held.insert(0, self.disclosure)
-        else:
-            return []
-        out = list(held)
-        held.clear()
-        return out
+        if self._disclosed:
+            return [Say(text, first_token_at)]
+        self._disclosed = self._unrecorded = True
+        self._spoken.append((None, self.disclosure))
+        return [Say(self.disclosure, first_token_at), Say(text)]
+
+    def _record_disclosure(self, message: Message) -> None:
+        """Put a disclosure said in this reply at the start of ``message`` (history = what was heard)."""
+        if not self._unrecorded:
+            return
+        self._unrecorded = False
+        prefix_text(message["content"], self.disclosure)
+        self._spoken = [
+            (message, text) if message_ is None and text is self.disclosure else (message_, text)
+            for message_, text in self._spoken
+        ]
+
+    def _tool_cap(self, uses: list[dict[str, Any]]) -> str | None:
+        """The cap these tool calls would pass, in words, or None (and count them)."""
+        if len(uses) > self._limits.max_tool_calls_per_round:
+            return f"the limit of {self._limits.max_tool_calls_per_round} tool calls in one answer"
+        self._tool_calls += len(uses)
+        if self._tool_calls > self._limits.max_tool_calls:
+            return f"the limit of {self._limits.max_tool_calls} tool calls per call"
+        return None
+
+    def _end_at_cap(self, cap: str) -> list[AgentAction]:
+        """End the call politely because ``cap`` was reached (FAILED: a retry would loop the same way)."""
+        log.warning("call ended at a cap: %s", cap)
+        outcome = CallOutcome(kind=OutcomeKind.FAILED, summary=f"The call was ended at {cap}.")
+        self._outcome = self.tools.keep_booking(outcome)
+        return [*self._say(CAP_GOODBYE), Hangup(self._outcome)]
 
     # -- one model round ----------------------------------------------------------------------------
 
@@ -308,14 +388,18 @@ class ClaudeAgent:
                     # Whatever was spoken stays in history (``_round`` committed it).
                     if spoke and self._retry.should_retry(attempt, e):
                         return  # the callee heard a partial answer; let them respond to it
-                    self._outcome = CallOutcome(kind=OutcomeKind.ERROR, summary=f"Model unavailable: {e}")
+                    # The SDK's text can carry request ids and URLs: the log has it, the person does not.
+                    log.warning("model unavailable: %r", e)
+                    summary = f"Model unavailable: {user_message(to_provider_error(e))}."
+                    self._outcome = CallOutcome(kind=OutcomeKind.ERROR, summary=summary)
                     return
                 if not self._filler_said:  # once per reply, not per model round: no "one moment" twice
                     self._filler_said = True
                     text = self._fillers[self._filler_i % len(self._fillers)]
                     self._filler_i += 1
+                    for say in self._say(text):
+                        yield say
                     self._spoken.append((None, text))
-                    yield Say(text)
                 await self._sleep(self._retry.delay(attempt, e))
 
     def _create(self, messages: list[Message]) -> Awaitable[AsyncStream[RawMessageStreamEvent]]:
@@ -331,7 +415,6 @@ class ClaudeAgent:
     ) -> AsyncGenerator[Say | Message, None]:
         chunker = ClauseChunker(first_clause_words=self._first_clause_words)
         answer = AnswerBuilder()
-        held: list[str] = []
         said: list[str] = []
         first_token_at: float | None = None
         done = False
@@ -353,29 +436,30 @@ class ClaudeAgent:
                                 if first_token_at is None:
                                     first_token_at = self._monotonic()
                                 answer.text(ev.index, delta.text)
-                                pieces = self._disclose(chunker.feed(delta.text), held, final=False)
+                                pieces = chunker.feed(delta.text)
                             elif isinstance(delta, InputJSONDelta):
                                 answer.partial_json(ev.index, delta.partial_json)
                         else:
                             answer.on_event(ev)
                             if ev.type == "content_block_stop":  # speak text before a tool runs
-                                pieces = self._disclose(chunker.flush(), held, final=True)
+                                pieces = chunker.flush()
                         for piece in pieces:
                             said.append(piece)
-                            yield Say(piece, first_token_at if first and len(said) == 1 else None)
+                            for say in self._say(piece, first_token_at if first and len(said) == 1 else None):
+                                yield say
                     sdk_stream = stream if early is None else early.stream
                     content = answer.content(sdk_stream.response.request if sdk_stream else None)
             except httpx2.TransportError as e:  # a stalled or dropped stream mid-answer
                 raise from_transport_error(e) from e
-            for piece in self._disclose(chunker.flush(), held, final=True):
+            for piece in chunker.flush():
                 said.append(piece)
-                yield Say(piece, first_token_at if first and len(said) == 1 else None)
+                for say in self._say(piece, first_token_at if first and len(said) == 1 else None):
+                    yield say
             done = True
-            if said and said[0] is self.disclosure:
-                prefix_text(content, self.disclosure)
             if not content:
                 return
             message: Message = {"role": "assistant", "content": content}
+            self._record_disclosure(message)
             if not any(b["type"] == "tool_use" for b in content):
                 self.messages.append(message)
             self._spoken.append((message, " ".join(said)))
@@ -385,6 +469,7 @@ class ClaudeAgent:
                 # Cut short (cancelled by a barge-in, or the stream broke): keep only what was said,
                 # as plain text — tools the model was about to call never ran.
                 message = {"role": "assistant", "content": [{"type": "text", "text": " ".join(said)}]}
+                self._record_disclosure(message)
                 self.messages.append(message)
                 self._spoken.append((message, " ".join(said)))
 
@@ -416,3 +501,13 @@ class ClaudeAgent:
             await self._on_booking(booking)
         except Exception:  # the call goes on; the outcome at hang-up still carries the booking
             log.exception("recording the confirmed booking failed")
+
+
+def _refused(use: dict[str, Any], cap: str) -> dict[str, Any]:
+    """The tool_result for a tool call not run because the call reached ``cap``."""
+    return {
+        "type": "tool_result",
+        "tool_use_id": use["id"],
+        "content": f"Not run: the call reached {cap} and is ending.",
+        "is_error": True,
+    }

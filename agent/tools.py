@@ -1,8 +1,11 @@
 """The tools the phone model may use, with schemas generated from typed methods.
 
 The model proposes; these handlers decide. ``confirm_booking`` is the only way a
-slot becomes a booking, and it refuses anything outside the person's window or
-busy in their calendar — so a model that misreads a time can never book it.
+slot becomes a booking, and it refuses anything outside the person's window, in the
+past or too soon, too long, busy in their calendar, or a second booking — so a model
+that misreads a time (or a callee who talks it into one) can never book it. The
+calendar stays private: tools answer "fits" or "does not fit" for a proposed slot
+inside the errand's window, never busy spans, other events or anything outside it.
 Schemas come from the handlers' annotations and Google-style docstrings so the
 description the model reads and the code that runs can't drift apart.
 """
@@ -24,7 +27,9 @@ from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from agent.base import Hangup, SendDigits
-from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind
+from storage import text
+from storage.errors import user_message
+from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
 
 _JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 log = logging.getLogger(__name__)
@@ -33,6 +38,11 @@ Spans = list[tuple[datetime, datetime]]
 #: A live calendar check started when ``check_availability`` found a slot free stands in for
 #: ``confirm_booking``'s own live check for this long (the model's next round is a few hundred ms).
 LIVE_CHECK_MAX_AGE = 10.0
+
+#: A booking must start at least this long after now (``MIN_LEAD_MINUTES``).
+DEFAULT_MIN_LEAD = timedelta(minutes=60)
+#: The longest booking accepted, as a multiple of the errand's duration.
+MAX_DURATION_FACTOR = 1.5
 
 
 class FreeBusy(Protocol):
@@ -150,6 +160,8 @@ class BookingTools:
         calendar: the person's free/busy source.
         prefetch: fetch the window's busy intervals now (needs a running event loop).
         monotonic: clock for the age of a live check.
+        clock: aware-UTC wall clock ("not in the past", ``min_lead``).
+        min_lead: how soon after now a booking may start at the earliest.
     """
 
     def __init__(
@@ -159,8 +171,12 @@ class BookingTools:
         *,
         prefetch: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], datetime] = utcnow,
+        min_lead: timedelta = DEFAULT_MIN_LEAD,
     ) -> None:
         self.request = request
+        self._clock = clock
+        self._min_lead = min_lead
         self.calendar = calendar
         self.business_tz = ZoneInfo(request.business_tz)
         self.person_tz = ZoneInfo(request.person_tz)
@@ -214,13 +230,21 @@ class BookingTools:
             return await handler(**args)
         except TypeError as e:
             return ToolResult(f"Bad arguments for {name}: {e}", is_error=True)
-        except Exception as e:  # a tool failure must not end the call: the model hears why
+        except ToolInputError as e:  # our own words about the arguments: safe to read out
             return ToolResult(f"{name} failed: {e}", is_error=True)
+        except Exception as e:  # a tool failure must not end the call: the model hears why
+            # Provider text can name the mailbox or tenant: it goes to the (redacted) log only.
+            log.warning("tool %s failed: %r", name, e)
+            return ToolResult(f"{name} failed: {user_message(e)}.", is_error=True)
 
     # -- window maths -------------------------------------------------------------------------------
 
     def window_problem(self, start: datetime, end: datetime) -> str | None:
-        """Why ``start``–``end`` is outside the person's window (in their zone), or None."""
+        """Why ``start``–``end`` cannot be booked, or None.
+
+        Outside the person's window (in their zone), shorter than the errand's duration or longer
+        than ``MAX_DURATION_FACTOR`` times it, in the past, or starting within ``min_lead``.
+        """
         w = self.request.window
         s, e = start.astimezone(self.person_tz), end.astimezone(self.person_tz)
         where = f"(that is {_fmt(s)}–{e:%H:%M} in the person's time zone {self.request.person_tz})"
@@ -232,6 +256,15 @@ class BookingTools:
             return f"Outside the acceptable hours {w.earliest:%H:%M}–{w.latest:%H:%M} {where}."
         if e - s < timedelta(minutes=w.duration_minutes):
             return f"Too short: the appointment needs {w.duration_minutes} minutes."
+        longest = int(w.duration_minutes * MAX_DURATION_FACTOR)
+        if e - s > timedelta(minutes=longest):
+            return f"Too long: the appointment takes {w.duration_minutes} minutes (at most {longest})."
+        now = self._clock()
+        if s <= now:
+            return "That time is in the past."
+        if s < now + self._min_lead:
+            lead = int(self._min_lead.total_seconds() // 60)
+            return f"Too soon: the appointment must start at least {lead} minutes from now."
         return None
 
     async def _conflicts(self, start: datetime, end: datetime) -> Spans:
@@ -275,29 +308,24 @@ class BookingTools:
 
     @tool
     async def check_availability(self, start: str, end: str) -> ToolResult:
-        """Check whether a proposed slot fits the person: inside their window and free in their calendar.
+        """Check whether one proposed slot fits the person: inside their window and free in their
+        calendar. Answers only FITS or DOES NOT FIT; it never describes the person's calendar.
 
         Args:
             start: slot start, ISO local time in the business's time zone, e.g. 2026-12-01T14:00.
             end: slot end, ISO local time in the business's time zone.
         """
         s, e = parse_local(start, self.business_tz), parse_local(end, self.business_tz)
+        head = f"Slot {_fmt(s)}–{e:%H:%M} ({self.request.business_tz}):"
         problem = self.window_problem(s, e)
-        busy = await self._conflicts(s, e) if e > s else []
-        if not problem and not busy:
-            self._start_live_check(s, e)  # confirm_booking's live check, overlapped with the model
-        lines = [f"Slot {_fmt(s)}–{e:%H:%M} ({self.request.business_tz}):"]
-        lines.append(f"window: {'no — ' + problem if problem else 'yes'}")
-        if busy:
-            spans = ", ".join(
-                f"{a.astimezone(self.business_tz):%H:%M}–{b.astimezone(self.business_tz):%H:%M}"
-                for a, b in busy
-            )
-            lines.append(f"calendar: busy ({spans} business time)")
-        else:
-            lines.append("calendar: free")
-        lines.append("verdict: " + ("FITS" if not problem and not busy else "DOES NOT FIT"))
-        return ToolResult("\n".join(lines))
+        if problem:  # outside the errand: the calendar is not even asked
+            return ToolResult(f"{head} verdict: DOES NOT FIT. {problem}")
+        if await self._conflicts(s, e):
+            # Only the verdict: never the busy spans or anything else in the person's calendar.
+            busy = "The person is not free then; ask for another time."
+            return ToolResult(f"{head} verdict: DOES NOT FIT. {busy}")
+        self._start_live_check(s, e)  # confirm_booking's live check, overlapped with the model
+        return ToolResult(f"{head} verdict: FITS.")
 
     @tool
     async def confirm_booking(self, start: str, end: str, service: str, notes: str = "") -> ToolResult:
@@ -310,6 +338,11 @@ class BookingTools:
             service: the service booked, e.g. haircut.
             notes: anything agreed worth remembering (price, staff name).
         """
+        if self.booking is not None:
+            return ToolResult(
+                f"REFUSED: a booking is already confirmed in this call ({self.booked_words()}). "
+                "Only one booking per call."
+            )
         s, e = parse_local(start, self.business_tz), parse_local(end, self.business_tz)
         problem = self.window_problem(s, e)
         if problem:
@@ -317,10 +350,38 @@ class BookingTools:
         busy = await self._live_conflicts_for_booking(s, e)  # never the snapshot: correctness first
         if busy:
             return ToolResult("REFUSED: the person is busy then. Ask for another time.")
-        self.booking = Booking(start=s, end=e, service=service, notes=notes)
+        # The service is the errand's, not the model's words; notes are callee-influenced: bounded.
+        self.booking = Booking(
+            start=s, end=e, service=self.request.service, notes=text.bounded(notes, text.NOTES)
+        )
         return ToolResult(
-            f"CONFIRMED: {service} on {_fmt(s)}–{e:%H:%M} ({self.request.business_tz}). "
+            f"CONFIRMED: {self.booked_words()}. "
             "Confirm the details with the callee, then end the call as booked."
+        )
+
+    def booked_words(self) -> str:
+        """The confirmed booking in words ("haircut on Tuesday 2026-12-01 16:00–16:30 (America/…)")."""
+        b = self.booking
+        assert b is not None, "booked_words without a booking"
+        s, e = b.start.astimezone(self.business_tz), b.end.astimezone(self.business_tz)
+        return f"{b.service} on {_fmt(s)}–{e:%H:%M} ({self.request.business_tz})"
+
+    def keep_booking(self, outcome: CallOutcome) -> CallOutcome:
+        """``outcome``, turned into BOOKED when a slot was confirmed earlier in the call.
+
+        A confirmed booking is a promise made to the business: whatever ends the call afterwards
+        (declined, needs_user, an error, a cap) must not drop it, and the person must hear of both.
+        """
+        if self.booking is None or outcome.kind is OutcomeKind.BOOKED:
+            return outcome
+        after = f" After that the call ended as {outcome.kind.value.replace('_', ' ')}"
+        after += f": {outcome.summary}" if outcome.summary else "."
+        if outcome.question:
+            after += f' They also asked: "{outcome.question}"'
+        return CallOutcome(
+            kind=OutcomeKind.BOOKED,
+            summary=text.bounded(f"Booked {self.booked_words()}.{after}", text.SUMMARY),
+            booking=self.booking,
         )
 
     @tool
@@ -359,8 +420,8 @@ class BookingTools:
             raise ToolInputError("needs_user requires the question for the person")
         result = CallOutcome(
             kind=kind,
-            summary=summary,
+            summary=text.bounded(summary, text.SUMMARY),
             booking=self.booking if kind is OutcomeKind.BOOKED else None,
-            question=question or None,
+            question=text.bounded(question, text.QUESTION) or None,
         )
-        return ToolResult("Call ending.", action=Hangup(result))
+        return ToolResult("Call ending.", action=Hangup(self.keep_booking(result)))

@@ -144,14 +144,12 @@ def _after_tools(errand: dict[str, Any], messages: list[dict[str, Any]], results
 def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]], said: str) -> list[Block]:
     person, service = errand["person_name"], errand["service"]
     if said.startswith("[call connected"):
+        ask = f"I'd like to book a {service}, {_window_words(errand)}. Do you have anything available?"
+        if "Your opening words are said for you" in system:  # the agent speaks the disclosure itself
+            return [_text(ask)]
         name = re.search(r"You are (.+?), an AI assistant", system)
         me = f"this is {name.group(1)}, " if name else ""
-        return [
-            _text(
-                f"Hi, {me}an AI assistant calling on behalf of {person}. "
-                f"I'd like to book a {service}, {_window_words(errand)}. Do you have anything available?"
-            )
-        ]
+        return [_text(f"Hi, {me}an AI assistant calling on behalf of {person}. {ask}")]
     if said.startswith("[silence"):
         prompts = sum(
             1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 from agent.base import Hangup, SendDigits
@@ -12,6 +12,8 @@ from storage.models import BookingWindow, CallRequest, ChatOrigin, OutcomeKind, 
 
 LA = ZoneInfo("America/Los_Angeles")
 LONDON = ZoneInfo("Europe/London")
+#: The tests run on 25 November 2026 (the window is a week ahead).
+NOW = datetime(2026, 11, 25, 17, 0, tzinfo=UTC)
 
 
 class Calendar:
@@ -36,7 +38,7 @@ def request(person_tz: str = "Europe/London") -> CallRequest:
 
 
 def test_schemas_come_from_signatures_and_docstrings() -> None:
-    tools = {t["name"]: t for t in BookingTools(request(), Calendar([])).schemas()}
+    tools = {t["name"]: t for t in BookingTools(request(), Calendar([]), clock=lambda: NOW).schemas()}
     assert sorted(tools) == ["check_availability", "confirm_booking", "end_call", "send_dtmf"]
     end = tools["end_call"]
     assert end["description"].startswith("Hang up after saying goodbye")
@@ -52,13 +54,14 @@ def test_schemas_come_from_signatures_and_docstrings() -> None:
 
 
 async def test_window_is_checked_in_the_persons_zone() -> None:
-    tools = BookingTools(request(), Calendar([]))
+    tools = BookingTools(request(), Calendar([]), clock=lambda: NOW)
     # 09:00 in Los Angeles = 17:00 in London: inside the 17:00-20:00 window.
     ok = await tools.run(
         "confirm_booking", {"start": "2026-12-01T09:00", "end": "2026-12-01T09:30", "service": "haircut"}
     )
     assert ok.content.startswith("CONFIRMED") and not ok.is_error
     assert tools.booking is not None and tools.booking.start == datetime(2026, 12, 1, 17, 0, tzinfo=LONDON)
+    tools = BookingTools(request(), Calendar([]), clock=lambda: NOW)
     # 14:00 in Los Angeles = 22:00 in London: too late, although it looks fine locally.
     late = await tools.run(
         "confirm_booking", {"start": "2026-12-01T14:00", "end": "2026-12-01T14:30", "service": "x"}
@@ -71,9 +74,10 @@ async def test_window_is_checked_in_the_persons_zone() -> None:
 
 async def test_busy_slot_is_refused_and_check_reports_it() -> None:
     busy = [(datetime(2026, 12, 1, 9, 0, tzinfo=LA), datetime(2026, 12, 1, 10, 0, tzinfo=LA))]
-    tools = BookingTools(request(), Calendar(busy))
+    tools = BookingTools(request(), Calendar(busy), clock=lambda: NOW)
     check = await tools.run("check_availability", {"start": "2026-12-01T09:30", "end": "2026-12-01T10:00"})
-    assert "calendar: busy (09:00–10:00 business time)" in check.content
+    assert "verdict: DOES NOT FIT" in check.content and "not free" in check.content
+    assert "09:00" not in check.content  # never the busy span itself
     refused = await tools.run(
         "confirm_booking", {"start": "2026-12-01T09:30", "end": "2026-12-01T10:00", "service": "x"}
     )
@@ -81,7 +85,7 @@ async def test_busy_slot_is_refused_and_check_reports_it() -> None:
 
 
 async def test_bad_calls_become_error_results_not_exceptions() -> None:
-    tools = BookingTools(request(), Calendar([]))
+    tools = BookingTools(request(), Calendar([]), clock=lambda: NOW)
     assert (await tools.run("check_availability", {"start": "tuesday", "end": "x"})).is_error
     assert (await tools.run("check_availability", {"start": "2026-12-01T09:00"})).is_error  # missing arg
     assert (await tools.run("teleport", {})).is_error
@@ -91,7 +95,7 @@ async def test_bad_calls_become_error_results_not_exceptions() -> None:
 
 
 async def test_actions() -> None:
-    tools = BookingTools(request(), Calendar([]))
+    tools = BookingTools(request(), Calendar([]), clock=lambda: NOW)
     assert (await tools.run("send_dtmf", {"digits": "2#"})).action == SendDigits("2#")
     ask = await tools.run("end_call", {"outcome": "needs_user", "summary": "s", "question": "Sam or anyone?"})
     assert isinstance(ask.action, Hangup)

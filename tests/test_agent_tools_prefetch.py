@@ -7,7 +7,7 @@ still asks the calendar live (a meeting added after the snapshot must refuse the
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,6 +18,8 @@ from storage.errors import ProviderConnectionError
 from storage.models import BookingWindow, CallRequest, ChatOrigin, Platform
 
 LA = ZoneInfo("America/Los_Angeles")
+#: The tests run on 25 November 2026 (the bookings are a week ahead).
+NOW = datetime(2026, 11, 25, 17, 0, tzinfo=UTC)
 TWO_PM = {"start": "2026-12-01T14:00", "end": "2026-12-01T14:30"}
 
 
@@ -35,7 +37,7 @@ def at(hour: int, minute: int = 0, day: int = 1) -> datetime:
 async def test_snapshot_answers_availability_without_another_query() -> None:
     cal = FakeCalendar()
     cal.spans = [(at(13), at(14))]
-    tools = BookingTools(request(), cal, prefetch=True)
+    tools = BookingTools(request(), cal, prefetch=True, clock=lambda: NOW)
     try:
         busy = await tools.run("check_availability", {"start": "2026-12-01T13:00", "end": "2026-12-01T13:30"})
         free = await tools.run("check_availability", {"start": "2026-12-02T15:00", "end": "2026-12-02T15:30"})
@@ -45,7 +47,7 @@ async def test_snapshot_answers_availability_without_another_query() -> None:
         )
     finally:
         await tools.aclose()
-    assert "DOES NOT FIT" in busy.content and "calendar: busy" in busy.content
+    assert "DOES NOT FIT" in busy.content and "13:00–14:00" not in busy.content  # no busy spans
     assert "verdict: FITS" in free.content
     assert cal.queries[0] == (datetime(2026, 12, 1, tzinfo=LA), datetime(2026, 12, 3, tzinfo=LA))
     assert cal.queries[1:] == [(at(15, day=2), at(15, 30, day=2))]
@@ -53,7 +55,7 @@ async def test_snapshot_answers_availability_without_another_query() -> None:
 
 async def test_confirm_checks_live_and_refuses_a_meeting_added_after_the_snapshot() -> None:
     cal = FakeCalendar()
-    tools = BookingTools(request(), cal, prefetch=True)
+    tools = BookingTools(request(), cal, prefetch=True, clock=lambda: NOW)
     try:
         fits = await tools.run("check_availability", TWO_PM)
         assert "verdict: FITS" in fits.content
@@ -72,7 +74,7 @@ async def test_confirm_checks_live_and_refuses_a_meeting_added_after_the_snapsho
 
 async def test_confirm_uses_the_live_check_begun_by_check_availability() -> None:
     cal = FakeCalendar()
-    tools = BookingTools(request(), cal, prefetch=True)
+    tools = BookingTools(request(), cal, prefetch=True, clock=lambda: NOW)
     try:
         await tools.run("check_availability", TWO_PM)
         done = await tools.run(
@@ -88,21 +90,22 @@ async def test_confirm_uses_the_live_check_begun_by_check_availability() -> None
 async def test_a_failed_snapshot_falls_back_to_live_queries() -> None:
     cal = FakeCalendar()
     cal.fail = ProviderConnectionError("graph unreachable", provider="graph")
-    tools = BookingTools(request(), cal, prefetch=True)
+    tools = BookingTools(request(), cal, prefetch=True, clock=lambda: NOW)
     try:
         first = await tools.run("check_availability", TWO_PM)
         cal.fail = None
         second = await tools.run("check_availability", TWO_PM)
     finally:
         await tools.aclose()
-    assert first.is_error and "graph unreachable" in first.content
+    assert first.is_error and "calendar service had a problem" in first.content
+    assert "graph unreachable" not in first.content  # provider text goes to the log only
     assert "verdict: FITS" in second.content
 
 
 async def test_aclose_cancels_a_pending_snapshot() -> None:
     cal = FakeCalendar()
     cal.gate = asyncio.Event()
-    tools = BookingTools(request(), cal, prefetch=True)
+    tools = BookingTools(request(), cal, prefetch=True, clock=lambda: NOW)
     await asyncio.wait_for(cal.entered.wait(), 5)
     assert len(cal.queries) == 1
     await tools.aclose()
@@ -113,7 +116,7 @@ async def test_aclose_cancels_a_pending_snapshot() -> None:
 async def test_a_cancelled_check_leaves_the_shared_snapshot_running() -> None:
     cal = FakeCalendar()
     cal.gate = asyncio.Event()
-    tools = BookingTools(request(), cal, prefetch=True)
+    tools = BookingTools(request(), cal, prefetch=True, clock=lambda: NOW)
     try:
         check = asyncio.create_task(tools.run("check_availability", TWO_PM))
         await asyncio.wait_for(cal.entered.wait(), 5)
