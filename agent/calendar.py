@@ -17,6 +17,7 @@ import re
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -57,6 +58,7 @@ with warnings.catch_warnings():
     import msgraph.generated.users.item.user_item_request_builder  # noqa: F401
     import msgraph.generated.users.users_request_builder  # noqa: F401
 
+from storage import text as bounds
 from storage.errors import ProviderConnectionError, ProviderError, ProviderStatusError, ProviderTimeoutError
 from storage.models import Booking, CallRequest
 
@@ -212,6 +214,47 @@ def to_provider_error(exc: BaseException) -> ProviderError:
     return ProviderError(f"Graph failed: {exc!r}", provider=PROVIDER, retryable=False)
 
 
+@dataclass(frozen=True)
+class EventContent:
+    """The words of a booked appointment's calendar event."""
+
+    subject: str
+    body: str
+    location: str
+
+
+#: The label that marks callee words in an event body as untrusted.
+CALL_EXCERPT_LABEL = "From the call (the business's words as noted by the assistant, not checked):"
+
+
+def event_content(request: CallRequest, booking: Booking) -> EventContent:
+    """Subject, body and location of the calendar event for ``booking``.
+
+    Everything but the labelled excerpt comes from the errand (service, business, phone) and the
+    confirmed time: the person asked for those. The booking's notes were written by the model
+    from what the callee said, so they appear only under ``CALL_EXCERPT_LABEL``, bounded and
+    without links (a payment link from a callee must not land in the person's calendar).
+    """
+    service = bounds.bounded(request.service, bounds.NAME)
+    business = bounds.bounded(request.business_name, bounds.NAME)
+    start = booking.start.astimezone(ZoneInfo(request.business_tz))
+    end = booking.end.astimezone(ZoneInfo(request.business_tz))
+    when = f"{start:%A %d %B %Y, %H:%M}–{end:%H:%M} ({request.business_tz})"
+    lines = [
+        f"{service.capitalize()} at {business}, {request.phone}.",
+        f"When: {when}.",
+        f"Booked by phone for {bounds.bounded(request.person_name, bounds.NAME)} by Concierge.",
+    ]
+    notes = bounds.without_links(bounds.bounded(booking.notes, bounds.NOTES))
+    if notes:
+        lines += ["", CALL_EXCERPT_LABEL, f"  «{notes}»"]
+    return EventContent(
+        subject=f"{service.capitalize()} at {business}",
+        body="\n".join(lines),
+        location=f"{business} ({request.phone})",
+    )
+
+
 class GraphCalendar:
     """Free/busy and event creation for one mailbox.
 
@@ -296,13 +339,11 @@ class GraphCalendar:
                     spans.append((begin.astimezone(UTC), finish.astimezone(UTC)))
         return sorted(spans)
 
-    async def create_event(
-        self, *, transaction_id: str, request: CallRequest, booking: Booking, summary: str
-    ) -> str:
+    async def create_event(self, *, transaction_id: str, request: CallRequest, booking: Booking) -> str:
         """Create the appointment in the person's calendar; returns its ``webLink``.
 
         ``transaction_id`` (the job id) makes the create idempotent: Graph returns the
-        existing event instead of making a second one.
+        existing event instead of making a second one. The content is ``event_content``.
         """
         zone = ZoneInfo(request.business_tz)
 
@@ -311,18 +352,13 @@ class GraphCalendar:
                 date_time=dt.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S"), time_zone=zone.key
             )
 
-        lines = [
-            f"{booking.service.capitalize()} at {request.business_name}, {request.phone}.",
-            f"Booked by phone by Concierge: {summary}",
-        ]
-        if booking.notes:
-            lines.append(f"Notes: {booking.notes}")
+        content = event_content(request, booking)
         event = Event(
-            subject=f"{booking.service.capitalize()} at {request.business_name}",
-            body=ItemBody(content_type=BodyType.Text, content="\n".join(lines)),
+            subject=content.subject,
+            body=ItemBody(content_type=BodyType.Text, content=content.body),
             start=dttz(booking.start),
             end=dttz(booking.end),
-            location=Location(display_name=f"{request.business_name} ({request.phone})"),
+            location=Location(display_name=content.location),
             transaction_id=transaction_id,
         )
         builder = self.client.users.by_user_id(self.user_id).events

@@ -33,6 +33,7 @@ from bot.when import (
     resolve_dates,
     resolve_times,
 )
+from storage import text as bounds
 from storage.errors import IntakeError, ProviderConnectionError, ProviderStatusError
 from storage.models import BookingWindow, CallRequest, ChatOrigin, utcnow
 
@@ -278,6 +279,7 @@ class Intake:
         return await self._update(draft, text)
 
     async def _update(self, draft: IntakeDraft, text: str) -> IntakeReply:
+        text = text[: bounds.INTAKE_TEXT]  # a chat message is read (and sent to the model) bounded
         fields: dict[str, Any] = {}
         quick = self._quick_answer(draft, text)
         if quick is not None:
@@ -315,8 +317,8 @@ class Intake:
     def _apply(self, draft: IntakeDraft, fields: dict[str, Any], *, text: str) -> IntakeReply:
         today = self._today()
         draft.editing = False
-        for k in ("business_name", "service", "notes"):
-            v = str(fields.get(k) or "").strip()
+        for k, limit in (("business_name", bounds.NAME), ("service", bounds.NAME), ("notes", bounds.NOTES)):
+            v = bounds.bounded(str(fields.get(k) or ""), limit)
             if v:
                 setattr(draft, k, v)
         phone = str(fields.get("phone") or "").strip() or (find_phone(text, self.region) if text else None)

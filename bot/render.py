@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from storage import text as bounds
 from storage.models import CallRequest, Job, JobState, OutcomeKind, Turn
 
 HELP = (
@@ -165,10 +166,20 @@ def progress(job: Job, event: str, person_tz: str) -> str:
     return f"{head}\n{job.state.value.replace('_', ' ').capitalize()}."
 
 
+def business_question(business_name: str, question: str) -> str:
+    """A needs-user question, shown as the business's own words (quoted, bounded), never as ours."""
+    q = bounds.bounded(question, bounds.QUESTION).strip("“”\"")
+    return f"{bounds.bounded(business_name, bounds.NAME)} asked on the phone (their words): “{q}”"
+
+
 def result(job: Job, person_tz: str) -> str:
-    """The final word on an errand: what happened and what next."""
+    """The final word on an errand: what happened and what next.
+
+    Summaries and questions were written on the call (by the model, from the callee's words):
+    they are bounded here, and a question is shown quoted as the business's.
+    """
     r, o = job.request, job.outcome
-    summary = o.summary if o and o.summary else ""
+    summary = bounds.bounded(o.summary, bounds.SUMMARY) if o and o.summary else ""
     if job.state == JobState.BOOKED and o and o.booking:
         when = fmt_when(o.booking.start, person_tz)
         text = f"Booked: {o.booking.service or r.service} at {r.business_name}, {when}."
@@ -176,8 +187,11 @@ def result(job: Job, person_tz: str) -> str:
             text += f"\nIn your calendar: {o.event_link}"
         return text + (f"\n{summary}" if summary else "")
     if job.state == JobState.NEEDS_USER:
-        q = o.question if o and o.question else summary or "They need a decision from you."
-        return f"{r.business_name} asks: {q}\nAnswer with a button below (or /cancel {job.id})."
+        if o and o.question:
+            ask = business_question(r.business_name, o.question)
+        else:
+            ask = f"{r.business_name} needs a decision from you. {summary}".rstrip()
+        return f"{ask}\nAnswer with a button below (or /cancel {job.id})."
     if job.state == JobState.CANCELLED:
         return cancelled(job.id)
     if job.state == JobState.DECLINED:

@@ -26,6 +26,7 @@ from slack_bolt.async_app import AsyncApp
 
 from agent.calendar import GraphCalendar, StaticTokenCredential, build_graph_client
 from agent.conversation import ClaudeAgent
+from agent.limits import CallLimits
 from agent.llm import build_anthropic
 from bot import slack as slack_bot
 from bot import telegram as telegram_bot
@@ -37,6 +38,7 @@ from concierge import warmup
 from concierge.clock import Clock, SystemClock
 from concierge.dispatcher import Dispatcher
 from concierge.settings import REQUIRED, Settings
+from storage import text
 from storage.db import Database
 from storage.drafts import DraftStore
 from storage.jobs import JobStore
@@ -289,6 +291,9 @@ class Concierge:
             on_booking=functools.partial(self.dispatcher.booking_confirmed, job.id),
             prefetch_calendar=True,  # the session is made while the phone rings: fetch free/busy now
             first_clause_words=4,  # the callee waits for the first clause: ~40 ms of words, not a sentence
+            limits=call_limits(self.settings),
+            transcript_notice=self.settings.transcript_notice,
+            min_lead=timedelta(minutes=self.settings.min_lead_minutes),
         )
         return CallSession(
             job, call_sid, agent=agent, speech=self.speech, placer=self.placer, config=self.session_config
@@ -298,7 +303,7 @@ class Concierge:
         """After a booked call: the calendar event (idempotent on the job id) and its link."""
         assert outcome.booking is not None, "a booked outcome carries its booking"
         link = await self.calendar.create_event(
-            transaction_id=job.id, request=job.request, booking=outcome.booking, summary=outcome.summary
+            transaction_id=job.id, request=job.request, booking=outcome.booking
         )
         return outcome.with_event_link(link)
 
@@ -355,17 +360,32 @@ class Concierge:
             self._unredact = None
 
 
+def call_limits(settings: Settings) -> CallLimits:
+    """The per-call caps from settings (``MAX_TURNS_PER_CALL`` and friends)."""
+    return CallLimits(
+        max_turns=settings.max_turns_per_call,
+        max_tool_calls_per_round=settings.max_tool_calls_per_round,
+        max_tool_calls=settings.max_tool_calls_per_call,
+        max_dtmf_presses=settings.max_dtmf_presses_per_call,
+    )
+
+
 def with_answers(job: Job) -> CallRequest:
     """The errand as the next call should know it: with the person's answers to earlier questions.
 
-    (The stored request is immutable; ``ErrandDesk.answer`` keeps answers in ``job.meta``.)
+    Only the person's answers go into the next call's notes (the person's own words in the
+    prompt). The question came from the business: written there it would pass callee words off as
+    the person's instructions. (The stored request is immutable; ``ErrandDesk.answer`` keeps
+    answers in ``job.meta``.)
     """
     answers = job.meta.get("user_answers") or []
     if not answers:
         return job.request
     lines = [
-        f'Asked "{a.get("question") or "a question"}", {job.request.person_name} answered: {a["answer"]}.'
+        f"{job.request.person_name}'s answer to the business's question on an earlier call: "
+        f"{text.bounded(str(a.get('answer') or ''), text.NOTES)}."
         for a in answers
+        if a.get("answer")
     ]
     notes = " ".join(filter(None, [job.request.notes, *lines]))
     return dataclasses.replace(job.request, notes=notes)

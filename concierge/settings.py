@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     max_queued_per_user: int = 10
     errands_per_user_per_hour: int = 20
 
+    # What one call may do
+    min_lead_minutes: int = Field(default=60, ge=0)
+    max_turns_per_call: int = Field(default=40, ge=1)
+    max_tool_calls_per_round: int = Field(default=4, ge=1)
+    max_tool_calls_per_call: int = Field(default=30, ge=1)
+    max_dtmf_presses_per_call: int = Field(default=24, ge=0)
+    transcript_notice: bool = True
+
     # The person and the assistant
     person_name: str = "Alex Doe"
     person_timezone: str = "America/Los_Angeles"

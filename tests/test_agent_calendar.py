@@ -96,16 +96,14 @@ async def test_event_times_are_right_across_time_zones(
         service="haircut",
         notes="ask for Sam",
     )
-    link = await cal.create_event(
-        transaction_id="job-42", request=london_request(), booking=booking, summary="Booked for Thursday."
-    )
+    link = await cal.create_event(transaction_id="job-42", request=london_request(), booking=booking)
     [event] = graph.events
     assert link == event["webLink"] and link.startswith("https://outlook.office365.com/")
     assert event["start"] == {"dateTime": "2026-12-03T10:00:00", "timeZone": "America/Los_Angeles"}
     assert event["end"] == {"dateTime": "2026-12-03T10:30:00", "timeZone": "America/Los_Angeles"}
     assert event["subject"] == "Haircut at Joe's Barbershop"
-    assert "+14155550100" in event["body"]["content"] and "Booked for Thursday." in event["body"]["content"]
-    assert "ask for Sam" in event["body"]["content"]
+    assert "+14155550100" in event["body"]["content"] and "10:00–10:30" in event["body"]["content"]
+    assert "ask for Sam" in event["body"]["content"]  # under the labelled call excerpt
     assert event["transactionId"] == "job-42"
     # The new event now shows up as busy.
     spans = await cal.busy(datetime(2026, 12, 3, 0, 0, tzinfo=LA), datetime(2026, 12, 4, 0, 0, tzinfo=LA))
@@ -121,14 +119,14 @@ async def test_event_created_once_when_the_answer_is_lost_and_the_create_retried
     )
     graph.fail_next(503, retry_after=1, apply_first=True)  # created, but the client sees a 503
     link = await cal.create_event(
-        transaction_id="job-7", request=london_request(), booking=booking, summary="ok"
+        transaction_id="job-7", request=london_request(), booking=booking
     )
     assert sleeps.waits == [1.0]  # Retry-After honoured
     assert [m for m, p, _ in graph.requests if p.endswith("/events")] == ["POST", "POST"]
     assert len(graph.events) == 1 and graph.events[0]["webLink"] == link
     # A later retry of the whole job (e.g. after a crash) is idempotent too.
     again = await cal.create_event(
-        transaction_id="job-7", request=london_request(), booking=booking, summary="ok"
+        transaction_id="job-7", request=london_request(), booking=booking
     )
     assert again == link and len(graph.events) == 1
 
@@ -176,7 +174,7 @@ async def test_create_event_errors_are_retried_and_mapped_like_every_graph_error
 
     async def create(job: str) -> str:
         request = london_request()
-        return await cal.create_event(transaction_id=job, request=request, booking=booking, summary="s")
+        return await cal.create_event(transaction_id=job, request=request, booking=booking)
 
     graph.fail_next(429, retry_after=2)
     link = await create("job-1")
