@@ -143,8 +143,14 @@ class SandboxGraph:
         token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
         if not token or (self.token is not None and token != self.token):
             return _odata_error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
-        if request.match_info.get("uid") != self.user_id:
-            return _odata_error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        if request.match_info.get("uid") != self.user_id:  # Graph names the missing mailbox, as here
+            uid = request.match_info.get("uid")
+            return _odata_error(
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{uid}' does not exist or one of its queried reference-property objects are "
+                "not present.",
+            )
         if self._faults:
             fault = self._faults.pop(0)
             if fault.apply_first:

@@ -118,16 +118,12 @@ async def test_event_created_once_when_the_answer_is_lost_and_the_create_retried
         datetime(2026, 12, 1, 15, 0, tzinfo=LA), datetime(2026, 12, 1, 15, 30, tzinfo=LA), "haircut"
     )
     graph.fail_next(503, retry_after=1, apply_first=True)  # created, but the client sees a 503
-    link = await cal.create_event(
-        transaction_id="job-7", request=london_request(), booking=booking
-    )
+    link = await cal.create_event(transaction_id="job-7", request=london_request(), booking=booking)
     assert sleeps.waits == [1.0]  # Retry-After honoured
     assert [m for m, p, _ in graph.requests if p.endswith("/events")] == ["POST", "POST"]
     assert len(graph.events) == 1 and graph.events[0]["webLink"] == link
     # A later retry of the whole job (e.g. after a crash) is idempotent too.
-    again = await cal.create_event(
-        transaction_id="job-7", request=london_request(), booking=booking
-    )
+    again = await cal.create_event(transaction_id="job-7", request=london_request(), booking=booking)
     assert again == link and len(graph.events) == 1
 
 
