@@ -38,19 +38,41 @@ class ProviderError(ConciergeError):
     Attributes:
         provider: short service name ("twilio", "deepgram", "anthropic", "graph", ...).
         retryable: whether trying again later can reasonably succeed.
+        retry_after: seconds the service asked us to wait before trying again (its Retry-After,
+            parsed by ``storage.retry.parse_retry_after``), or None; ``storage.retry`` honours it.
     """
 
-    def __init__(self, message: str, *, provider: str, retryable: bool) -> None:
+    def __init__(
+        self, message: str, *, provider: str, retryable: bool, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.provider = provider
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class ProviderStatusError(ProviderError):
-    """The service answered with an error status."""
+    """The service answered with an error status.
 
-    def __init__(self, message: str, *, provider: str, status: int) -> None:
-        super().__init__(message, provider=provider, retryable=is_retryable_status(status))
+    ``retryable`` defaults to :func:`is_retryable_status`; a provider mapper overrides it only where
+    the service says more than its status does (an error inside a 200 stream, Slack's ``ok: false``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            provider=provider,
+            retryable=is_retryable_status(status) if retryable is None else retryable,
+            retry_after=retry_after,
+        )
         self.status = status
 
 
