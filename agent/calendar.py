@@ -4,19 +4,18 @@ Free/busy comes from ``getSchedule``; the booking becomes an event whose
 ``transactionId`` is the job id, so however often a create is retried (a lost
 answer, a crashed dispatcher) Graph keeps exactly one event. The SDK's own
 retry handler is turned off: it would sleep through Retry-After inside a call
-without our knowing; our loop honours Retry-After up to a cap and otherwise
-hands a retryable error to the caller. SDK errors are mapped onto
+without our knowing; ``storage.retry`` honours Retry-After up to a cap and
+otherwise hands a retryable error to the caller. SDK errors are mapped onto
 ``storage.errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -61,11 +60,17 @@ with warnings.catch_warnings():
 from storage import text as bounds
 from storage.errors import ProviderConnectionError, ProviderError, ProviderStatusError, ProviderTimeoutError
 from storage.models import Booking, CallRequest
+from storage.retry import Backoff, retry, retry_after_header
 
 PROVIDER = "graph"
 SCOPES = ["https://graph.microsoft.com/.default"]
 _FREE = {"free", "workingelsewhere", "unknown"}
 T = TypeVar("T")
+#: Three tries, 0.5 s then ~1 s with up to 25 % jitter; a Retry-After up to 10 s is waited out, a
+#: longer one ends the tries at once (too long to hold a caller: the caller retries later).
+GRAPH_RETRY = Backoff(
+    max_attempts=3, base_delay=0.5, jitter=0.25, max_retry_after=10.0, clamp_retry_after=False
+)
 
 
 class StaticTokenCredential:
@@ -169,19 +174,6 @@ def _objects(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-def _retry_after(headers: Mapping[str, str] | Any) -> float | None:
-    if not headers:
-        return None
-    for key in ("Retry-After", "retry-after"):
-        raw = headers.get(key) if hasattr(headers, "get") else None
-        if raw is not None:
-            try:
-                return max(0.0, float(raw))
-            except ValueError:
-                return None
-    return None
-
-
 def _raise_for_status(response: Any) -> Any:
     """A raw Graph answer (``NativeResponseHandler``) → its JSON body, or the ``APIError`` kiota
     would have raised (so ``GraphCalendar._call`` retries and maps it the same way)."""
@@ -199,12 +191,23 @@ def _raise_for_status(response: Any) -> Any:
     return body
 
 
+_GRAPH_ERRORS = (APIError, httpx.HTTPError, ClientAuthenticationError)
+
+
 def to_provider_error(exc: BaseException) -> ProviderError:
-    """Map an msgraph/kiota/httpx/azure exception onto ``storage.errors``."""
+    """The one Graph mapper: an msgraph/kiota/httpx/azure exception onto ``storage.errors``.
+
+    A throttled or failing answer carries its ``Retry-After`` along for ``storage.retry``.
+    """
     if isinstance(exc, APIError):  # ODataError is an APIError
         status = exc.response_status_code or 500
         detail = getattr(getattr(exc, "error", None), "message", None) or exc.message or type(exc).__name__
-        return ProviderStatusError(f"Graph answered {status}: {detail}", provider=PROVIDER, status=status)
+        return ProviderStatusError(
+            f"Graph answered {status}: {detail}",
+            provider=PROVIDER,
+            status=status,
+            retry_after=retry_after_header(exc.response_headers),
+        )
     if isinstance(exc, httpx.TimeoutException):
         return ProviderTimeoutError(f"Graph timed out: {exc}", provider=PROVIDER)
     if isinstance(exc, httpx.HTTPError):
@@ -261,9 +264,8 @@ class GraphCalendar:
     Args:
         client: from ``build_graph_client``.
         user_id: the mailbox (``/users/{user_id}``).
-        max_attempts: tries per operation for transient failures.
-        max_retry_after: longest Retry-After honoured in-line; longer waits are the caller's business.
-        base_delay: back-off before the second try when the server gives no Retry-After.
+        retry: how transient failures are retried (``GRAPH_RETRY``: a Retry-After longer than
+            its cap is not waited out with a caller on the line; the caller retries later).
         sleep: injectable wait.
     """
 
@@ -272,34 +274,22 @@ class GraphCalendar:
         client: GraphServiceClient,
         user_id: str,
         *,
-        max_attempts: int = 3,
-        max_retry_after: float = 10.0,
-        base_delay: float = 0.5,
+        retry: Backoff = GRAPH_RETRY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.client = client
         self.user_id = user_id
-        self.max_attempts = max_attempts
-        self.max_retry_after = max_retry_after
-        self.base_delay = base_delay
+        self.retry = retry
         self._sleep = sleep
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        attempt = 0
-        while True:
-            attempt += 1
+        async def once() -> T:
             try:
                 return await fn()
-            except (APIError, httpx.HTTPError, ClientAuthenticationError) as e:
-                err = to_provider_error(e)
-                if not err.retryable or attempt >= self.max_attempts:
-                    raise err from e
-                wait = _retry_after(getattr(e, "response_headers", None))
-                if wait is None:
-                    wait = self.base_delay * 2 ** (attempt - 1) * (1 + random.random() / 4)
-                elif wait > self.max_retry_after:
-                    raise err from e  # too long to hold a caller: let the caller retry later
-                await self._sleep(wait)
+            except _GRAPH_ERRORS as e:
+                raise to_provider_error(e) from e
+
+        return await retry(once, self.retry, sleep=self._sleep)
 
     async def busy(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
         """Busy spans (aware, UTC) overlapping ``start``–``end``, from ``getSchedule``."""

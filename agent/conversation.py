@@ -48,11 +48,12 @@ from agent.chunking import ClauseChunker
 from agent.early import EarlyRound
 from agent.history import Message, add_user, drop_empty, prefix_text, set_text, text_of
 from agent.limits import CallLimits
-from agent.llm import RetryPolicy, from_transport_error, to_provider_error
+from agent.llm import MODEL_RETRY, from_transport_error, to_provider_error
 from agent.prompts import build_system_prompt
 from agent.tools import DEFAULT_MIN_LEAD, BookingTools, FreeBusy
 from storage.errors import user_message
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
+from storage.retry import Attempts, Backoff
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class ClaudeAgent:
         clock: aware-UTC wall clock (for "today" in the prompt).
         monotonic: clock for ``Say.first_token_at``.
         sleep: waits between retries (tests pass a fast one).
-        retry: back-off policy for transient model errors.
+        retry: back-off policy for transient model errors (``storage.retry``).
         max_tool_rounds: model rounds with tool calls per caller input before giving the floor back.
         max_tokens: cap on one model answer (spoken replies are short).
         filler_phrases: said once per reply while a transient error is being retried.
@@ -131,7 +132,7 @@ class ClaudeAgent:
         clock: Callable[[], Any] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        retry: RetryPolicy | None = None,
+        retry: Backoff = MODEL_RETRY,
         max_tool_rounds: int = 6,
         max_tokens: int = 400,
         filler_phrases: Sequence[str] = ("One moment, please.",),
@@ -146,7 +147,7 @@ class ClaudeAgent:
         self._model = model
         self._monotonic = monotonic
         self._sleep = sleep
-        self._retry = retry or RetryPolicy()
+        self._retry = retry
         self._max_tool_rounds = max_tool_rounds
         self._max_tokens = max_tokens
         self._first_clause_words = first_clause_words
@@ -372,9 +373,8 @@ class ClaudeAgent:
         its tool_use blocks), or nothing when the model said nothing. Sets ``_outcome``
         to an error outcome when it gives up.
         """
-        attempt = 0
+        tries = Attempts(self._retry, clock=self._monotonic)
         while True:
-            attempt += 1
             spoke = False
             try:
                 async with aclosing(self._round(first, early)) as items:
@@ -384,15 +384,18 @@ class ClaudeAgent:
                         yield item
                 return
             except anthropic.APIError as e:
-                if spoke or not self._retry.should_retry(attempt, e):
+                error = to_provider_error(e)
+                wait = tries.failed(error)
+                if spoke or wait is None:
                     # Whatever was spoken stays in history (``_round`` committed it).
-                    if spoke and self._retry.should_retry(attempt, e):
+                    if spoke and wait is not None:
                         return  # the callee heard a partial answer; let them respond to it
                     # The SDK's text can carry request ids and URLs: the log has it, the person does not.
                     log.warning("model unavailable: %r", e)
-                    summary = f"Model unavailable: {user_message(to_provider_error(e))}."
+                    summary = f"Model unavailable: {user_message(error)}."
                     self._outcome = CallOutcome(kind=OutcomeKind.ERROR, summary=summary)
                     return
+                # storage.retry's "one moment" point (an async generator yields it here, between tries)
                 if not self._filler_said:  # once per reply, not per model round: no "one moment" twice
                     self._filler_said = True
                     text = self._fillers[self._filler_i % len(self._fillers)]
@@ -400,7 +403,7 @@ class ClaudeAgent:
                     for say in self._say(text):
                         yield say
                     self._spoken.append((None, text))
-                await self._sleep(self._retry.delay(attempt, e))
+                await self._sleep(wait)
 
     def _create(self, messages: list[Message]) -> Awaitable[AsyncStream[RawMessageStreamEvent]]:
         """Start one streaming model request with ``messages`` as the history."""

@@ -3,13 +3,11 @@
 The SDK can retry by itself, but inside a live phone call we want to control
 the waiting: say "one moment, please" to the callee while backing off, and give
 up (politely) after a bounded time. So the client is built with
-``max_retries=0`` by default and ``RetryPolicy`` below decides. anthropic 2.x
+``max_retries=0`` by default and ``storage.retry`` decides (``MODEL_RETRY``). anthropic 2.x
 runs on ``httpx2``; a custom ``http_client`` must be an ``httpx2.AsyncClient``.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import anthropic
 import httpx2
@@ -20,6 +18,7 @@ from storage.errors import (
     ProviderStatusError,
     ProviderTimeoutError,
 )
+from storage.retry import Backoff, retry_after_header
 
 PROVIDER = "anthropic"
 
@@ -54,32 +53,6 @@ def build_anthropic(
     )
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether a failed model call may succeed if repeated.
-
-    Rate limits (429), overload (529) and other 5xx, dropped connections and
-    timeouts are transient; a bad request or a wrong key never heals by itself.
-    """
-    if isinstance(exc, anthropic.APIConnectionError):  # includes APITimeoutError
-        return True
-    if isinstance(exc, anthropic.APIStatusError):
-        # An ``event: error`` in the middle of a stream arrives as an APIStatusError carrying
-        # the 200 of the stream itself; only the body's error type tells what happened.
-        if _error_type(exc.body) in _TRANSIENT_TYPES:
-            return True
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    return False
-
-
-_TRANSIENT_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
-
-
-def _error_type(body: object) -> str | None:
-    err = body.get("error") if isinstance(body, dict) else None
-    kind = err.get("type") if isinstance(err, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
 def from_transport_error(exc: httpx2.TransportError) -> anthropic.APIConnectionError:
     """The SDK's error for a transport failure *while reading a stream*.
 
@@ -98,45 +71,40 @@ def from_transport_error(exc: httpx2.TransportError) -> anthropic.APIConnectionE
 
 
 def to_provider_error(exc: BaseException) -> ProviderError:
-    """Translate an SDK exception into our error tree (callers ``raise … from exc``)."""
+    """The one Anthropic mapper: an SDK exception onto ``storage.errors`` (callers ``raise … from exc``).
+
+    Rate limits (429), overload (529) and other 5xx, 408 and 409 (the SDK's own retry set), dropped
+    connections and timeouts are retryable; a bad request or a wrong key never heals by itself. An
+    ``event: error`` in the middle of a stream arrives as an ``APIStatusError`` carrying the 200 of
+    the stream itself: only the body's error type tells whether it was transient. A ``retry-after``
+    header rides along for ``storage.retry``.
+    """
     if isinstance(exc, anthropic.APITimeoutError):
         return ProviderTimeoutError(str(exc), provider=PROVIDER)
     if isinstance(exc, anthropic.APIConnectionError):
         return ProviderConnectionError(str(exc), provider=PROVIDER)
     if isinstance(exc, anthropic.APIStatusError):
-        return ProviderStatusError(str(exc), provider=PROVIDER, status=exc.status_code)
-    return ProviderError(str(exc), provider=PROVIDER, retryable=is_retryable(exc))
+        status = exc.status_code
+        transient = _error_type(exc.body) in _TRANSIENT_TYPES or status in (408, 409, 429) or status >= 500
+        return ProviderStatusError(
+            str(exc),
+            provider=PROVIDER,
+            status=status,
+            retryable=transient,
+            retry_after=retry_after_header(exc.response.headers),
+        )
+    return ProviderError(str(exc), provider=PROVIDER, retryable=False)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential back-off for retryable model errors.
+_TRANSIENT_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
 
-    Attributes:
-        max_attempts: total tries including the first.
-        base_delay: wait before the second try, in seconds; doubled each time.
-        max_delay: cap on one wait (a caller on the line will not wait long).
-    """
 
-    max_attempts: int = 4
-    base_delay: float = 0.5
-    max_delay: float = 4.0
+def _error_type(body: object) -> str | None:
+    err = body.get("error") if isinstance(body, dict) else None
+    kind = err.get("type") if isinstance(err, dict) else None
+    return kind if isinstance(kind, str) else None
 
-    def delay(self, attempt: int, exc: BaseException | None = None) -> float:
-        """Seconds to wait after failed try number ``attempt`` (1-based).
 
-        A ``retry-after`` header on the error is honoured when it is shorter than the cap.
-        """
-        wait = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        if isinstance(exc, anthropic.APIStatusError):
-            header = exc.response.headers.get("retry-after")
-            try:
-                if header is not None:
-                    wait = min(self.max_delay, max(0.0, float(header)))
-            except ValueError:
-                pass
-        return wait
-
-    def should_retry(self, attempt: int, exc: BaseException) -> bool:
-        """Whether to try again after failed try number ``attempt``."""
-        return attempt < self.max_attempts and is_retryable(exc)
+#: Model retries inside a live call: four tries, 0.5 s doubling to at most 4 s, and a Retry-After
+#: longer than 4 s is cut to 4 s (a caller on the line will not wait long).
+MODEL_RETRY = Backoff(max_attempts=4, base_delay=0.5, max_delay=4.0, max_retry_after=4.0)

@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 import anthropic
 from anthropic.types import ToolChoiceToolParam, ToolParam
 
+from agent.llm import to_provider_error
 from bot import render
 from bot.phone import check_phone, find_phone
 from bot.when import (
@@ -34,7 +35,7 @@ from bot.when import (
     resolve_times,
 )
 from storage import text as bounds
-from storage.errors import IntakeError, ProviderConnectionError, ProviderStatusError
+from storage.errors import IntakeError
 from storage.models import BookingWindow, CallRequest, ChatOrigin, utcnow
 
 log = logging.getLogger(__name__)
@@ -189,10 +190,8 @@ class ClaudeExtractor:
                 tool_choice=ToolChoiceToolParam(type="tool", name="record_errand"),
                 messages=[{"role": "user", "content": text}],
             )
-        except anthropic.APIStatusError as e:
-            raise ProviderStatusError(f"intake model: {e}", provider="anthropic", status=e.status_code) from e
-        except anthropic.APIConnectionError as e:
-            raise ProviderConnectionError(f"intake model: {e}", provider="anthropic") from e
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as e:
+            raise to_provider_error(e) from e
         for block in message.content:
             if block.type == "tool_use" and block.name == "record_errand" and isinstance(block.input, dict):
                 return dict(block.input)

@@ -16,30 +16,97 @@ even if ``notify`` is called again for the same outcome.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import aiohttp
 import telegram
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
-from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError, TimedOut
+from telegram.warnings import PTBDeprecationWarning
 
 from bot import render
 from bot.flow import Button, Out, needs_you_buttons
 from bot.slack import blocks
 from bot.telegram import markup
-from storage.errors import JobNotFound, is_retryable_status
+from storage.errors import (
+    JobNotFound,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    ProviderTimeoutError,
+    is_retryable_status,
+)
 from storage.jobs import JobStore
 from storage.models import ChatOrigin, Job, JobState, Platform, Turn
 from storage.ports import JobEvent
+from storage.retry import Backoff, parse_retry_after, retry, retry_after_header
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _SEND_ERRORS = (TelegramError, SlackClientError, aiohttp.ClientError, TimeoutError, OSError)
+#: Waits of 0.5, 1, 2 and 4 s between five tries of one send; a service's Retry-After replaces the
+#: wait, cut to 30 s so one rate limit cannot stall the dispatcher.
+NOTIFY_RETRY = Backoff(max_attempts=5, base_delay=0.5, max_delay=4.0, max_retry_after=30.0)
+
+
+def telegram_error(e: BaseException) -> ProviderError:
+    """The one Telegram mapper: flood control (``RetryAfter``) is a 429 carrying its wait; a bad
+    request, a blocked bot or a wrong token is permanent; anything else (network, 5xx) is transient."""
+    if isinstance(e, RetryAfter):
+        with warnings.catch_warnings():  # int today, timedelta later: parse_retry_after takes both
+            warnings.simplefilter("ignore", PTBDeprecationWarning)
+            wait = parse_retry_after(e.retry_after)
+        return ProviderStatusError(f"telegram: {e}", provider="telegram", status=429, retry_after=wait)
+    for kind, status in ((BadRequest, 400), (Forbidden, 403), (InvalidToken, 401)):
+        if isinstance(e, kind):
+            return ProviderStatusError(f"telegram: {e}", provider="telegram", status=status)
+    if isinstance(e, TimedOut | TimeoutError):
+        return ProviderTimeoutError(f"telegram: {e}", provider="telegram")
+    return ProviderConnectionError(f"telegram: {e!r}", provider="telegram")
+
+
+def slack_error(e: BaseException) -> ProviderError:
+    """The one Slack mapper: HTTP 429 (``ratelimited``) carries its Retry-After (1 s if none);
+    ``ok: false`` is permanent unless Slack calls it an internal error; transport failures are transient."""
+    if isinstance(e, SlackApiError):
+        status = e.response.status_code
+        if status == 429:
+            wait = retry_after_header(e.response.headers)
+            return ProviderStatusError(
+                f"slack: {e}", provider="slack", status=429, retry_after=1.0 if wait is None else wait
+            )
+        transient = e.response.get("error") in ("internal_error", "fatal_error", "service_unavailable")
+        retryable = transient or is_retryable_status(status)
+        return ProviderStatusError(f"slack: {e}", provider="slack", status=status, retryable=retryable)
+    if isinstance(e, TimeoutError):
+        return ProviderTimeoutError(f"slack: {e!r}", provider="slack")
+    return ProviderConnectionError(f"slack: {e!r}", provider="slack")
+
+
+_Method = Callable[P, Coroutine[Any, Any, T]]
+
+
+def _mapped(mapper: Callable[[BaseException], ProviderError]) -> Callable[[_Method[P, T]], _Method[P, T]]:
+    """A sender method whose SDK and transport errors leave it as its provider's ``ProviderError``."""
+
+    def wrap(method: _Method[P, T]) -> _Method[P, T]:
+        @functools.wraps(method)
+        async def mapped(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await method(*args, **kwargs)
+            except _SEND_ERRORS as e:
+                raise mapper(e) from e
+
+        return mapped
+
+    return wrap
 
 
 class _Sender(Protocol):
@@ -52,6 +119,7 @@ class _TelegramSender:
     def __init__(self, bot: telegram.Bot) -> None:
         self.bot = bot
 
+    @_mapped(telegram_error)
     async def send(self, origin: ChatOrigin, text: str, buttons: tuple[Button, ...] = ()) -> str:
         msg = await self.bot.send_message(
             chat_id=int(origin.chat_id),
@@ -62,6 +130,7 @@ class _TelegramSender:
         )
         return str(msg.message_id)
 
+    @_mapped(telegram_error)
     async def edit(self, origin: ChatOrigin, ref: str, text: str) -> bool:
         try:
             await self.bot.edit_message_text(text, chat_id=int(origin.chat_id), message_id=int(ref))
@@ -70,6 +139,7 @@ class _TelegramSender:
                 raise
         return True
 
+    @_mapped(telegram_error)
     async def document(self, origin: ChatOrigin, filename: str, content: bytes, caption: str) -> bool:
         await self.bot.send_document(
             chat_id=int(origin.chat_id),
@@ -90,16 +160,19 @@ class _SlackSender:
     def __init__(self, client: AsyncWebClient) -> None:
         self.client = client
 
+    @_mapped(slack_error)
     async def send(self, origin: ChatOrigin, text: str, buttons: tuple[Button, ...] = ()) -> str:
         resp = await self.client.chat_postMessage(
             channel=origin.chat_id, thread_ts=origin.thread_id, text=text, blocks=blocks(Out(text, buttons))
         )
         return str(resp["ts"])
 
+    @_mapped(slack_error)
     async def edit(self, origin: ChatOrigin, ref: str, text: str) -> bool:
         await self.client.chat_update(channel=origin.chat_id, ts=ref, text=text, blocks=blocks(Out(text)))
         return True
 
+    @_mapped(slack_error)
     async def document(self, origin: ChatOrigin, filename: str, content: bytes, caption: str) -> bool:
         await self.client.files_upload_v2(
             channel=origin.chat_id,
@@ -126,22 +199,6 @@ def result_pending(job: Job) -> bool:
     )
 
 
-def classify(e: BaseException) -> tuple[bool, float]:
-    """(retryable, seconds the service asked us to wait) for a failed chat send."""
-    if isinstance(e, RetryAfter):
-        wait = e.retry_after
-        return True, wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-    if isinstance(e, BadRequest | Forbidden | InvalidToken):
-        return False, 0.0
-    if isinstance(e, SlackApiError):
-        status = e.response.status_code
-        if status == 429:
-            return True, float(e.response.headers.get("Retry-After", 1) or 0)
-        transient = e.response.get("error") in ("internal_error", "fatal_error", "service_unavailable")
-        return is_retryable_status(status) and status != 200 or transient, 0.0
-    return True, 0.0
-
-
 class ChatNotifier:
     """Tells the person, in the errand's origin thread, what is happening.
 
@@ -149,8 +206,7 @@ class ChatNotifier:
         store: the job store (meta keeps message ids and delivery markers).
         telegram_bot / slack_client: senders for each platform (either may be missing).
         person_tz: times are shown in the person's zone.
-        retry_delays: waits between attempts of one send; a service's retry-after wins if longer.
-        max_wait: cap on any single wait, so one rate limit cannot stall the dispatcher.
+        retry: how one send is retried (``NOTIFY_RETRY``; ``storage.retry``).
         sleep: injected for tests that count waits.
     """
 
@@ -161,14 +217,12 @@ class ChatNotifier:
         telegram_bot: telegram.Bot | None = None,
         slack_client: AsyncWebClient | None = None,
         person_tz: str,
-        retry_delays: Sequence[float] = (0.5, 1, 2, 4),
-        max_wait: float = 30.0,
+        retry: Backoff = NOTIFY_RETRY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.person_tz = person_tz
-        self.retry_delays = tuple(retry_delays)
-        self.max_wait = max_wait
+        self.retry = retry
         self._sleep = sleep
         self._senders: dict[Platform, _Sender] = {}
         if telegram_bot is not None:
@@ -237,18 +291,16 @@ class ChatNotifier:
                 await self.store.set_meta(job.id, transcript_delivered=marker)
 
     async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
-        """Run ``attempt`` until it succeeds, a permanent error, or the delays run out.
+        """Run ``attempt`` until it succeeds, a permanent error, or the tries run out.
 
         Returns ``None`` on failure.
         """
-        for i in range(len(self.retry_delays) + 1):
-            try:
-                return await attempt()
-            except _SEND_ERRORS as e:
-                retryable, hint = classify(e)
-                if not retryable or i == len(self.retry_delays):
-                    log.warning("%s failed (%s): %s", what, "giving up" if retryable else "permanent", e)
-                    return None
-                log.info("%s failed, retrying: %s", what, e)
-                await self._sleep(min(self.max_wait, max(self.retry_delays[i], hint)))
-        return None
+
+        def waiting(tries: int, delay: float, error: ProviderError) -> None:
+            log.info("%s failed, retrying: %s", what, error)
+
+        try:
+            return await retry(attempt, self.retry, sleep=self._sleep, on_wait=waiting)
+        except ProviderError as e:
+            log.warning("%s failed (%s): %s", what, "giving up" if e.retryable else "permanent", e)
+            return None

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import warnings
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 with warnings.catch_warnings():
@@ -23,6 +23,7 @@ with warnings.catch_warnings():
     from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from storage.errors import ProviderConnectionError, ProviderError, ProviderStatusError
+from storage.retry import Attempts, Backoff, retry_after_header
 
 __all__ = [  # the SDK names are imported here, once, under the warning filter above
     "ApiError", "AsyncDeepgramClient", "ConnectionClosed", "DeepgramClientEnvironment", "SpeakV1Text",
@@ -123,14 +124,20 @@ SpeakEvent = TtsAudio | TtsFlushed | TtsCleared
 # --- client -----------------------------------------------------------------------------------
 
 
-def backoff(attempt: int) -> float:
-    return min(0.1 * 2 ** (attempt - 1), 2.0)
+#: Socket reconnects: 0.1 s doubling to at most 2 s (a Retry-After too is cut to 2 s: the call is
+#: live), six in a row before the call gives up (``Reconnecting.max_reconnects``).
+RECONNECT = Backoff(max_attempts=7, base_delay=0.1, max_delay=2.0, max_retry_after=2.0)
 
 
 def map_error(e: BaseException, what: str) -> ProviderError:
+    """The one Deepgram mapper: a refused handshake by its status (401/4xx permanent), anything
+    else (a dropped or unreachable socket) a retryable connection error."""
     if isinstance(e, ApiError) and isinstance(e.status_code, int):
         return ProviderStatusError(
-            f"deepgram {what}: HTTP {e.status_code}", provider="deepgram", status=e.status_code
+            f"deepgram {what}: HTTP {e.status_code}",
+            provider="deepgram",
+            status=e.status_code,
+            retry_after=retry_after_header(e.headers),
         )
     return ProviderConnectionError(f"deepgram {what}: {e!r}", provider="deepgram")
 
@@ -180,23 +187,26 @@ class Reconnecting:
 
         Raises:
             ProviderError: the socket could not be (re)opened after several tries in a row
-                (or the key was refused).
+                (or the handshake was refused for good: a 4xx other than 408/429, e.g. a wrong key).
         """
-        failures = 0
+        tries = Attempts(replace(RECONNECT, max_attempts=self.max_reconnects + 1))
         while not self._closing:
             opened = self.connections
             try:
                 await self._session()
-                failures = 0
+                tries.reset()
             except (ApiError, *_CONNECTION_ERRORS) as e:
                 if self._closing:
                     return
                 # count failures in a row: a socket that was up before it dropped starts afresh
-                failures = 1 if self.connections > opened else failures + 1
-                log.warning("deepgram %s socket lost (%r); reconnect #%d", self.what, e, failures)
-                if failures > self.max_reconnects or (isinstance(e, ApiError) and e.status_code == 401):
-                    raise map_error(e, self.what) from e
-                await asyncio.sleep(backoff(failures))
+                if self.connections > opened:
+                    tries.reset()
+                error = map_error(e, self.what)
+                wait = tries.failed(error)
+                log.warning("deepgram %s socket lost (%r); reconnect #%d", self.what, e, tries.attempt)
+                if wait is None:
+                    raise error from e
+                await asyncio.sleep(wait)
             finally:
                 self._conn = None
                 self.connected.clear()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, date, datetime, time
 from typing import Any
 
 from agent.conversation import ClaudeAgent
-from agent.llm import RetryPolicy
+from agent.llm import MODEL_RETRY
 from storage.models import BookingWindow, CallRequest, ChatOrigin, Platform
 
 
@@ -59,6 +60,6 @@ def claude_agent(client: Any, **overrides: Any) -> ClaudeAgent:
         calendar=FakeCalendar(),
         assistant_name="Robin",
         clock=lambda: datetime(2026, 11, 25, 17, 0, tzinfo=UTC),
-        retry=RetryPolicy(max_attempts=3, base_delay=0.25),
+        retry=replace(MODEL_RETRY, max_attempts=3, base_delay=0.25),
     )
     return ClaudeAgent(client, **{**base, **overrides})

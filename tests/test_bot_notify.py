@@ -17,7 +17,7 @@ from bot import slack as sl
 from bot.allow import AllowList
 from bot.flow import ChatFlow
 from bot.intake import Intake
-from bot.notify import ChatNotifier
+from bot.notify import NOTIFY_RETRY, ChatNotifier
 from sandbox.slack import SandboxSlack
 from sandbox.telegram import SandboxTelegram
 from storage.db import Database
@@ -37,6 +37,7 @@ from storage.models import (
     Turn,
 )
 from storage.ports import JobEvent
+from storage.retry import Backoff
 
 TOKEN = "123456:sandbox-token"
 TZ = "America/Los_Angeles"
@@ -95,9 +96,7 @@ async def test_progress_edited_in_the_origin_thread_and_result_delivered_once_de
     async def no_sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    notifier = ChatNotifier(
-        store, telegram_bot=bot, person_tz=TZ, retry_delays=(0.5, 1, 2, 4), sleep=no_sleep
-    )
+    notifier = ChatNotifier(store, telegram_bot=bot, person_tz=TZ, retry=NOTIFY_RETRY, sleep=no_sleep)
     job = await store.enqueue(request(origin), due_at=NOW, max_attempts=3)
 
     await notifier.notify(job, JobEvent.QUEUED)
@@ -145,23 +144,31 @@ async def test_progress_edited_in_the_origin_thread_and_result_delivered_once_de
     assert meta["result_delivered"] == "booked:1" and meta["transcript_delivered"] == "booked:1"
 
 
+# python-telegram-bot's own RetryAfter constructor warns about its future timedelta type.
+@pytest.mark.filterwarnings("ignore:.*will be of type:telegram.warnings.PTBDeprecationWarning")
 async def test_result_kept_undelivered_when_every_retry_fails_then_delivered_later(
     store: JobStore, tg_api: tuple[SandboxTelegram, telegram.Bot]
 ) -> None:
     api, bot = tg_api
 
-    async def no_sleep(seconds: float) -> None:
-        return None
+    waits: list[float] = []
 
-    notifier = ChatNotifier(store, telegram_bot=bot, person_tz=TZ, retry_delays=(0.01, 0.01), sleep=no_sleep)
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    notifier = ChatNotifier(
+        store, telegram_bot=bot, person_tz=TZ, retry=Backoff(max_attempts=3, base_delay=0.01), sleep=no_sleep
+    )
     origin = ChatOrigin(Platform.TELEGRAM, chat_id="42", user_id="7")
     job = await store.enqueue(request(origin), due_at=NOW, max_attempts=3)
     done = await run_to(
         store, job, JobState.DECLINED, CallOutcome(OutcomeKind.DECLINED, "Fully booked next week.")
     )
-    api.fail_next("sendMessage", 10, error_code=429, retry_after=0)
+    api.fail_next("sendMessage", 10, error_code=429, retry_after=1)
     await notifier.notify(done, JobEvent.FINISHED)  # must not raise
     assert "result_delivered" not in (await store.get(job.id)).meta
+    # flood control's retry_after replaces the back-off; three tries each of the progress and the result
+    assert waits == [1.0] * 4
     api.fail_next("sendMessage", 0)
     await notifier.notify(done, JobEvent.FINISHED)
     results = [

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from factories import call_request
 
 from agent.base import AgentAction, CallConnected, Hangup, Say
 from agent.conversation import APOLOGY, ClaudeAgent
-from agent.llm import RetryPolicy, build_anthropic
+from agent.llm import MODEL_RETRY, build_anthropic
 from sandbox.anthropic import SandboxAnthropic
 from storage.models import OutcomeKind
 
@@ -38,7 +39,7 @@ def make_agent(client: Any, sleep: Callable[[float], Awaitable[None]]) -> Claude
         calendar=NoCalendar(),
         assistant_name="Robin",
         sleep=sleep,
-        retry=RetryPolicy(max_attempts=3, base_delay=0.01),
+        retry=replace(MODEL_RETRY, max_attempts=3, base_delay=0.01),
     )
 
 
