@@ -31,9 +31,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import phonenumbers
-from phonenumbers import timezone as pn_timezone
-
 #: How far ahead ``next_open`` looks before declaring a schedule never open.
 HORIZON_DAYS = 370
 
@@ -112,26 +109,6 @@ class WeeklyHours:
                 return w.start
         raise ValueError(f"these opening hours never open within {HORIZON_DAYS} days: {self.spec!r}")
 
-    def open_until(self, now: datetime) -> datetime | None:
-        """When the current opening ends (UTC), or ``None`` if closed at ``now``.
-
-        Back-to-back or overlapping intervals (``fri 18:00-02:00; sat
-        00:00-12:00``) count as one opening. A schedule that never closes
-        within ``HORIZON_DAYS`` returns the end of that horizon.
-        """
-        now = _require_aware(now)
-        current = self._window_at(now)
-        if current is None:
-            return None
-        end = current.end
-        limit = now + timedelta(days=HORIZON_DAYS)
-        for w in self.windows(end - timedelta(days=2), limit):
-            if w.start <= end < w.end:
-                end = w.end
-            elif w.start > end:
-                break
-        return min(end, limit.astimezone(UTC))
-
     def windows(self, start: datetime, end: datetime) -> Iterator[Window]:
         """Concrete openings that overlap ``[start, end)``, ordered by start.
 
@@ -162,8 +139,8 @@ class WeeklyHours:
             return []
         out = []
         for start_min, end_min in self.days[day.weekday()]:
-            w_start = _local_to_utc(day, start_min, self._zone)
-            w_end = _local_to_utc(day, end_min, self._zone)
+            w_start = local_to_utc(day, start_min, self._zone)
+            w_end = local_to_utc(day, end_min, self._zone)
             if w_end > w_start:  # a whole interval can vanish inside a DST gap
                 out.append(Window(w_start, w_end))
         return out
@@ -207,26 +184,6 @@ def parse_weekly(spec: str, tz: str) -> WeeklyHours:
         closed=frozenset(closed),
         spec=spec,
     )
-
-
-def timezone_for_number(e164: str, override: str | None = None, default: str = "America/New_York") -> str:
-    """Best guess at the IANA zone of a phone number.
-
-    Several zones (toll-free and mobile numbers span a whole country): the
-    default wins when it is one of them, otherwise the first one. Unknown or
-    unparsable numbers fall back to ``default``; a non-empty ``override``
-    (the person said where the business is) always wins.
-    """
-    if override:
-        return override
-    try:
-        zones = pn_timezone.time_zones_for_number(phonenumbers.parse(e164))
-    except phonenumbers.NumberParseException:
-        return default
-    zones = tuple(z for z in zones if z != pn_timezone.UNKNOWN_TIMEZONE)
-    if not zones:
-        return default
-    return default if default in zones else zones[0]
 
 
 # -- helpers ---------------------------------------------------------------
@@ -303,7 +260,7 @@ def _parse_dates(text: str, clause: str) -> list[date]:
         raise ValueError(f"cannot read closed dates in {clause!r}: use YYYY-MM-DD, comma-separated") from e
 
 
-def _local_to_utc(day: date, minute: int, zone: ZoneInfo) -> datetime:
+def local_to_utc(day: date, minute: int, zone: ZoneInfo) -> datetime:
     """The UTC instant of wall-clock ``minute`` after local midnight of ``day``.
 
     Why not plain ``astimezone``: for a time inside a spring-forward gap it

@@ -87,6 +87,31 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        3,
+        """
+        CREATE TABLE do_not_call (
+            e164 TEXT PRIMARY KEY,
+            reason TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL,
+            added_at TEXT NOT NULL
+        );
+
+        CREATE TABLE do_not_call_history (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            e164 TEXT NOT NULL,
+            at TEXT NOT NULL,
+            action TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL
+        );
+        CREATE INDEX do_not_call_history_number ON do_not_call_history (e164, seq);
+        CREATE TRIGGER do_not_call_history_no_update BEFORE UPDATE ON do_not_call_history
+        BEGIN SELECT RAISE(ABORT, 'do_not_call_history is append-only'); END;
+        CREATE TRIGGER do_not_call_history_no_delete BEFORE DELETE ON do_not_call_history
+        BEGIN SELECT RAISE(ABORT, 'do_not_call_history is append-only'); END;
+        """,
+    ),
+    (
         4,
         """
         -- Chat drafts (storage.drafts): one open draft per chat thread, owned by the person

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from concierge.hours import parse_weekly, timezone_for_number
+from concierge.hours import WeeklyHours, parse_weekly
 
 NY = ZoneInfo("America/New_York")
 LON = ZoneInfo("Europe/London")
@@ -15,6 +15,13 @@ LON = ZoneInfo("Europe/London")
 
 def local(zone: ZoneInfo, y: int, mo: int, d: int, h: int, mi: int, fold: int = 0) -> datetime:
     return datetime(y, mo, d, h, mi, tzinfo=zone, fold=fold)
+
+
+def closes_at(h: WeeklyHours, now: datetime, end: datetime) -> bool:
+    """Open from ``now`` up to (not including) ``end``, checked minute by minute."""
+    minutes = int((end - now).total_seconds() // 60)
+    still_open = all(h.is_open(now + timedelta(minutes=i)) for i in range(minutes))
+    return still_open and h.is_open(end - timedelta(seconds=1)) and not h.is_open(end)
 
 
 def test_basic_week_open_and_closed() -> None:
@@ -53,8 +60,8 @@ def test_several_intervals_per_day_lunch_break() -> None:
     assert h.is_open(local(LON, 2026, 6, 1, 11, 0))
     assert not h.is_open(local(LON, 2026, 6, 1, 12, 30))
     assert h.next_open(local(LON, 2026, 6, 1, 12, 30)) == local(LON, 2026, 6, 1, 13, 0)
-    assert h.open_until(local(LON, 2026, 6, 1, 10, 0)) == local(LON, 2026, 6, 1, 12, 0)
-    assert h.open_until(local(LON, 2026, 6, 1, 12, 30)) is None
+    assert closes_at(h, local(LON, 2026, 6, 1, 10, 0), local(LON, 2026, 6, 1, 12, 0))
+    assert not h.is_open(local(LON, 2026, 6, 1, 12, 30))
 
 
 def test_open_past_midnight_belongs_to_start_day() -> None:
@@ -64,7 +71,7 @@ def test_open_past_midnight_belongs_to_start_day() -> None:
     assert h.is_open(local(NY, 2026, 6, 6, 1, 30))
     assert not h.is_open(local(NY, 2026, 6, 6, 2, 0))
     assert not h.is_open(local(NY, 2026, 6, 6, 19, 0))
-    assert h.open_until(local(NY, 2026, 6, 6, 1, 0)) == local(NY, 2026, 6, 6, 2, 0)
+    assert closes_at(h, local(NY, 2026, 6, 6, 1, 0), local(NY, 2026, 6, 6, 2, 0))
     # Thursday 2026-06-04 01:00 is not open (the interval is Friday's, not Thursday's night).
     assert not h.is_open(local(NY, 2026, 6, 4, 1, 0))
 
@@ -81,14 +88,7 @@ def test_24_00_end_and_chained_openings() -> None:
     assert h.is_open(local(LON, 2026, 6, 6, 23, 59))
     assert h.is_open(local(LON, 2026, 6, 7, 0, 0))
     # Back-to-back intervals across midnight are one opening.
-    assert h.open_until(local(LON, 2026, 6, 6, 13, 0)) == local(LON, 2026, 6, 7, 6, 0)
-
-
-def test_always_open_open_until_is_capped() -> None:
-    h = parse_weekly("daily 00:00-24:00", "UTC")
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    until = h.open_until(now)
-    assert until is not None and until >= now + timedelta(days=365)
+    assert closes_at(h, local(LON, 2026, 6, 6, 13, 0), local(LON, 2026, 6, 7, 6, 0))
 
 
 def test_new_york_spring_forward_gap() -> None:
@@ -98,7 +98,7 @@ def test_new_york_spring_forward_gap() -> None:
     # Opens at the first existing instant after 02:30: the jump itself (07:00 UTC = 03:00 EDT).
     assert opens == datetime(2026, 3, 8, 7, 0, tzinfo=UTC)
     assert opens.astimezone(NY).hour == 3 and opens.astimezone(NY).minute == 0
-    assert h.open_until(opens) == datetime(2026, 3, 8, 8, 0, tzinfo=UTC)  # 04:00 EDT
+    assert closes_at(h, opens, datetime(2026, 3, 8, 8, 0, tzinfo=UTC))  # 04:00 EDT
     assert not h.is_open(datetime(2026, 3, 8, 6, 59, tzinfo=UTC))
 
 
@@ -119,7 +119,7 @@ def test_new_york_fall_back_ambiguous_time_uses_first_occurrence() -> None:
     opens = h.next_open(local(NY, 2026, 11, 1, 0, 0))
     assert opens == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # 01:30 EDT (fold=0)
     # 02:00 exists once (EST): the opening lasts 90 real minutes.
-    assert h.open_until(opens) == datetime(2026, 11, 1, 7, 0, tzinfo=UTC)
+    assert closes_at(h, opens, datetime(2026, 11, 1, 7, 0, tzinfo=UTC))
     assert h.is_open(local(NY, 2026, 11, 1, 1, 45, fold=1))  # second 01:45, EST
 
 
@@ -133,7 +133,7 @@ def test_london_spring_forward_2026_03_29() -> None:
     h = parse_weekly("sun 01:15-03:00; mon-fri 09:00-17:00", "Europe/London")
     opens = h.next_open(local(LON, 2026, 3, 29, 0, 0))
     assert opens == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # = 02:00 BST, the jump
-    assert h.open_until(opens) == datetime(2026, 3, 29, 2, 0, tzinfo=UTC)  # 03:00 BST
+    assert closes_at(h, opens, datetime(2026, 3, 29, 2, 0, tzinfo=UTC))  # 03:00 BST
     assert h.next_open(opens + timedelta(hours=2)) == datetime(2026, 3, 30, 8, 0, tzinfo=UTC)
 
 
@@ -166,7 +166,7 @@ def test_never_open_raises() -> None:
     never = parse_weekly(f"mon 10:00-11:00; closed {', '.join(map(str, mondays))}", "UTC")
     with pytest.raises(ValueError, match="never open"):
         never.next_open(datetime(2026, 1, 1, tzinfo=UTC))
-    assert never.open_until(datetime(2026, 1, 5, 10, 30, tzinfo=UTC)) is None
+    assert not never.is_open(datetime(2026, 1, 5, 10, 30, tzinfo=UTC))
 
 
 def test_naive_datetime_rejected() -> None:
@@ -201,13 +201,3 @@ def test_day_forms() -> None:
 def test_bad_specs_have_helpful_errors(spec: str, tz: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_weekly(spec, tz)
-
-
-def test_timezone_for_number() -> None:
-    assert timezone_for_number("+14155550100") == "America/Los_Angeles"
-    assert timezone_for_number("+442079460000") == "Europe/London"
-    assert timezone_for_number("+14155550100", override="Asia/Tokyo") == "Asia/Tokyo"
-    assert timezone_for_number("not a number", default="Europe/Paris") == "Europe/Paris"
-    # Toll-free spans all of North America: the default wins if it is a candidate.
-    assert timezone_for_number("+18005550100") == "America/New_York"
-    assert timezone_for_number("+18005550100", default="Europe/Paris") == "America/Adak"
