@@ -159,6 +159,7 @@ class ChatFlow:
 
     async def _keep(self, reply: IntakeReply, key: str, owner: str, *, previous: str | None) -> Out:
         """Store the draft ``reply`` carries (a new id) or drop it on a refusal; the answer."""
+        reply = await self.intake.screen(reply)
         if reply.kind == "refuse" or reply.draft is None:
             await self.drafts.drop_key(key)
             return Out(reply.text)

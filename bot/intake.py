@@ -6,7 +6,8 @@ without any model. Either way the fields land in an ``IntakeDraft`` kept per
 chat thread, so a missing number or window is asked back and the next message
 in that thread fills the gap instead of starting over. Phone numbers are
 checked here because this is the last point where a person can be told why
-an errand is refused (emergency, short code, premium rate, block list).
+an errand is refused (emergency, short code, premium rate, a country or number
+type that is not called, block list, do-not-call list).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from anthropic.types import ToolChoiceToolParam, ToolParam
 
 from agent.llm import to_provider_error
 from bot import render
-from bot.phone import check_phone, find_phone
+from bot.phone import DestinationPolicy, check_phone, find_phone
 from bot.when import (
     DEFAULT_DAY,
     DateRange,
@@ -156,6 +157,12 @@ RECORD_ERRAND_TOOL: dict[str, Any] = {
 }
 
 
+class NumberList(Protocol):
+    """The do-not-call list as intake needs it (``storage.numbers.DoNotCall`` provides it)."""
+
+    async def contains(self, e164: str) -> bool: ...
+
+
 class Extractor(Protocol):
     """Reads free text into ``record_errand`` fields (Claude in production)."""
 
@@ -241,6 +248,9 @@ class Intake:
         person_name / person_tz / region: the person the errands are for; ``region`` is the
             default region for numbers written without a country code.
         blocked_numbers: numbers never to call.
+        destinations: countries and number types that may be called; ``None`` allows only
+            numbers in ``region``.
+        do_not_call: the do-not-call list, checked by :meth:`screen` (it is async).
         clock: aware UTC ``now``; relative dates resolve against it in ``person_tz``.
     """
 
@@ -252,6 +262,8 @@ class Intake:
         person_tz: str,
         region: str,
         blocked_numbers: Iterable[str] = (),
+        destinations: DestinationPolicy | None = None,
+        do_not_call: NumberList | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.extractor = extractor
@@ -259,6 +271,8 @@ class Intake:
         self.person_tz = person_tz
         self.region = region
         self.blocked = tuple(blocked_numbers)
+        self.destinations = destinations or DestinationPolicy.home(region)
+        self.do_not_call = do_not_call
         self.clock = clock
 
     # -- entry points -------------------------------------------------------------
@@ -276,6 +290,19 @@ class Intake:
             replace(draft.origin, message_id=origin.message_id) if origin.message_id else draft.origin
         )
         return await self._update(draft, text)
+
+    async def screen(self, reply: IntakeReply) -> IntakeReply:
+        """``reply``, or a refusal (without the draft) when its number is on the do-not-call list.
+
+        Kept apart from the parsing because the list lives in the database (async) and may
+        change at any moment (an opt-out on another call, ``concierge numbers block``).
+        """
+        draft = reply.draft
+        if self.do_not_call is None or draft is None or not draft.phone:
+            return reply
+        if not await self.do_not_call.contains(draft.phone):
+            return reply
+        return IntakeReply("refuse", render.refuse_do_not_call(draft.phone))
 
     async def _update(self, draft: IntakeDraft, text: str) -> IntakeReply:
         text = text[: bounds.INTAKE_TEXT]  # a chat message is read (and sent to the model) bounded
@@ -323,7 +350,9 @@ class Intake:
         phone = str(fields.get("phone") or "").strip() or (find_phone(text, self.region) if text else None)
         if phone:
             try:
-                checked = check_phone(phone, self.region, self.blocked, prefer_tz=self.person_tz)
+                checked = check_phone(
+                    phone, self.region, self.blocked, prefer_tz=self.person_tz, policy=self.destinations
+                )
             except IntakeError as e:
                 return IntakeReply("refuse", str(e))
             draft.phone, draft.business_tz = checked.e164, checked.tz

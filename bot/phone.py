@@ -293,6 +293,25 @@ def is_blocked(e164: str, blocked: Iterable[str], region: str) -> bool:
     return False
 
 
+def blocked_e164(entries: Iterable[str], region: str) -> list[str]:
+    """The whole numbers among ``BLOCKED_NUMBERS`` entries, as E.164 (prefixes are skipped).
+
+    These seed the do-not-call list at start-up; prefixes (``+1900*``) stay rules of the
+    destination policy, since a list of numbers cannot hold them.
+    """
+    out = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry or entry.endswith("*"):
+            continue
+        try:
+            parsed = phonenumbers.parse(entry, region)
+        except phonenumbers.NumberParseException:
+            continue
+        out.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+    return out
+
+
 def find_phone(text: str, region: str) -> str | None:
     """The first phone-number-looking part of free text (for gap filling without the model)."""
     for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):

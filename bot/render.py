@@ -74,6 +74,13 @@ def refuse_blocked(e164: str) -> str:
     return f"I won't call {e164}: that number is on the block list."
 
 
+def refuse_do_not_call(e164: str) -> str:
+    return (
+        f"I won't call {e164}: that number is on the do-not-call list "
+        "(whoever answers there asked not to be called, or the operator blocked it)."
+    )
+
+
 def ask_missing(missing: Sequence[str], so_far: dict[str, Any]) -> str:
     """Ask back for what is missing, showing what was understood so nothing is retyped."""
     got = [f"{k.replace('_', ' ')}: {v}" for k, v in so_far.items() if v]

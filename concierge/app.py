@@ -34,6 +34,7 @@ from bot.allow import AllowList
 from bot.flow import ChatFlow
 from bot.intake import ClaudeExtractor, Intake
 from bot.notify import ChatNotifier
+from bot.phone import blocked_e164
 from concierge import warmup
 from concierge.clock import Clock, SystemClock
 from concierge.dispatcher import Dispatcher
@@ -43,6 +44,7 @@ from storage.db import Database
 from storage.drafts import DraftStore
 from storage.jobs import JobStore
 from storage.models import CallOutcome, CallRequest, Job
+from storage.numbers import DoNotCall
 from storage.redact import Redactor, secret_variants
 from storage.redact import install as install_redaction
 from telephony.session import CallSession
@@ -100,6 +102,7 @@ class Concierge:
         owner: str | None = None,
     ) -> None:
         settings.require(*CALL_COMPONENTS)
+        settings.check()  # again: model_copy'd settings (sandbox, demo) skip validation
         if settings.telegram_mode == "webhook" and settings.configured("telegram"):
             if not settings.telegram_webhook_secret:
                 from storage.errors import ConfigError
@@ -126,6 +129,8 @@ class Concierge:
         self._unredact = install_redaction(Redactor(log_secrets(s)))
         self.db = await Database.open(s.database_path)
         self.store = JobStore(self.db, clock=self.clock.now)
+        self.do_not_call = DoNotCall(self.db, clock=self.clock.now)
+        await self.do_not_call.seed(blocked_e164(s.blocked_numbers, s.person_region))
         self.llm: anthropic.AsyncAnthropic = build_anthropic(s.anthropic_api_key, s.anthropic_base_url)
         graph = build_graph_client(
             s.graph_tenant_id,
@@ -241,6 +246,8 @@ class Concierge:
             person_tz=s.person_timezone,
             region=s.person_region,
             blocked_numbers=s.blocked_numbers,
+            destinations=s.destination_policy,
+            do_not_call=self.do_not_call,
             clock=self.clock.now,
         )
         self.drafts = DraftStore(self.db, clock=self.clock.now)

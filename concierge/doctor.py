@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from bot.phone import blocked_e164
 from concierge.hours import parse_weekly
 from concierge.settings import PURPOSE, REQUIRED, Settings
 from storage.errors import ConfigError
@@ -71,6 +72,8 @@ def diagnose(settings: Settings) -> Report:
     _check_database(settings, report)
     _check_public_url(settings, report)
     _check_hours(settings, report)
+    report.lines.append("Calling rules:")
+    _check_rules(settings, report)
     return report
 
 
@@ -131,8 +134,9 @@ def _check_public_url(settings: Settings, report: Report) -> None:
         return
     if parts.hostname in _LOCAL_HOSTS:
         report.warn(f"PUBLIC_BASE_URL {url!r} is local: Twilio cannot reach it (use a tunnel's https URL)")
-    elif parts.scheme != "https":
-        report.warn(f"PUBLIC_BASE_URL {url!r} is not https: Twilio media streams need wss://")
+    elif "PUBLIC_BASE_URL" in settings.problems():
+        report.error(settings.problems()["PUBLIC_BASE_URL"])
+        return
     if url.endswith("/"):
         report.warn("PUBLIC_BASE_URL ends with '/': webhook signatures are computed on exact URLs; drop it")
     if parts.query or parts.fragment:
@@ -148,3 +152,35 @@ def _check_hours(settings: Settings, report: Report) -> None:
         report.error(f"DEFAULT_BUSINESS_HOURS / PERSON_TIMEZONE: {e}")
     else:
         report.ok(f"default business hours: {settings.default_business_hours}")
+
+
+def _check_rules(settings: Settings, report: Report) -> None:
+    """The rules every call obeys, as they are in effect (README "Calling rules")."""
+    for variable, problem in settings.problems().items():
+        if variable != "PUBLIC_BASE_URL":  # reported under Local
+            report.error(problem)
+    policy = settings.destination_policy
+    source = (
+        "CALL_COUNTRIES" if settings.call_countries else "default: TWILIO_FROM_NUMBER, else PERSON_REGION"
+    )
+    report.note(f"countries called: {', '.join(sorted(policy.countries))} ({source})")
+    report.note(
+        "number types called: landlines and mobiles only (no premium, shared-cost, personal, VoIP,"
+        f" satellite...); toll-free only in {policy.home_region} (PERSON_REGION)"
+    )
+    report.note(
+        f"callee's local hours: {settings.callee_local_hours} in every zone the number may ring in"
+        " (CALLEE_LOCAL_HOURS), and only while the business is open"
+    )
+    whole = blocked_e164(settings.blocked_numbers, settings.person_region)
+    prefixes = [b for b in settings.blocked_numbers if b.strip().endswith("*")]
+    report.note(
+        f"blocked: {len(whole)} number(s) seeded into the do-not-call list, {len(prefixes)} prefix rule(s)"
+        " (BLOCKED_NUMBERS; `concierge numbers list` shows the list)"
+    )
+    report.note(
+        f"limits: {settings.max_concurrent_calls} call(s) at once, {settings.max_call_seconds} s per call,"
+        f" {settings.max_attempts} attempt(s) per errand, lease {settings.lease_seconds} s,"
+        f" {settings.max_queued_per_user} open errand(s) and {settings.errands_per_user_per_hour} per hour"
+        " per person"
+    )

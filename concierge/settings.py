@@ -8,11 +8,16 @@ instead of deep inside a call.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+import phonenumbers
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.phone import DestinationPolicy
+from concierge.calling_window import DailyWindow
 from storage.errors import ConfigError
 
 CommaList = Annotated[list[str], NoDecode]
@@ -111,6 +116,10 @@ class Settings(BaseSettings):
     blocked_numbers: CommaList = Field(default_factory=list)
     max_queued_per_user: int = 10
     errands_per_user_per_hour: int = 20
+    #: ISO 3166 regions that may be called; empty = the region of TWILIO_FROM_NUMBER.
+    call_countries: CommaList = Field(default_factory=list)
+    #: The callee's own local time of day when calls are allowed, in every zone the number may be in.
+    callee_local_hours: str = "08:00-21:00"
 
     # What one call may do
     min_lead_minutes: int = Field(default=60, ge=0)
@@ -138,6 +147,7 @@ class Settings(BaseSettings):
         "slack_allowed_users",
         "slack_allowed_teams",
         "blocked_numbers",
+        "call_countries",
         mode="before",
     )
     @classmethod
@@ -145,6 +155,101 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
+
+    @field_validator("call_countries")
+    @classmethod
+    def _known_regions(cls, v: list[str]) -> list[str]:
+        regions = [r.upper() for r in v]
+        unknown = [r for r in regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"CALL_COUNTRIES: unknown ISO 3166 region(s) {', '.join(unknown)} (e.g. US,CA)")
+        return regions
+
+    @field_validator("callee_local_hours")
+    @classmethod
+    def _calling_hours(cls, v: str) -> str:
+        try:
+            return str(DailyWindow.parse(v))
+        except ValueError as e:
+            raise ValueError(f"CALLEE_LOCAL_HOURS: {e}") from e
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Settings:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems.values()))
+        return self
+
+    def problems(self) -> dict[str, str]:
+        """Values that are each well-formed but unsafe: variable name → one sentence naming it.
+
+        Checked when settings are read, and again by :meth:`check` for settings built
+        with ``model_copy`` (which skips validation), as the sandbox and demo do.
+        """
+        out: dict[str, str] = {}
+        for name in (
+            "max_concurrent_calls",
+            "max_call_seconds",
+            "max_attempts",
+            "lease_seconds",
+            "max_queued_per_user",
+            "errands_per_user_per_hour",
+        ):
+            if getattr(self, name) < 1:
+                out[name.upper()] = f"{name.upper()} must be at least 1 (got {getattr(self, name)})"
+        if self.retry_backoff_minutes < 0:
+            out["RETRY_BACKOFF_MINUTES"] = (
+                f"RETRY_BACKOFF_MINUTES must not be negative (got {self.retry_backoff_minutes})"
+            )
+        if self.silence_timeout_seconds <= 0:
+            out["SILENCE_TIMEOUT_SECONDS"] = (
+                f"SILENCE_TIMEOUT_SECONDS must be above 0 (got {self.silence_timeout_seconds})"
+            )
+        if self.lease_seconds <= self.max_call_seconds and "LEASE_SECONDS" not in out:
+            out["LEASE_SECONDS"] = (
+                f"LEASE_SECONDS ({self.lease_seconds}) must exceed MAX_CALL_SECONDS"
+                f" ({self.max_call_seconds}): a lease that ran out mid-call would let another"
+                " dispatcher take the errand over"
+            )
+        url_problem = _public_url_problem(self.public_base_url)
+        if url_problem:
+            out["PUBLIC_BASE_URL"] = url_problem
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming every variable :meth:`problems` finds."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError("Invalid configuration — " + "; ".join(problems.values()))
+
+    @property
+    def call_regions(self) -> frozenset[str]:
+        """The regions calls may go to: ``CALL_COUNTRIES``, else TWILIO_FROM_NUMBER's, else PERSON_REGION.
+
+        The default mirrors Twilio's own: a new account may call only its home country
+        until more are enabled under Voice geographic permissions.
+        """
+        if self.call_countries:
+            return frozenset(self.call_countries)
+        try:
+            region = phonenumbers.region_code_for_number(phonenumbers.parse(self.twilio_from_number))
+        except phonenumbers.NumberParseException:
+            region = None
+        return frozenset({region or self.person_region.upper()})
+
+    @property
+    def destination_policy(self) -> DestinationPolicy:
+        """Countries, number types and block list for ``bot.phone.check_phone`` / ``check_destination``."""
+        return DestinationPolicy(
+            countries=self.call_regions,
+            home_region=self.person_region.upper(),
+            blocked=tuple(self.blocked_numbers),
+        )
+
+    @property
+    def callee_window(self) -> DailyWindow:
+        """``CALLEE_LOCAL_HOURS`` as a :class:`~concierge.calling_window.DailyWindow`."""
+        return DailyWindow.parse(self.callee_local_hours)
 
     @property
     def database_path(self) -> str:
@@ -167,8 +272,27 @@ class Settings(BaseSettings):
         Raises:
             ConfigError: naming every missing variable, grouped by component.
         """
-        problems = [
-            f"{PURPOSE[c]}: set {', '.join(self.missing(c))}" for c in components if self.missing(c)
-        ]
+        problems = [f"{PURPOSE[c]}: set {', '.join(self.missing(c))}" for c in components if self.missing(c)]
         if problems:
             raise ConfigError("Missing configuration — " + "; ".join(problems))
+
+
+def _public_url_problem(url: str) -> str | None:
+    """Twilio's webhooks and media stream carry the call: plain http only on this machine."""
+    if not url:
+        return None  # reported as missing by require("twilio")
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return None
+    return f"PUBLIC_BASE_URL must be an https:// URL (plain http only for a loopback host), got {url!r}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

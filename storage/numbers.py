@@ -13,6 +13,7 @@ or ``phonenumbers``), because ``+1 415…`` and ``+1415…`` must be one entry.
 
 from __future__ import annotations
 
+import builtins
 import re
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -122,7 +123,7 @@ class DoNotCall:
         )
         return [_entry(r) for r in rows]
 
-    async def history(self, e164: str) -> list[tuple[datetime, str, str, str]]:
+    async def history(self, e164: str) -> builtins.list[tuple[datetime, str, str, str]]:
         """``(at, action, reason, source)`` of every add and remove of ``e164``, oldest first."""
         rows = await self._db.fetchall(
             "SELECT at, action, reason, source FROM do_not_call_history WHERE e164 = ? ORDER BY seq",

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bot.intake import Intake, IntakeDraft, parse_call_args
-from bot.phone import check_phone, find_phone
+from bot.phone import DestinationPolicy, check_phone, find_phone
 from sandbox.intake_model import extract, respond
 from storage.errors import IntakeError
 from storage.models import ChatOrigin, Platform
@@ -41,7 +41,8 @@ def make_intake(extractor: Any = None, **kw: Any) -> Intake:
 def test_check_phone_e164_and_business_zone() -> None:
     assert check_phone("(415) 555-0100", "US").e164 == "+14155550100"
     assert check_phone("(415) 555-0100", "US").tz == "America/Los_Angeles"
-    assert check_phone("+33 1 42 68 53 00", "US").tz == "Europe/Paris"
+    abroad = DestinationPolicy(countries=frozenset({"US", "FR"}), home_region="US")
+    assert check_phone("+33 1 42 68 53 00", "US", policy=abroad).tz == "Europe/Paris"
     assert check_phone("+1 800 555 0100", "US", prefer_tz="America/Chicago").tz == "America/Chicago"
 
 
@@ -69,6 +70,67 @@ def test_check_phone_refuses(raw: str, region: str, word: str) -> None:
 def test_check_phone_block_list_compares_normalised() -> None:
     with pytest.raises(IntakeError, match="block list"):
         check_phone("415 555 0100", "US", blocked=["+1 (415) 555-0100"])
+
+
+#: The usual toll-fraud destinations, and what the refusal names.
+FRAUD = [
+    ("+881612345678", "satellite"),  # Global Mobile Satellite System
+    ("+870773111632", "satellite"),  # Inmarsat
+    ("+447012345678", "United Kingdom"),  # UK 070 "personal" number, billed like premium rate
+    ("+5372345678", "Cuba"),
+    ("+252612345678", "Somalia"),
+    ("+18762345678", "Jamaica"),  # +1 but not the US
+    ("+18092345678", "Dominican Republic"),
+]
+
+
+@pytest.mark.parametrize(("number", "named"), FRAUD)
+def test_fraud_destinations_are_refused_by_default_with_a_clear_reply(number: str, named: str) -> None:
+    reply = make_intake().from_command("k", ORIGIN, f"{number} Joe's | haircut | next week afternoons")
+    assert reply.kind == "refuse" and reply.draft is None
+    assert number in reply.text and named in reply.text
+
+
+def test_uk_personal_number_is_refused_by_type_even_when_the_uk_is_allowed() -> None:
+    intake = make_intake(destinations=DestinationPolicy(frozenset({"US", "GB"}), home_region="US"))
+    reply = intake.from_command("k", ORIGIN, "+447012345678 Joe's | haircut | next week afternoons")
+    assert reply.kind == "refuse" and "personal" in reply.text
+    ok = intake.from_command("k", ORIGIN, "+44 20 7946 0000 Joe's | haircut | next week afternoons")
+    assert ok.kind == "ready" and ok.request is not None and ok.request.business_tz == "Europe/London"
+
+
+def test_toll_free_only_in_the_persons_own_country() -> None:
+    both = DestinationPolicy(frozenset({"US", "GB"}), home_region="US")
+    assert check_phone("+1 800 234 5678", "US", policy=both).e164 == "+18002345678"
+    with pytest.raises(IntakeError, match="toll-free number outside United States"):
+        check_phone("+44 800 123 4567", "US", policy=both)
+    british = DestinationPolicy(frozenset({"US", "GB"}), home_region="GB")
+    assert check_phone("+44 800 123 4567", "GB", policy=british).e164 == "+448001234567"
+
+
+class ListedNumbers:
+    """A do-not-call list held in memory (the SQLite one is tested in test_storage_numbers)."""
+
+    def __init__(self, *numbers: str) -> None:
+        self.numbers = set(numbers)
+
+    async def contains(self, e164: str) -> bool:
+        return e164 in self.numbers
+
+
+async def test_number_on_the_do_not_call_list_is_refused_once_known() -> None:
+    intake = make_intake(do_not_call=ListedNumbers("+14155550100"))
+    reply = await intake.screen(intake.from_command("k", ORIGIN, "415 555 0100 Joe's | haircut | next week"))
+    assert reply.kind == "refuse" and "do-not-call" in reply.text and "+14155550100" in reply.text
+    assert reply.draft is None  # the chat flow drops the thread's draft on a refusal
+    other = await intake.screen(intake.from_command("k", ORIGIN, "415 555 0101 Joe's | haircut | next week"))
+    assert other.kind == "ready"
+    # refused as soon as the number is known, before the rest is asked for
+    early = await intake.screen(intake.from_command("k2", ORIGIN, "+1 415 555 0100"))
+    assert early.kind == "refuse" and early.draft is None
+    # asked back before any number: nothing to screen yet
+    first = await intake.screen(intake.from_command("k3", ORIGIN, "Joe's | haircut | next week"))
+    assert first.kind == "ask"
 
 
 def test_find_phone_in_text() -> None:
