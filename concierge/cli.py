@@ -1,4 +1,4 @@
-"""The ``concierge`` command: serve, demo, jobs, doctor.
+"""The ``concierge`` command: serve, demo, jobs, numbers, doctor.
 
 ``jobs`` reads the queue straight from the database named by DATABASE_URL,
 so it works whether or not the server is running (SQLite WAL lets it read
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import inspect
 import json
 import sys
@@ -19,12 +20,16 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
+import phonenumbers
+
+from bot.phone import blocked_e164
 from concierge.doctor import run_doctor
 from concierge.settings import Settings
 from storage.db import Database
 from storage.errors import ConciergeError, IllegalTransition, JobNotFound
 from storage.jobs import HistoryEntry, JobStore
 from storage.models import Job, JobState, Turn
+from storage.numbers import SOURCE_OPERATOR, DoNotCall
 
 EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
 
@@ -57,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     cancel = jobs_sub.add_parser("cancel", help="cancel an errand that is not on the phone yet")
     cancel.add_argument("id")
+
+    numbers = sub.add_parser("numbers", help="the do-not-call list: block, unblock, list")
+    numbers_sub = numbers.add_subparsers(dest="numbers_command", required=True, metavar="ACTION")
+    block = numbers_sub.add_parser("block", help="never call this number again")
+    block.add_argument("number", help="the number; without a country code it is read in PERSON_REGION")
+    block.add_argument("--reason", default="", help="why (kept with the entry)")
+    unblock = numbers_sub.add_parser("unblock", help="allow calls to this number again")
+    unblock.add_argument("number")
+    unblock.add_argument("--reason", default="", help="why (kept in the list's history)")
+    blocked = numbers_sub.add_parser("list", help="blocked numbers, newest first")
+    blocked.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -70,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_lazy("concierge.serve", "serve_main", args, "concierge serve")
     if args.command == "demo":
         return _run_lazy("concierge.demo", "demo_main", args, "concierge demo")
+    if args.command == "numbers":
+        return _numbers(args, out)
     return _jobs(args, out)
 
 
@@ -137,6 +155,59 @@ async def _jobs_async(args: argparse.Namespace, path: str, out: TextIO) -> int:
                     f"Note: a call was being placed (CallSid {before.call_sid}); if it still rings,"
                     " the running server or the Twilio console can end it.\n"
                 )
+        return EXIT_OK
+    finally:
+        await db.close()
+
+
+# -- numbers ----------------------------------------------------------------
+
+
+def _numbers(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        settings = Settings()
+        path = settings.database_path
+    except (ConciergeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.numbers_command == "list" and path != ":memory:" and not Path(path).exists():
+        out.write("[]\n" if args.json else f"No blocked numbers (no database at {path}).\n")
+        return EXIT_OK
+    number = ""
+    if args.numbers_command != "list":
+        try:
+            parsed = phonenumbers.parse(args.number, settings.person_region)
+        except phonenumbers.NumberParseException as e:
+            print(f"error: {args.number!r} is not a phone number ({e})", file=sys.stderr)
+            return EXIT_ERROR
+        number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return asyncio.run(_numbers_async(args, settings, number, out))
+
+
+async def _numbers_async(args: argparse.Namespace, settings: Settings, number: str, out: TextIO) -> int:
+    db = await Database.open(settings.database_path)
+    try:
+        dnc = DoNotCall(db)
+        if args.numbers_command == "block":
+            reason = args.reason or "blocked from the command line"
+            new = await dnc.add(number, reason, SOURCE_OPERATOR)
+            out.write(f"Blocked {number}.\n" if new else f"{number} was already blocked.\n")
+            if new:
+                out.write("Errands already queued to it are refused right before they would dial.\n")
+        elif args.numbers_command == "unblock":
+            gone = await dnc.remove(number, reason=args.reason, source=SOURCE_OPERATOR)
+            out.write(f"Unblocked {number}.\n" if gone else f"{number} was not blocked.\n")
+            if gone and number in blocked_e164(settings.blocked_numbers, settings.person_region):
+                out.write("Note: it is still in BLOCKED_NUMBERS and comes back at the next start.\n")
+        else:
+            entries = await dnc.list()
+            if args.json:
+                out.write(_dump([{**dataclasses.asdict(e), "added_at": _iso(e.added_at)} for e in entries]))
+            elif not entries:
+                out.write("No blocked numbers.\n")
+            else:
+                for e in entries:
+                    out.write(f"{e.e164:<16}  {_local(e.added_at, 'UTC')}  {e.source:<16}  {e.reason}\n")
         return EXIT_OK
     finally:
         await db.close()

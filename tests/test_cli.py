@@ -233,3 +233,32 @@ def test_parser_knows_every_command() -> None:
     assert (args.scenario, args.list) == ("happy", True)
     with pytest.raises(SystemExit):
         parser.parse_args(["jobs", "list", "--state", "nonsense"])
+
+
+def test_numbers_block_list_unblock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/q.db")
+    monkeypatch.setenv("BLOCKED_NUMBERS", "+14155550101")
+    assert cli.main(["numbers", "list"]) == 0
+    assert "No blocked numbers" in capsys.readouterr().out
+    assert cli.main(["numbers", "block", "(415) 555-0100", "--reason", "asked on the phone"]) == 0
+    assert "Blocked +14155550100" in capsys.readouterr().out  # read in PERSON_REGION, stored as E.164
+    assert cli.main(["numbers", "block", "+1 415 555 0100"]) == 0
+    assert "already blocked" in capsys.readouterr().out
+    assert cli.main(["numbers", "block", "+14155550101"]) == 0
+    capsys.readouterr()
+    assert cli.main(["numbers", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {e["e164"] for e in listed} == {"+14155550100", "+14155550101"}
+    assert next(e for e in listed if e["e164"] == "+14155550100")["reason"] == "asked on the phone"
+    assert cli.main(["numbers", "unblock", "+14155550100"]) == 0
+    assert "Unblocked +14155550100" in capsys.readouterr().out
+    assert cli.main(["numbers", "unblock", "+14155550101"]) == 0
+    assert "still in BLOCKED_NUMBERS" in capsys.readouterr().out
+    assert cli.main(["numbers", "list"]) == 0
+    assert "No blocked numbers" in capsys.readouterr().out
+    assert cli.main(["numbers", "block", "not a number"]) == 1
