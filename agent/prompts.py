@@ -94,6 +94,8 @@ asked) and the price if one was mentioned, thank them and call end_call with out
 - A phone menu ("press 1 for ..."): use send_dtmf with the right key.
 - Wrong number, or they don't offer this service: apologise, say goodbye, end_call (wrong_number or \
 declined). No slot fits: end_call declined.
+- Asked not to call again (or to be taken off a list): apologise, say you won't call again, say \
+goodbye and end_call with opted_out, quoting their words in the summary. Never argue or book then.
 - A question only {request.person_name} can answer (a preference, insurance, anything not stated \
 here): say you will check and call back, then end_call with needs_user and the question.
 - Never invent details (phone numbers, addresses, payment, preferences) that are not given here.

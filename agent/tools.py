@@ -398,7 +398,7 @@ class BookingTools:
     @tool
     async def end_call(
         self,
-        outcome: Literal["booked", "declined", "needs_user", "wrong_number", "failed"],
+        outcome: Literal["booked", "declined", "needs_user", "wrong_number", "opted_out", "failed"],
         summary: str,
         question: str = "",
     ) -> ToolResult:
@@ -407,11 +407,14 @@ class BookingTools:
         Args:
             outcome: booked (only after confirm_booking succeeded), declined (no fitting slot or the
                 business does not offer it), needs_user (a decision only the person can make),
-                wrong_number, or failed.
-            summary: one or two sentences for the person about what happened.
+                wrong_number, opted_out (they asked not to be called again), or failed.
+            summary: one or two sentences for the person about what happened; for opted_out, the
+                callee's own words asking not to be called, quoted.
             question: for needs_user, the exact question to put to the person.
         """
         kind = OutcomeKind(outcome)
+        if kind is OutcomeKind.OPTED_OUT and not summary.strip():
+            raise ToolInputError("opted_out requires the callee's words in the summary")
         if kind is OutcomeKind.BOOKED and self.booking is None:
             raise ToolInputError(
                 "nothing is booked yet: call confirm_booking first, or choose another outcome"

@@ -201,6 +201,11 @@ def result(job: Job, person_tz: str) -> str:
         return f"{ask}\nAnswer with a button below (or /cancel {job.id})."
     if job.state == JobState.CANCELLED:
         return cancelled(job.id)
+    if o and o.kind == OutcomeKind.OPTED_OUT:
+        return (
+            f"Not booked: {r.business_name} asked not to be called again: {summary or '(no words kept)'}\n"
+            f"I won't call {r.phone} again, for this or any other errand. Please contact them yourself."
+        )
     if job.state == JobState.DECLINED:
         return (
             f"Not booked at {r.business_name}: {summary or 'nothing fitted your window'}.\n"

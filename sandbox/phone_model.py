@@ -4,7 +4,8 @@ It reads the ``ERRAND_JSON:`` line of the system prompt and the conversation
 so far, and answers the way the real prompt asks Claude to: introduce itself as
 an AI assistant, state the errand, test offered slots with
 ``check_availability``, book with ``confirm_booking``, press menu keys, hold,
-and end the call with the right outcome. It is deterministic and deliberately
+honour a request not to be called again (``opted_out``), and end the call
+with the right outcome. It is deterministic and deliberately
 simple — just enough to drive end-to-end tests and the demo through the real
 SDK and wire protocol.
 """
@@ -51,6 +52,11 @@ _NEEDS_USER = re.compile(
     r"insurance|would (he|she|they) (also )?like|(does|do) (he|she|they) (also )?want|prefer"
     r"|which (stylist|barber|one|doctor)|what (kind|type|style)"
     r"|deposit|credit card|card number|first (time|visit)|new (client|patient)|member",
+    re.I,
+)
+_OPT_OUT = re.compile(
+    r"\b(don't|do not|never) (call|ring|phone) (this number|us|here|me)|stop calling"
+    r"|(take|remove) (us|this number|me) (off|from)|no more calls",
     re.I,
 )
 _DONE = re.compile(r"all set|see (you|him|her|them) then|you're booked|booked you in", re.I)
@@ -167,6 +173,11 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
     menu = _menu_choice(said)
     if menu:
         return [_tool("send_dtmf", {"digits": menu})]
+    if _OPT_OUT.search(said):  # before the other answers: an opt-out is honoured at once
+        return [
+            _text("I'm sorry to have bothered you. We won't call this number again. Goodbye!"),
+            _tool("end_call", {"outcome": "opted_out", "summary": f"“{said.strip()}”"}),
+        ]
     if _WRONG.search(said):
         return [
             _text("Oh, I'm sorry for the trouble. Goodbye!"),

@@ -240,6 +240,18 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
             busy=busy,
             expect_state="needs_user",
         ),
+        "opt_out": lambda: Scenario(
+            "opt_out",
+            "the receptionist asks not to be called again: the number goes on the do-not-call list",
+            [
+                Attempt(
+                    Behavior.ANSWER,
+                    _script(*greet, Say("Please don't call this number again."), WaitTurn(), wps=wps),
+                )
+            ],
+            busy=busy,
+            expect_state="declined",
+        ),
     }
     return builders[name]()
 
@@ -255,4 +267,5 @@ NAMES = (
     "fully_booked",
     "wrong_number",
     "needs_user",
+    "opt_out",
 )

@@ -191,12 +191,19 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 
 class OutcomeKind(StrEnum):
-    """How one call attempt ended."""
+    """How one call attempt ended.
+
+    ``OPTED_OUT``: the callee asked not to be called again. It is final and never
+    retried: the number goes onto the do-not-call list (``storage.numbers``), the
+    errand ends in ``JobState.DECLINED`` (see :data:`OPTED_OUT_STATE`) and every other
+    open errand to that number ends too. The summary carries the callee's words.
+    """
 
     BOOKED = "booked"
     DECLINED = "declined"
     NEEDS_USER = "needs_user"
     WRONG_NUMBER = "wrong_number"
+    OPTED_OUT = "opted_out"
     FAILED = "failed"
     NO_ANSWER = "no_answer"
     BUSY = "busy"
@@ -206,6 +213,12 @@ class OutcomeKind(StrEnum):
     @property
     def retryable(self) -> bool:
         return self in (OutcomeKind.NO_ANSWER, OutcomeKind.BUSY, OutcomeKind.VOICEMAIL, OutcomeKind.ERROR)
+
+
+#: The final state of an errand whose callee opted out: the business declined to be
+#: called, which is no failure of ours and nothing to retry (``FAILED`` would read as
+#: "try again later", ``CANCELLED`` as the person's own choice).
+OPTED_OUT_STATE = JobState.DECLINED
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,22 @@ async def test_wire_auth_and_non_streaming() -> None:
         await good.close()
         await bad.close()
         await sandbox.stop()
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "Please don't call this number again.",
+        "Stop calling us, please.",
+        "Take us off your list. We do not call back robots.",
+    ],
+)
+def test_asked_not_to_call_again_it_says_goodbye_and_opts_out(said: str) -> None:
+    goodbye, end = ask(said)
+    assert "won't call this number again" in goodbye["text"] and "Goodbye" in goodbye["text"]
+    assert end["name"] == "end_call" and end["input"]["outcome"] == "opted_out"
+    assert said in end["input"]["summary"]  # the callee's own words, quoted for the person
+
+
+def test_the_prompt_tells_the_model_about_opting_out() -> None:
+    assert "end_call with opted_out" in SYSTEM

@@ -43,13 +43,13 @@ def test_schemas_come_from_signatures_and_docstrings() -> None:
     end = tools["end_call"]
     assert end["description"].startswith("Hang up after saying goodbye")
     props = end["input_schema"]["properties"]
-    assert props["outcome"]["enum"] == ["booked", "declined", "needs_user", "wrong_number", "failed"]
-    assert props["summary"] == {
-        "type": "string",
-        "description": "one or two sentences for the person about what happened.",
-    }
+    assert props["outcome"]["enum"] == [
+        "booked", "declined", "needs_user", "wrong_number", "opted_out", "failed"
+    ]  # fmt: skip
+    assert props["summary"]["type"] == "string"
+    assert props["summary"]["description"].startswith("one or two sentences for the person about what")
     assert end["input_schema"]["required"] == ["outcome", "summary"]
-    assert "wrong_number, or failed." in props["outcome"]["description"]  # continuation lines joined
+    assert "opted_out (they asked not" in props["outcome"]["description"]  # continuation lines joined
     assert tools["confirm_booking"]["input_schema"]["required"] == ["start", "end", "service"]
 
 
@@ -92,6 +92,8 @@ async def test_bad_calls_become_error_results_not_exceptions() -> None:
     assert (await tools.run("send_dtmf", {"digits": "12; rm -rf"})).is_error
     booked_too_early = await tools.run("end_call", {"outcome": "booked", "summary": "done"})
     assert booked_too_early.is_error and "confirm_booking first" in booked_too_early.content
+    wordless_opt_out = await tools.run("end_call", {"outcome": "opted_out", "summary": " "})
+    assert wordless_opt_out.is_error and "callee's words" in wordless_opt_out.content
 
 
 async def test_actions() -> None:
@@ -102,6 +104,11 @@ async def test_actions() -> None:
     assert (
         ask.action.outcome.kind is OutcomeKind.NEEDS_USER and ask.action.outcome.question == "Sam or anyone?"
     )
+    words = "“Please don't call this number again.”"
+    stop = await tools.run("end_call", {"outcome": "opted_out", "summary": words})
+    assert isinstance(stop.action, Hangup)
+    assert stop.action.outcome.kind is OutcomeKind.OPTED_OUT and stop.action.outcome.summary == words
+    assert not OutcomeKind.OPTED_OUT.retryable
 
 
 def test_prompt_states_the_errand_and_ends_with_errand_json() -> None:
