@@ -106,7 +106,18 @@ class SpeechClient:
         self.sdk = AsyncDeepgramClient(api_key=api_key, environment=env)
 
     def listener(self) -> Listener:
-        return FluxListener(self) if is_flux(self.stt_model) else Listener(self)
+        """A new listen socket for one call (``FluxListener`` for a Flux model)."""
+        if is_flux(self.stt_model):
+            return FluxListener(
+                self.sdk,
+                model=self.stt_model,
+                clock=self.clock,
+                chunk_bytes=self.stt_chunk_bytes,
+                eot_threshold=self.eot_threshold,
+                eager_eot_threshold=self.eager_eot_threshold,
+            )
+        return Listener(self.sdk, model=self.stt_model, clock=self.clock, chunk_bytes=self.stt_chunk_bytes)
 
     def speaker(self) -> Speaker:
-        return Speaker(self)
+        """A new speak socket for one call."""
+        return Speaker(self.sdk, model=self.tts_model)

@@ -7,13 +7,15 @@ import contextlib
 import logging
 from bisect import bisect_left
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from telephony.speech_common import (
     _CONNECTION_ERRORS,
     BYTES_PER_SECOND,
     KEEPALIVE_SECONDS,
     MAX_BUFFER_BYTES,
+    AsyncDeepgramClient,
+    Clock,
     ConnectionClosed,
     ListenEvent,
     Reconnecting,
@@ -22,9 +24,6 @@ from telephony.speech_common import (
     UtteranceEnd,
 )
 from telephony.ws_tuning import send_uncompressed
-
-if TYPE_CHECKING:
-    from telephony.speech import SpeechClient
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +34,22 @@ class Listener(Reconnecting):
     ``run()`` is a long-lived coroutine the call session owns (it returns only
     when closed, and raises ``ProviderError`` when reconnecting gave up);
     ``send()`` passes audio through; ``events`` yields ``ListenEvent``s.
+
+    Args:
+        sdk: the Deepgram client the socket is opened with (``SpeechClient`` builds one per process).
+        model: listen model, e.g. ``nova-3``.
+        clock: monotonic clock for event timestamps and the arrival-time map.
+        chunk_bytes: inbound audio is sent in messages of this many bytes (``send``).
     """
 
     max_reconnects = 6
 
     what = "listen"
 
-    def __init__(self, client: SpeechClient) -> None:
-        self._client = client
-        self._clock = client.clock
+    def __init__(self, sdk: AsyncDeepgramClient, *, model: str, clock: Clock, chunk_bytes: int) -> None:
+        self._sdk = sdk
+        self._model = model
+        self._clock = clock
         self.events: asyncio.Queue[ListenEvent] = asyncio.Queue()
         self.connected = asyncio.Event()
         self.connections = 0
@@ -54,7 +60,7 @@ class Listener(Reconnecting):
         self._pending_base = 0
         self._accepted = 0  # bytes ever passed to send()
         self._sent = 0  # stream offset up to which the current socket was sent audio
-        self._chunk = client.stt_chunk_bytes
+        self._chunk = chunk_bytes
         self._conn_base = 0  # stream offset of the first byte the current socket received
         self._lead_in = 0  # bytes of silence the current socket was sent before our audio (Flux)
         self._last_send = self._clock()
@@ -111,8 +117,8 @@ class Listener(Reconnecting):
 
     def _connect(self) -> Any:
         """The SDK's socket context for this listener's protocol (Nova: ``/v1/listen``)."""
-        return self._client.sdk.listen.v1.connect(
-            model=self._client.stt_model,
+        return self._sdk.listen.v1.connect(
+            model=self._model,
             encoding="mulaw",
             sample_rate=8000,
             channels=1,

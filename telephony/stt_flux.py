@@ -32,6 +32,8 @@ from telephony.speech_common import (
     _CONNECTION_ERRORS,
     BYTES_PER_SECOND,
     KEEPALIVE_SECONDS,
+    AsyncDeepgramClient,
+    Clock,
     EagerEndOfTurn,
     SpeechStarted,
     Transcript,
@@ -49,17 +51,37 @@ def is_flux(model: str) -> bool:
 
 
 class FluxListener(Listener):
-    """``Listener`` over Flux; see the module docstring."""
+    """``Listener`` over Flux; see the module docstring.
+
+    Args:
+        sdk, model, clock, chunk_bytes: as for ``Listener``.
+        eot_threshold: confidence at which a turn ends (0.5–0.9).
+        eager_eot_threshold: confidence at which Flux says the turn has probably ended
+            (``EagerEndOfTurn``); None: not eager.
+    """
 
     what = "listen (flux)"
 
+    def __init__(
+        self,
+        sdk: AsyncDeepgramClient,
+        *,
+        model: str,
+        clock: Clock,
+        chunk_bytes: int,
+        eot_threshold: float,
+        eager_eot_threshold: float | None,
+    ) -> None:
+        super().__init__(sdk, model=model, clock=clock, chunk_bytes=chunk_bytes)
+        self._eot_threshold = eot_threshold
+        self._eager_eot_threshold = eager_eot_threshold
+
     def _connect(self) -> Any:
-        c = self._client
-        options: dict[str, Any] = {"eot_threshold": str(c.eot_threshold)}
-        if c.eager_eot_threshold is not None:
-            options["eager_eot_threshold"] = str(c.eager_eot_threshold)
-        return c.sdk.listen.v2.connect(
-            model=c.stt_model, encoding="mulaw", sample_rate="8000", eot_timeout_ms="5000", **options
+        options: dict[str, Any] = {"eot_threshold": str(self._eot_threshold)}
+        if self._eager_eot_threshold is not None:
+            options["eager_eot_threshold"] = str(self._eager_eot_threshold)
+        return self._sdk.listen.v2.connect(
+            model=self._model, encoding="mulaw", sample_rate="8000", eot_timeout_ms="5000", **options
         )
 
     async def _keepalive(self, conn: Any) -> None:

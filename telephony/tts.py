@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from telephony.speech_common import (
     _CONNECTION_ERRORS,
+    AsyncDeepgramClient,
     ConnectionClosed,
     Reconnecting,
     SpeakEvent,
@@ -18,9 +19,6 @@ from telephony.speech_common import (
     TtsFlushed,
 )
 from telephony.ws_tuning import send_uncompressed
-
-if TYPE_CHECKING:
-    from telephony.speech import SpeechClient
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +33,19 @@ class Speaker(Reconnecting):
     Everything sent since the last ``Flushed`` is remembered; when the socket
     drops, ``run()`` reopens it and sends that again, so each flushed clause
     still ends in exactly one ``TtsFlushed`` and its audio is never lost.
+
+    Args:
+        sdk: the Deepgram client the socket is opened with (``SpeechClient`` builds one per process).
+        model: speak voice, e.g. ``aura-2-thalia-en``.
     """
 
     max_reconnects = 6
 
     what = "speak"
 
-    def __init__(self, client: SpeechClient) -> None:
-        self._client = client
+    def __init__(self, sdk: AsyncDeepgramClient, *, model: str) -> None:
+        self._sdk = sdk
+        self._model = model
         self.events: asyncio.Queue[SpeakEvent] = asyncio.Queue()
         self.connected = asyncio.Event()
         self.connections = 0
@@ -82,9 +85,7 @@ class Speaker(Reconnecting):
                 await conn.send_close()
 
     async def _session(self) -> None:
-        async with self._client.sdk.speak.v1.connect(
-            model=self._client.tts_model, encoding="mulaw", sample_rate=8000
-        ) as conn:
+        async with self._sdk.speak.v1.connect(model=self._model, encoding="mulaw", sample_rate=8000) as conn:
             send_uncompressed(conn)
             self.connections += 1
             if self._clearing:
