@@ -45,11 +45,6 @@ def is_silence(chunk: bytes) -> bool:
     return not chunk.strip(b"\xff\x7f")
 
 
-def duration_seconds(n_bytes: int) -> float:
-    """Playing time of ``n_bytes`` of 8 kHz µ-law audio."""
-    return n_bytes / BYTES_PER_SECOND
-
-
 def dtmf_tones(digits: str, tone_ms: int = 100, gap_ms: int = 60) -> bytes:
     """µ-law audio that presses ``digits`` on a phone menu.
 
