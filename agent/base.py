@@ -9,9 +9,9 @@ callee heard words that were never played.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from storage.models import CallOutcome, Job
 
@@ -71,20 +71,40 @@ class Hangup:
 AgentAction = Say | SendDigits | Hangup
 
 
-class Agent(Protocol):
-    """One conversation (one call). Not shared between calls."""
+class Agent(ABC):
+    """One conversation (one call). Not shared between calls.
 
-    def reply(self, event: CallerInput) -> AsyncIterator[AgentAction]:
-        """Stream the answer to one caller input. May yield nothing."""
-        ...
+    Agents subclass this: ``reply``, ``interrupted`` and ``outcome`` are theirs to write, while
+    ``prepare``, ``discard_prepared`` and ``aclose`` are inherited no-ops that an agent overrides
+    only if it starts work ahead of time or owns background work, so the session calls all six
+    unconditionally.
+    """
 
+    @abstractmethod
+    def reply(self, event: CallerInput) -> AsyncGenerator[AgentAction, None]:
+        """Stream the answer to one caller input. May yield nothing.
+
+        An async generator rather than any async iterator: the session closes it (``aclose``) when
+        the reply ends early, so the agent's own clean-up runs at once, not whenever it is collected.
+        """
+
+    @abstractmethod
     def interrupted(self, heard: str) -> None:
         """The last reply was cut off by the callee; ``heard`` is what was played."""
-        ...
 
+    @abstractmethod
     def outcome(self) -> CallOutcome | None:
         """The result so far (e.g. booked once a slot was confirmed), or None."""
-        ...
+
+    def prepare(self, event: CallerInput) -> None:  # noqa: B027  (a deliberate no-op default)
+        """``event`` has probably ended the callee's turn (Flux eager end of turn): the agent may
+        start working on its answer now, for a ``reply(event)`` that is likely to follow."""
+
+    def discard_prepared(self) -> None:  # noqa: B027
+        """The callee went on talking: whatever ``prepare`` started will not be used."""
+
+    async def aclose(self) -> None:  # noqa: B027
+        """The call is over: stop any background work the agent owns."""
 
 
 AgentFactory = Callable[[Job], Agent]

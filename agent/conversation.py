@@ -34,6 +34,7 @@ from anthropic.types import InputJSONDelta, RawMessageStreamEvent
 
 from agent.answer import AnswerBuilder
 from agent.base import (
+    Agent,
     AgentAction,
     CallConnected,
     CalleeSaid,
@@ -93,8 +94,8 @@ class _RoundFailed(Exception):
     """A model round failed after speech had started: it cannot be retried invisibly."""
 
 
-class ClaudeAgent:
-    """One call's conversation with Claude (implements ``agent.base.Agent``).
+class ClaudeAgent(Agent):
+    """One call's conversation with Claude (an ``agent.base.Agent``).
 
     Args:
         client: an ``AsyncAnthropic`` (see ``agent.llm.build_anthropic``; built with ``max_retries=0``).
@@ -229,7 +230,7 @@ class ClaudeAgent:
             return None
         return early
 
-    async def reply(self, event: CallerInput) -> AsyncIterator[AgentAction]:
+    async def reply(self, event: CallerInput) -> AsyncGenerator[AgentAction, None]:
         """Stream the answer to one caller input (see the module docstring)."""
         if self._outcome is not None:
             return

@@ -4,7 +4,9 @@ A session is created as soon as the call exists (the first status callback,
 i.e. while the phone rings) so its Deepgram sockets are open before anyone
 answers; the media-stream websocket is attached when Twilio connects it.
 Everything is a handful of owned tasks in one ``TaskGroup`` joined by queues of
-small frozen events; ending the call cancels and awaits all of them.
+small frozen events; ending the call cancels and awaits all of them. The session owns those
+tasks, the media websocket and the inbound side (audio to STT, the callee's turns, the timers);
+everything the assistant says (replies, playback, DTMF, barge-in) is ``telephony.replies.ReplyRunner``'s.
 
 Timers (greeting, silence) count *audio* time — bytes received from Twilio,
 which arrive in real time on a real call — so behaviour does not depend on how
@@ -17,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -29,21 +31,19 @@ from agent.base import (
     CallConnected,
     CalleeSaid,
     CalleeSilent,
+    CallerInput,
     DigitsHeard,
 )
 from storage.errors import ProviderError
 from storage.models import CallOutcome, Job, OutcomeKind, Speaker, Turn
-from telephony import audio, frame_stats, media_stream, replies
+from telephony import audio, frame_stats, media_stream
 from telephony.frame_stats import FrameStats
-from telephony.playback import AssistantTurn, Playback
+from telephony.playback import AssistantTurn
+from telephony.replies import ReplyRunner
 from telephony.speech import (
     EagerEndOfTurn,
     ListenEvent,
-    SpeakEvent,
     SpeechStarted,
-    TtsAudio,
-    TtsCleared,
-    TtsFlushed,
     TurnResumed,
     UtteranceEnd,
 )
@@ -90,25 +90,32 @@ class CallSession:
         self._attached = asyncio.Event()
         self._ended = asyncio.Event()
         self._finished = asyncio.Event()
-        self._changed = asyncio.Event()
         self._ws: web.WebSocketResponse | None = None
-        self._playback: Playback | None = None
         self._tx_lock = asyncio.Lock()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reply_task: asyncio.Task[None] | None = None
         self._log = TurnLog()
         self._audio_bytes = 0
         self._end_reason = ""
         self._end_outcome: CallOutcome | None = None
         self._hang_up_at_end = False
-        self._hangup_pending = False
         self._error: BaseException | None = None
         self._timers = Timers(greet_after=self._cfg.greet_after, silence_timeout=self._cfg.silence_timeout)
         self._utterance: list[str] = []
         self._utterance_at: float | None = None
         self._speech_started_at: float | None = None
         self.frame_stats = FrameStats()
+        self._replies = ReplyRunner(
+            agent=agent,
+            speaker=self.speaker,
+            log=self._log,
+            config=self._cfg,
+            clock=clock,
+            send=self._send,
+            spawn=self._spawn,
+            on_idle=self._assistant_idle,
+            on_hangup=lambda outcome: self.end("assistant hung up", outcome, hang_up=True),
+        )
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -125,7 +132,7 @@ class CallSession:
         if self._ws is not None or self._finished.is_set():
             return
         self._ws = ws
-        self._playback = Playback(start.stream_sid)
+        self._replies.attach(start.stream_sid)
         self._attached.set()
         await self._finished.wait()
 
@@ -176,19 +183,6 @@ class CallSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _notify(self) -> None:
-        self._changed.set()
-
-    async def _wait_until(self, predicate: Callable[[], bool], limit: float) -> bool:
-        try:
-            async with asyncio.timeout(limit):
-                while not predicate():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            return False
-        return True
-
     @property
     def _audio_s(self) -> float:
         return self._audio_bytes / audio.BYTES_PER_SECOND
@@ -206,9 +200,7 @@ class CallSession:
         return True
 
     async def _finish(self) -> None:
-        close_agent = getattr(self._agent, "aclose", None)  # optional: agents owning background work
-        if close_agent is not None:
-            await close_agent()
+        await self._agent.aclose()
         if self._hang_up_at_end:
             try:
                 await self._placer.hang_up(self.call_sid)
@@ -247,14 +239,14 @@ class CallSession:
             return
         self._log.started_at = self._clock()
         # Events are handled in the sockets' own receive tasks from here on (deliver_to).
-        await self.speaker.deliver_to(self._on_speak)
+        await self.speaker.deliver_to(self._replies.on_speak)
         await self.listener.deliver_to(self._on_listen)
         await self._twilio_rx()
 
     async def _twilio_rx(self) -> None:
         ws = self._ws
-        assert ws is not None and self._playback is not None
-        playback = self._playback
+        assert ws is not None
+        replies = self._replies
         clock, frames = self._clock, self.frame_stats
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -267,9 +259,7 @@ class CallSession:
                 frames.record(received, clock(), ev.timestamp_ms)
                 self._tick()
             elif isinstance(ev, media_stream.Mark):
-                clause = playback.on_mark(ev.name)
-                if clause is not None:
-                    self._settled(clause.turn)
+                replies.on_mark(ev.name)
             elif isinstance(ev, media_stream.Dtmf):
                 self._start_reply(DigitsHeard(ev.digit))
             elif isinstance(ev, media_stream.Stop):
@@ -278,22 +268,20 @@ class CallSession:
         # closed without a stop: we can no longer talk, so end the call at Twilio too
         self.end("media stream dropped", hang_up=True)
 
-    def _settled(self, turn: AssistantTurn) -> None:
-        if not turn.closed and turn.played_out:
-            self._log.close(turn, interrupted=False)
-            self._timers.idle_since = self._audio_s
-        self._notify()
+    def _assistant_idle(self) -> None:
+        self._timers.idle_since = self._audio_s
 
-    def _assistant_busy(self) -> bool:
-        reply = self._reply_task is not None and not self._reply_task.done()
-        return reply or (self._playback is not None and not self._playback.idle)
+    def _start_reply(self, event: CallerInput) -> AssistantTurn | None:
+        if self._ended.is_set() or self._tg is None:
+            return None
+        return self._replies.start(event)
 
     def _tick(self) -> None:
         now = self._audio_s
         if now >= self._cfg.max_call_seconds:
             self.end("call time limit", hang_up=True)
             return
-        if self._assistant_busy() or self._hangup_pending or self._utterance:
+        if self._replies.busy or self._replies.hangup_pending or self._utterance:
             return
         due = self._timers.due(now)
         if due == "greet":
@@ -309,15 +297,15 @@ class CallSession:
             self._speech_started_at = ev.onset or ev.t
             if self._utterance_at is None:
                 self._utterance_at = self._log.since_start(self._speech_started_at)
-            if self._assistant_busy():
-                await self._barge_in(ev.t)  # reaction is measured from the event's receipt
+            if self._replies.busy:
+                await self._replies.barge_in(ev.t)  # reaction is measured from the event's receipt
         elif isinstance(ev, SttTranscript):
             if ev.text.strip():
                 self._timers.callee_active(self._audio_s)
                 if self._utterance_at is None:
                     self._utterance_at = self._log.since_start(ev.t)
-                if not ev.is_final and self._assistant_busy():
-                    await self._barge_in(ev.t)
+                if not ev.is_final and self._replies.busy:
+                    await self._replies.barge_in(ev.t)
                 if ev.is_final:
                     self._utterance.append(ev.text.strip())
             if ev.speech_final and self._utterance:
@@ -327,9 +315,7 @@ class CallSession:
         elif isinstance(ev, EagerEndOfTurn):
             self._prepare(ev.text)
         elif isinstance(ev, TurnResumed):
-            discard = getattr(self._agent, "discard_prepared", None)
-            if discard is not None:
-                discard()
+            self._agent.discard_prepared()
 
     def _prepare(self, text: str) -> None:
         """Start the model on a turn that has probably ended (Flux eager mode; ``agent.early``).
@@ -337,12 +323,12 @@ class CallSession:
         Only between replies: while the assistant is talking, the turn's end cuts a reply short
         and the history that request was made with would no longer hold.
         """
-        prepare = getattr(self._agent, "prepare", None)  # optional, like ``aclose``
-        if prepare is None or self._assistant_busy() or self._hangup_pending or self._ended.is_set():
+        replies = self._replies
+        if replies.busy or replies.hangup_pending or self._ended.is_set():
             return
         words = " ".join([*self._utterance, text.strip()])
         if words:
-            prepare(CalleeSaid(words))
+            self._agent.prepare(CalleeSaid(words))
 
     def _utterance_done(self, final: SttTranscript | None) -> None:
         text = " ".join(self._utterance)
@@ -354,41 +340,3 @@ class CallSession:
         if turn is not None:
             turn.stt_final = final.t if final else self._clock()
             turn.speech_end = final.speech_end if final else None
-
-    async def _on_speak(self, ev: SpeakEvent) -> None:
-        playback = self._playback
-        assert playback is not None
-        if isinstance(ev, TtsAudio):
-            clause = playback.tts_clause
-            if clause is None:
-                return  # stale audio of a cleared reply
-            turn = clause.turn
-            if turn.tts_first_byte is None:
-                turn.tts_first_byte = self._clock()
-            await self._play(turn, playback.take(clause, ev.data))
-        elif isinstance(ev, TtsFlushed):
-            head = playback.tts_clause
-            if head is not None and head.held:
-                await self._play(head.turn, playback.take(head, b"", final=True))
-            clause = playback.on_flushed()
-            if clause is not None:
-                self._settled(clause.turn)
-            self._notify()
-        elif isinstance(ev, TtsCleared):
-            playback.on_cleared()
-
-    async def _play(self, turn: AssistantTurn, pieces: Iterator[tuple[str, str]]) -> None:
-        for media, mark in pieces:
-            if not await self._send(media):
-                return
-            if turn.first_audio_out is None:
-                turn.first_audio_out = self._clock()
-                self._notify()  # the reply holds back until now (replies._first_audio_first)
-            await self._send(mark)
-
-    # --- replies and barge-in (telephony.replies) ---------------------------------------------
-
-    _start_reply = replies.start_reply
-    _reply = replies.reply
-    _press = replies.press
-    _barge_in = replies.barge_in

@@ -13,7 +13,7 @@ import re
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from agent.base import AgentAction, CalleeSaid, CallerInput, Hangup, Say, SendDigits
+from agent.base import Agent, AgentAction, CalleeSaid, CallerInput, Hangup, Say, SendDigits
 from sandbox.callee import CalleeScript, HangUp, Interrupt, Pause, WaitDigits, WaitTurn
 from sandbox.callee import Say as CalleeSays
 from sandbox.deepgram import SandboxDeepgram
@@ -66,7 +66,7 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
-class ScriptedAgent:
+class ScriptedAgent(Agent):
     """Plays a list of replies, one per caller input, in order."""
 
     def __init__(self, replies: list[list[AgentAction]], outcome: CallOutcome | None = None) -> None:
@@ -76,7 +76,7 @@ class ScriptedAgent:
         self._outcome = outcome
         self.got_input = asyncio.Event()
 
-    async def reply(self, event: CallerInput) -> AsyncIterator[AgentAction]:
+    async def reply(self, event: CallerInput) -> AsyncGenerator[AgentAction, None]:
         self.inputs.append(event)
         self.got_input.set()
         if not self.replies:
