@@ -36,7 +36,7 @@ from storage.models import (
     Speaker,
     TurnLatency,
 )
-from telephony import frame_stats
+from telephony.frame_stats import CallMetrics, FrameStats
 
 #: How the sandbox world is spread over child processes (``--shards``): service groups per process.
 SHARDS: dict[int, list[str]] = {
@@ -230,6 +230,7 @@ class Bench:
         self.stt_model = stt_model
         self.child = SandboxShards(numbers=numbers, pace=pace, latencies=latencies or {}, shards=shards)
         self.app: Concierge | None = None
+        self._frames = FrameStats()  # this round's calls, merged as each one reports (on_call_metrics)
         self._tmp = tempfile.TemporaryDirectory(prefix="concierge-bench-")
         self.numbers: list[str] = []
 
@@ -242,7 +243,11 @@ class Bench:
             db_path = str(Path(self._tmp.name) / "bench.db")
             settings = bench_settings(hello, port=port, db_path=db_path, stt_model=self.stt_model)
             self.app = Concierge(
-                settings, clock=SystemClock(), graph_credential=sandbox_graph_credential(), owner="bench"
+                settings,
+                clock=SystemClock(),
+                graph_credential=sandbox_graph_credential(),
+                owner="bench",
+                call_metrics=self.on_call_metrics,
             )
             await self.app.start(sock)  # includes concierge.warmup.warm_up()
             if self.freeze:
@@ -263,6 +268,10 @@ class Bench:
         await self.child.stop()
         self._tmp.cleanup()
 
+    def on_call_metrics(self, metrics: CallMetrics) -> None:
+        """The app's metrics sink: each ended call's inbound frame timing joins the round's totals."""
+        self._frames.merge(metrics.frames)
+
     async def round(self, calls: int, *, ramp: float = 3.0, timeout: float = 180.0) -> Round:  # noqa: ASYNC109
         """Submit ``calls`` errands (spread over ``ramp`` seconds) and wait until all are final."""
         assert self.app is not None
@@ -270,7 +279,7 @@ class Bench:
         if calls > len(self.numbers):
             raise ValueError(f"only {len(self.numbers)} numbers are programmed")
         result = Round(calls)
-        frame_stats.TOTALS.reset()
+        self._frames = FrameStats()
         await self.child.command("reset")
         proc = psutil.Process()
         cpu0 = sum(proc.cpu_times()[:2])
@@ -293,7 +302,7 @@ class Bench:
         result.cpu_ms = (sum(proc.cpu_times()[:2]) - cpu0) * 1000.0
         jobs = [await app.store.get(i) for i in ids]
         result.jobs = jobs
-        result.frames = frame_stats.TOTALS.summary()
+        result.frames = self._frames.summary()
         result.sandbox = await self.child.command("stats")
         for job in jobs:
             for turn in await app.store.turns(job.id):

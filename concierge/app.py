@@ -47,6 +47,7 @@ from storage.models import CallOutcome, CallRequest, Job
 from storage.numbers import DoNotCall
 from storage.redact import Redactor, secret_variants
 from storage.redact import install as install_redaction
+from telephony.frame_stats import MetricsSink
 from telephony.session import CallSession
 from telephony.speech import SpeechClient
 from telephony.turns import SessionConfig
@@ -91,6 +92,7 @@ class Concierge:
             client-secret credential from settings.
         owner: lease name of this server; stable across restarts so a restart adopts
             its own unfinished calls.
+        call_metrics: receives each call's ``CallMetrics`` when it ends (the benchmark subscribes).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Concierge:
         clock: Clock | None = None,
         graph_credential: AsyncTokenCredential | None = None,
         owner: str | None = None,
+        call_metrics: MetricsSink | None = None,
     ) -> None:
         settings.require(*CALL_COMPONENTS)
         settings.check()  # again: model_copy'd settings (sandbox, demo) skip validation
@@ -112,6 +115,7 @@ class Concierge:
         self.clock: Clock = clock or SystemClock()
         self.owner = owner or f"{socket.gethostname()}:{settings.port}"
         self._graph_credential = graph_credential
+        self._call_metrics = call_metrics
         self.db: Database | None = None
         self.web_app = web.Application(client_max_size=256 * 1024)
         self._runner: web.AppRunner | None = None
@@ -303,7 +307,13 @@ class Concierge:
             min_lead=timedelta(minutes=self.settings.min_lead_minutes),
         )
         return CallSession(
-            job, call_sid, agent=agent, speech=self.speech, placer=self.placer, config=self.session_config
+            job,
+            call_sid,
+            agent=agent,
+            speech=self.speech,
+            placer=self.placer,
+            config=self.session_config,
+            metrics=self._call_metrics,
         )
 
     async def _create_event(self, job: Job, outcome: CallOutcome) -> CallOutcome:

@@ -6,11 +6,15 @@ Two figures per inbound frame, kept in fixed-bucket histograms (no per-frame all
 * lag: how far the frame's arrival trails the audio clock (its Twilio ``timestamp``) relative to
   the first frame — it grows when the event loop cannot keep up with real time.
 
-Sessions record into their own ``FrameStats`` and merge into the process-wide ``TOTALS`` when the
-call ends, so a benchmark can read one summary without reaching into sessions.
+Each session records into its own ``FrameStats`` and, when the call ends, hands it in a
+``CallMetrics`` event to the ``MetricsSink`` it was given (if any): whoever wants the figures (the
+benchmark) subscribes by passing a sink down from the app wiring, and nothing is kept per process.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 BUCKET_MS = 0.05
 BUCKETS = 4000  # 0-200 ms in 50 µs steps; the last bucket takes everything above
@@ -81,10 +85,6 @@ class FrameStats:
         self.forward.merge(other.forward)
         self.lag.merge(other.lag)
 
-    def reset(self) -> None:
-        self.forward = Histogram()
-        self.lag = Histogram()
-
     def summary(self) -> dict[str, float]:
         return {
             "frames": self.forward.n,
@@ -96,5 +96,21 @@ class FrameStats:
         }
 
 
-#: Every finished call of this process, merged (the benchmark reads and resets it).
-TOTALS = FrameStats()
+@dataclass(frozen=True)
+class CallMetrics:
+    """What one call measured, emitted once when it has ended.
+
+    Attributes:
+        call_sid: Twilio's id of the call.
+        job_id: the errand the call was about.
+        frames: the call's inbound frame timing; final (the session no longer writes to it), so a
+            subscriber may keep it or ``merge`` it into its own totals.
+    """
+
+    call_sid: str
+    job_id: str
+    frames: FrameStats
+
+
+#: Receives each call's ``CallMetrics`` as the call ends (on the event loop: keep it cheap).
+MetricsSink = Callable[[CallMetrics], None]

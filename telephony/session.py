@@ -36,8 +36,8 @@ from agent.base import (
 )
 from storage.errors import ProviderError
 from storage.models import CallOutcome, Job, OutcomeKind, Speaker, Turn
-from telephony import audio, frame_stats, media_stream
-from telephony.frame_stats import FrameStats
+from telephony import audio, media_stream
+from telephony.frame_stats import CallMetrics, FrameStats, MetricsSink
 from telephony.playback import AssistantTurn
 from telephony.replies import ReplyRunner
 from telephony.speech import (
@@ -66,6 +66,7 @@ class CallSession:
         placer: hangs the call up through the REST API.
         config: timing.
         clock: monotonic clock for latency figures.
+        metrics: receives the call's ``CallMetrics`` once it has ended (the benchmark's figures).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class CallSession:
         placer: HangUpper,
         config: SessionConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.job = job
         self.call_sid = call_sid
@@ -85,6 +87,7 @@ class CallSession:
         self._placer = placer
         self._cfg = config or SessionConfig()
         self._clock = clock
+        self._metrics = metrics
         self.listener = speech.listener()
         self.speaker = speech.speaker()
         self._attached = asyncio.Event()
@@ -171,7 +174,7 @@ class CallSession:
         finally:
             self._tg = None
             await self._finish()
-            frame_stats.TOTALS.merge(self.frame_stats)
+            self._report_metrics()
         return self._result()
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -210,6 +213,14 @@ class CallSession:
             with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
                 await self._ws.close()
         self._finished.set()
+
+    def _report_metrics(self) -> None:
+        if self._metrics is None:
+            return
+        try:
+            self._metrics(CallMetrics(self.call_sid, self.job.id, self.frame_stats))
+        except Exception:  # a subscriber's bug must not cost the call its outcome
+            log.exception("call %s: the metrics sink failed", self.call_sid)
 
     def _result(self) -> tuple[CallOutcome, list[Turn]]:
         for turn in self._log.open_turns():

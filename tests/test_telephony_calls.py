@@ -44,6 +44,7 @@ from storage.models import (
     Turn,
     utcnow,
 )
+from telephony.frame_stats import CallMetrics
 from telephony.session import CallSession, SessionConfig
 from telephony.speech import SpeechClient
 from telephony.twilio_rest import TwilioCallPlacer
@@ -156,6 +157,7 @@ class Harness:
         self.tmp = tmp
         self.agents: dict[str, ScriptedAgent] = {}
         self.sessions: list[CallSession] = []
+        self.metrics: list[CallMetrics] = []  # the sessions' metrics sink
         self.config = SessionConfig(silence_timeout=8.0, max_call_seconds=120.0)
 
     async def start(self) -> None:
@@ -191,7 +193,7 @@ class Harness:
     def session_for(self, job: Job, call_sid: str) -> CallSession:
         session = CallSession(
             job, call_sid, agent=self.agents[job.id], speech=self.speech, placer=self.placer,
-            config=self.config,
+            config=self.config, metrics=self.metrics.append,
         )  # fmt: skip
         self.sessions.append(session)
         return session
@@ -289,6 +291,11 @@ async def test_full_scripted_call_books(h: Harness) -> None:
     assert lat.first_audio_out is not None and lat.server_overhead_ms is not None
     assert lat.speech_end is not None and lat.speech_end <= lat.stt_final
     assert await h.store.turns(job.id) == turns
+    # the call reported its inbound frame timing once, as it ended, to the injected sink
+    [metrics] = h.metrics
+    assert (metrics.call_sid, metrics.job_id) == (call.sid, job.id)
+    assert 0 < metrics.frames.forward.n <= call.callee.frames
+    assert metrics.frames.lag.n == metrics.frames.forward.n - 1  # the first frame anchors the lag
     # the speech sockets were opened once each and closed with the call
     assert len(h.dg.listens) == 1 and len(h.dg.speaks) == 1
     q = h.dg.listens[0].query
