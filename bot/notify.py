@@ -1,15 +1,15 @@
 """Progress and results in the errand's own chat thread (``storage.ports.Notifier``).
 
 One progress message per errand is edited in place as the errand advances
-(Telegram ``editMessageText``, Slack ``chat.update``); its id lives in the job's
-meta so a restart keeps editing the same message. The result is posted as a
+(Telegram ``editMessageText``, Slack ``chat.update``); its id lives in
+``JobMeta.progress_message`` so a restart keeps editing the same message. The result is posted as a
 new reply (so the person is pinged) with the transcript attached as a .txt
 file (Telegram ``sendDocument``; Slack ``files_upload_v2``, i.e.
 ``files.getUploadURLExternal`` → upload → ``files.completeUploadExternal``).
 
 The result is already stored by the dispatcher before ``notify`` is called, so
-a failed send is retried with back-off and never raises; ``result_delivered``
-in meta (keyed by final state and attempt) makes delivery happen exactly once
+a failed send is retried with back-off and never raises; ``JobMeta.result_delivered``
+(``Job.result_marker``: final state and attempt) makes delivery happen exactly once
 even if ``notify`` is called again for the same outcome.
 """
 
@@ -42,7 +42,7 @@ from storage.errors import (
     is_retryable_status,
 )
 from storage.jobs import JobStore
-from storage.models import ChatOrigin, Job, JobState, Platform, Turn
+from storage.models import ChatOrigin, Job, JobMeta, JobState, Platform, Turn
 from storage.ports import JobEvent
 from storage.retry import Backoff, parse_retry_after, retry, retry_after_header
 
@@ -185,18 +185,6 @@ class _SlackSender:
         return True
 
 
-def result_marker(job: Job) -> str:
-    """What ``meta["result_delivered"]`` holds once the result of the job's final state was posted."""
-    return f"{job.state.value}:{job.attempts}"
-
-
-def result_pending(job: Job) -> bool:
-    """The job is finished but its result never reached the chat (e.g. the process died in between)."""
-    return (
-        job.state.is_final
-        and job.state is not JobState.CANCELLED
-        and job.meta.get("result_delivered") != result_marker(job)
-    )
 
 
 class ChatNotifier:
@@ -251,25 +239,21 @@ class ChatNotifier:
         if event in (JobEvent.FINISHED, JobEvent.CANCELLED) and not lock.locked():
             self._locks.pop(job.id, None)
 
-    async def _progress(self, sender: _Sender, job: Job, meta: dict[str, Any], text: str) -> None:
+    async def _progress(self, sender: _Sender, job: Job, meta: JobMeta, text: str) -> None:
         origin = job.request.origin
-        ref = meta.get("progress_message")
+        ref = meta.progress_message
         if ref:
-            done = await self._retry(
-                f"edit progress of {job.id}", lambda: sender.edit(origin, str(ref), text)
-            )
+            done = await self._retry(f"edit progress of {job.id}", lambda: sender.edit(origin, ref, text))
             if done is not None:
                 return
         new_ref = await self._retry(f"post progress of {job.id}", lambda: sender.send(origin, text))
         if new_ref is not None:
-            await self.store.set_meta(job.id, progress_message=new_ref)
+            await self.store.update_meta(job.id, progress_message=new_ref)
 
-    async def _finish(
-        self, sender: _Sender, job: Job, meta: dict[str, Any], transcript: Sequence[Turn]
-    ) -> None:
-        marker = result_marker(job)
+    async def _finish(self, sender: _Sender, job: Job, meta: JobMeta, transcript: Sequence[Turn]) -> None:
+        marker = job.result_marker
         origin = job.request.origin
-        if meta.get("result_delivered") != marker:
+        if meta.result_delivered != marker:
             await self._progress(sender, job, meta, render.progress(job, "finished", self.person_tz))
             buttons = needs_you_buttons(job.id) if job.state == JobState.NEEDS_USER else ()
             text = render.result(job, self.person_tz)
@@ -277,8 +261,8 @@ class ChatNotifier:
             if sent is None:
                 log.error("result of errand %s not delivered; it stays stored for a later notify", job.id)
                 return
-            await self.store.set_meta(job.id, result_delivered=marker)
-        if transcript and meta.get("transcript_delivered") != marker:
+            await self.store.update_meta(job.id, result_delivered=marker)
+        if transcript and meta.transcript_delivered != marker:
             content = render.transcript_text(job, transcript).encode("utf-8")
             name = f"transcript-{job.id}.txt"
             done = await self._retry(
@@ -288,7 +272,7 @@ class ChatNotifier:
                 ),
             )
             if done is not None:
-                await self.store.set_meta(job.id, transcript_delivered=marker)
+                await self.store.update_meta(job.id, transcript_delivered=marker)
 
     async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
         """Run ``attempt`` until it succeeds, a permanent error, or the tries run out.

@@ -393,16 +393,16 @@ def with_answers(job: Job) -> CallRequest:
     Only the person's answers go into the next call's notes (the person's own words in the
     prompt). The question came from the business: written there it would pass callee words off as
     the person's instructions. (The stored request is immutable; ``ErrandDesk.answer`` keeps
-    answers in ``job.meta``.)
+    answers in ``JobMeta.user_answers``.)
     """
-    answers = job.meta.get("user_answers") or []
+    answers = job.meta.user_answers
     if not answers:
         return job.request
     lines = [
         f"{job.request.person_name}'s answer to the business's question on an earlier call: "
-        f"{text.bounded(str(a.get('answer') or ''), text.NOTES)}."
+        f"{text.bounded(a.answer, text.NOTES)}."
         for a in answers
-        if a.get("answer")
+        if a.answer
     ]
     notes = " ".join(filter(None, [job.request.notes, *lines]))
     return dataclasses.replace(job.request, notes=notes)

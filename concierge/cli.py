@@ -236,7 +236,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "call_sid": job.call_sid,
         "request": job.request.to_dict(),
         "outcome": job.outcome.to_dict() if job.outcome else None,
-        "meta": job.meta,
+        "meta": job.meta.to_dict(),
     }
 
 

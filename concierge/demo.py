@@ -204,9 +204,9 @@ async def _call_until_final(
 async def _delivered(app: Concierge, job_id: str) -> bool:
     """The result (and, after a call with words, its transcript) has reached the chat."""
     job = await app.store.get(job_id)
-    if not job.meta.get("result_delivered"):
+    if not job.meta.result_delivered:
         return False
-    return bool(job.meta.get("transcript_delivered")) or not await app.store.turns(job_id)
+    return bool(job.meta.transcript_delivered) or not await app.store.turns(job_id)
 
 
 def _check(run: ErrandRun) -> None:

@@ -5,45 +5,42 @@ and then *sleeps on the clock* until the next errand falls due, a lease runs
 out, or something wakes it (a new errand, a cancel, a call result). It never
 polls on a fixed tick.
 
-Safety rules enforced here (DESIGN.md): no call outside the business's hours
+Safety rules enforced here: no call outside the business's hours
 in its own zone (checked immediately before every ``place_call``), a hard cap
 on concurrent calls, and no blind redial after a crash — jobs left mid-call
 are reconciled against the provider's call status first.
+
+The dispatcher composes the pieces and owns the loop; each piece gets only the
+collaborators it needs: ``concierge.desk`` (what people may do),
+``concierge.outcomes`` (what an attempt's end means), ``concierge.recovery``
+(orphaned calls) and ``concierge.schedule`` (opening hours).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 from concierge.clock import Clock
-from concierge.dispatcher_desk import Desk
-from concierge.dispatcher_outcomes import JobLocks, Outcomes, calls_made, current_call_sid, record_call_sid
-from concierge.dispatcher_recovery import CallReconciler
-from concierge.hours import WeeklyHours, parse_weekly
-from storage.errors import JobNotFound, ProviderError
+from concierge.desk import Desk
+from concierge.locks import JobLocks
+from concierge.outcomes import OnBooked, Outcomes
+from concierge.recovery import CallReconciler
+from concierge.schedule import Schedule
+from storage.errors import JobNotFound, ProviderError, user_message
 from storage.jobs import JobStore
 from storage.models import Booking, CallOutcome, CallRequest, Job, JobState, OutcomeKind, Turn
 from storage.ports import CallPlacer, JobEvent, Notifier
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "OnBooked", "calls_made", "current_call_sid"]
+__all__ = ["Dispatcher", "OnBooked"]
 
-OnBooked = Callable[[Job, CallOutcome], Awaitable[CallOutcome]]
-
-_OPEN_STATES = (JobState.QUEUED, JobState.DIALING, JobState.IN_CALL)
 #: A claimed job with no free capacity and nothing else to wait for: guard
 #: against a hot loop if the store and dispatcher clocks ever disagree.
 _SAFETY_PARK = timedelta(seconds=1)
-
-
-@lru_cache(maxsize=256)
-def _hours(spec: str, tz: str) -> WeeklyHours:
-    return parse_weekly(spec, tz)
 
 
 class Dispatcher:
@@ -92,14 +89,8 @@ class Dispatcher:
         self.notifier = notifier
         self.owner = owner
         self.clock = clock
-        self.default_hours = default_hours
         self.max_concurrent = max_concurrent
-        self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
-        self.retry_backoff = retry_backoff
-        self.max_queued_per_user = max_queued_per_user
-        self.errands_per_user_per_hour = errands_per_user_per_hour
-        self.on_booked = on_booked
         self._wake = asyncio.Event()
         self._stopping = False
         self._running = False
@@ -109,35 +100,43 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._placing: set[str] = set()
         self.locks = JobLocks()
-        self.outcomes = Outcomes(self)
-        self._reconciler = CallReconciler(self)
-        self._desk = Desk(self)
+        self.schedule = Schedule(default_hours, clock)
+        self.outcomes = Outcomes(
+            store,
+            notifier,
+            schedule=self.schedule,
+            clock=clock,
+            locks=self.locks,
+            owner=owner,
+            retry_backoff=retry_backoff,
+            on_booked=on_booked,
+            wake=self.wake,
+        )
+        self._reconciler = CallReconciler(
+            store,
+            placer,
+            notifier,
+            self.outcomes,
+            clock=clock,
+            owner=owner,
+            lease_seconds=lease_seconds,
+            placing=lambda: self._placing,
+            hang_up=self.hang_up_quietly,
+        )
+        self._desk = Desk(
+            store,
+            notifier,
+            schedule=self.schedule,
+            clock=clock,
+            locks=self.locks,
+            max_attempts=max_attempts,
+            max_queued_per_user=max_queued_per_user,
+            errands_per_user_per_hour=errands_per_user_per_hour,
+            hang_up=self.hang_up_quietly,
+            wake=self.wake,
+        )
 
-    # -- hours -------------------------------------------------------------
-
-    def hours_for(self, request: CallRequest) -> WeeklyHours:
-        """The business's weekly hours (its own spec or the default) in its zone.
-
-        Raises:
-            ValueError: the spec or zone is invalid.
-        """
-        return _hours(request.opening_hours or self.default_hours, request.business_tz)
-
-    def next_opening(self, request: CallRequest, after: datetime) -> datetime | None:
-        """Next instant at or after ``after`` the business is open; ``None`` if never (bad hours)."""
-        try:
-            return self.hours_for(request).next_open(after)
-        except ValueError as e:
-            log.warning("no opening time for %s: %s", request.business_name, e)
-            return None
-
-    def is_open_now(self, request: CallRequest) -> bool:
-        try:
-            return self.hours_for(request).is_open(self.clock.now())
-        except ValueError:
-            return False
-
-    # -- ErrandDesk (see concierge.dispatcher_desk) ---------------------------
+    # -- ErrandDesk (see concierge.desk) -------------------------------------
 
     async def plan(self, request: CallRequest) -> datetime:
         """When the call would be placed if submitted now (UTC); IntakeError if never."""
@@ -171,8 +170,8 @@ class Dispatcher:
                 return
             if job.state is not JobState.DIALING:
                 return
-            if current_call_sid(job) is None:  # the callback beat record_call_sid
-                job = await record_call_sid(self.store, job, call_sid)
+            if job.current_call_sid is None:  # the callback beat set_call_sid
+                await self.store.set_call_sid(job_id, call_sid)
             job = await self.store.transition(job_id, JobState.IN_CALL, reason="call answered")
         await self.notifier.notify(job, JobEvent.IN_CALL)
 
@@ -184,9 +183,7 @@ class Dispatcher:
         """
         job = await self.store.get(job_id)
         if job.state.is_active:
-            await self.store.set_meta(
-                job_id, confirmed_booking=booking.to_dict(), confirmed_attempt=job.attempts
-            )
+            await self.store.update_meta(job_id, confirmed_booking=booking, confirmed_attempt=job.attempts)
 
     async def report_outcome(
         self, job_id: str, outcome: CallOutcome, transcript: Sequence[Turn] = ()
@@ -321,11 +318,12 @@ class Dispatcher:
             try:
                 call_sid = await self.placer.place_call(job)
             except ProviderError as e:
+                log.warning("placing the call for errand %s failed: %s", job.id, e)
                 kind = OutcomeKind.ERROR if e.retryable else OutcomeKind.FAILED
-                outcome = CallOutcome(kind, summary=f"I couldn't place the call ({e}).")
+                outcome = CallOutcome(kind, summary=f"I couldn't place the call ({user_message(e)}).")
                 await self.outcomes.settle(job.id, outcome, reason=f"call not placed: {e}")
                 return
-            current = await record_call_sid(self.store, job, call_sid)
+            current = await self.store.set_call_sid(job.id, call_sid)
             if not current.state.is_active:  # cancelled while the call was being created
                 await self.hang_up_quietly(call_sid)
         except Exception:
@@ -338,7 +336,7 @@ class Dispatcher:
 
     async def _defer_if_closed(self, job: Job) -> bool:
         """Put a claimed job back if its business is closed right now (no call, no attempt used)."""
-        if self.is_open_now(job.request):
+        if self.schedule.is_open_now(job.request):
             return False
         await self.outcomes.requeue_uncounted(job, "business closed now; waiting for opening time")
         return True

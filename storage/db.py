@@ -87,6 +87,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        2,
+        # The callee's number as a column, for per-number limits inside the claim
+        # transaction (one live call per number, a daily cap), and a ledger of the
+        # calls each number received: one row per claim that may have dialled, written
+        # in the claim's own transaction and removed again when a claim ends without a
+        # call. Back-filled from the history (every queued → dialing was a claim).
+        """
+        ALTER TABLE jobs ADD COLUMN phone TEXT;
+        UPDATE jobs SET phone = json_extract(request, '$.phone');
+        CREATE INDEX jobs_phone_state ON jobs (phone, state);
+
+        CREATE TABLE calls (
+            job_id TEXT NOT NULL REFERENCES jobs (id),
+            attempt INTEGER NOT NULL,
+            phone TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (job_id, attempt)
+        );
+        CREATE INDEX calls_phone_at ON calls (phone, at);
+        INSERT INTO calls (job_id, attempt, phone, at)
+        SELECT h.job_id, ROW_NUMBER() OVER (PARTITION BY h.job_id ORDER BY h.seq), j.phone, h.at
+        FROM job_history h JOIN jobs j ON j.id = h.job_id
+        WHERE h.from_state = 'queued' AND h.to_state = 'dialing';
+        """,
+    ),
+    (
         3,
         """
         CREATE TABLE do_not_call (

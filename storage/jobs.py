@@ -19,7 +19,7 @@ from typing import Any
 
 from storage.db import Database, Transaction, format_dt, parse_dt
 from storage.errors import IllegalTransition, JobNotFound, LeaseLost
-from storage.models import TRANSITIONS, CallOutcome, CallRequest, Job, JobState, Turn, utcnow
+from storage.models import TRANSITIONS, CallOutcome, CallRequest, Job, JobMeta, JobState, Turn, utcnow
 from storage.rows import (
     JOB_COLUMNS,
     TURN_COLUMNS,
@@ -170,7 +170,7 @@ class JobStore:
         *,
         due_at: datetime,
         max_attempts: int,
-        meta: dict[str, Any] | None = None,
+        meta: JobMeta | None = None,
     ) -> Job:
         """Store a new errand in ``queued``, due at ``due_at``.
 
@@ -184,17 +184,19 @@ class JobStore:
         async with self._db.transaction() as tx:
             job_id = await self._free_id(tx)
             await tx.execute(
-                "INSERT INTO jobs (id, state, request, user_id, attempts, max_attempts, next_attempt_at,"
-                " created_at, updated_at, meta) VALUES (?, 'queued', ?, ?, 0, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, state, request, user_id, phone, attempts, max_attempts,"
+                " next_attempt_at, created_at, updated_at, meta)"
+                " VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     dump_json(request.to_dict()),
                     request.origin.user_id,
+                    request.phone,
                     max_attempts,
                     due,
                     now,
                     now,
-                    dump_json(meta or {}),
+                    dump_json((meta or JobMeta()).to_dict()),
                 ),
             )
             await record_history(tx, job_id, now, None, JobState.QUEUED, "enqueued", None)
@@ -225,6 +227,7 @@ class JobStore:
                     (owner, expires, now, job_id),
                 )
                 await record_history(tx, job_id, now, JobState.QUEUED, JobState.DIALING, "claimed", owner)
+                await _log_call(tx, job_id, now)
             return [await load_job(tx, job_id) for job_id in ids]
 
     async def transition(
@@ -301,23 +304,69 @@ class JobStore:
             params.append(format_dt(next_attempt_at))
         await tx.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*params, job.id))
         await record_history(tx, job.id, now, job.state, to, reason, owner)
+        if to is JobState.DIALING:
+            await _log_call(tx, job.id, now)
 
-    async def set_call_sid(self, job_id: str, call_sid: str) -> Job:
-        """Remember the Twilio call placed for the job's current attempt."""
-        return await self._update(job_id, "call_sid = ?", (call_sid,))
+    async def unclaim(self, job_id: str, owner: str, *, reason: str, next_attempt_at: datetime) -> Job:
+        """The claim ended without a call: back to queued, due at ``next_attempt_at``.
 
-    async def set_meta(self, job_id: str, **values: Any) -> Job:
-        """Merge JSON-able ``values`` into ``job.meta`` (other keys are kept).
+        In one transaction the attempt is marked uncounted (``JobMeta.uncounted_attempts``,
+        so it does not use up the retry budget) and removed from the number's call
+        ledger (so it does not count against the number's daily calls).
 
         Raises:
-            TypeError: a value is not JSON-serialisable.
+            JobNotFound: no such job.
+            LeaseLost: ``owner`` does not hold the lease.
+            IllegalTransition: the job is not dialing.
+        """
+        now = self._now()
+        async with self._db.transaction() as tx:
+            job = await load_job(tx, job_id)
+            if job.state is not JobState.DIALING:
+                raise IllegalTransition(f"errand {job_id}: {job.state} → queued is not a claim given back")
+            if job.lease_owner != owner:
+                raise LeaseLost(f"errand {job_id}: lease held by {job.lease_owner!r}, not {owner!r}")
+            await self._apply(tx, job, JobState.QUEUED, now, owner, reason, None, next_attempt_at)
+            meta = job.meta.changed(uncounted_attempts=job.meta.uncounted_attempts + 1)
+            await tx.execute("UPDATE jobs SET meta = ? WHERE id = ?", (dump_json(meta.to_dict()), job_id))
+            await tx.execute("DELETE FROM calls WHERE job_id = ? AND attempt = ?", (job_id, job.attempts))
+            return await load_job(tx, job_id)
+
+    async def set_call_sid(self, job_id: str, call_sid: str) -> Job:
+        """Remember the Twilio call placed for the job's *current* attempt (``Job.current_call_sid``).
+
+        The column and the attempt it belongs to are written together, so the
+        webhooks (which match Twilio's callbacks against ``Job.call_sid``) and
+        crash recovery always agree on which attempt the call was.
+
+        Raises:
+            JobNotFound: no such job.
         """
         async with self._db.transaction() as tx:
             job = await load_job(tx, job_id)
-            meta = {**job.meta, **values}
+            meta = job.meta.changed(call_sid_attempt=job.attempts)
+            await tx.execute(
+                "UPDATE jobs SET call_sid = ?, meta = ?, updated_at = ? WHERE id = ?",
+                (call_sid, dump_json(meta.to_dict()), self._now(), job_id),
+            )
+            return await load_job(tx, job_id)
+
+    async def update_meta(self, job_id: str, **values: Any) -> Job:
+        """Change the named ``JobMeta`` fields (the others, and unknown stored keys, are kept).
+
+        Read and write are one transaction, so concurrent updates of different
+        fields never undo each other.
+
+        Raises:
+            JobNotFound: no such job.
+            TypeError: a name is not a ``JobMeta`` field.
+        """
+        async with self._db.transaction() as tx:
+            job = await load_job(tx, job_id)
+            meta = job.meta.changed(**values)
             await tx.execute(
                 "UPDATE jobs SET meta = ?, updated_at = ? WHERE id = ?",
-                (dump_json(meta), self._now(), job_id),
+                (dump_json(meta.to_dict()), self._now(), job_id),
             )
             return await load_job(tx, job_id)
 
@@ -379,18 +428,18 @@ class JobStore:
                 [turn_params(job_id, attempt, start + i, t) for i, t in enumerate(turns)],
             )
 
-    async def _update(self, job_id: str, assignment: str, params: tuple[Any, ...]) -> Job:
-        async with self._db.transaction() as tx:
-            changed = await tx.execute(
-                f"UPDATE jobs SET {assignment}, updated_at = ? WHERE id = ?", (*params, self._now(), job_id)
-            )
-            if changed != 1:
-                raise JobNotFound(f"no errand with id {job_id!r}")
-            return await load_job(tx, job_id)
-
     async def _free_id(self, tx: Transaction) -> str:
         for _ in range(_ID_ATTEMPTS):
             job_id = new_job_id()
             if await tx.fetchone("SELECT 1 FROM jobs WHERE id = ?", (job_id,)) is None:
                 return job_id
         raise RuntimeError(f"no free job id after {_ID_ATTEMPTS} tries")  # 2**32 ids: practically never
+
+
+async def _log_call(tx: Transaction, job_id: str, now: str) -> None:
+    """Enter the claim just made (the job's new attempt) in its number's call ledger."""
+    await tx.execute(
+        "INSERT OR REPLACE INTO calls (job_id, attempt, phone, at)"
+        " SELECT id, attempts, COALESCE(phone, json_extract(request, '$.phone')), ? FROM jobs WHERE id = ?",
+        (now, job_id),
+    )

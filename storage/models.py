@@ -7,7 +7,8 @@ pulling in I/O. Datetimes are always timezone-aware; ``Job`` times are UTC.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
 from typing import Any
@@ -341,6 +342,107 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class UserAnswer:
+    """The person's answer to a question the business asked (a needs_user errand).
+
+    Attributes:
+        question: what the business asked, if it was recorded.
+        answer: what the person replied.
+    """
+
+    question: str | None
+    answer: str
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    """Bookkeeping an errand carries beside its immutable request (the ``jobs.meta`` JSON column).
+
+    Read it from ``Job.meta``; change it only with ``JobStore.update_meta`` (which
+    rejects unknown names), so every key the product uses is declared here once.
+
+    Attributes:
+        uncounted_attempts: claims that ended without a call (business closed at the
+            last moment, a crash before the call existed, a follow-up after the person
+            answered); they do not use up the retry budget (see ``Job.calls_made``).
+        call_sid_attempt: the attempt ``Job.call_sid`` belongs to (see ``Job.current_call_sid``).
+        confirmed_booking: the slot the business confirmed on the phone, stored the moment it
+            was confirmed, so a call that breaks afterwards still ends booked.
+        confirmed_attempt: the attempt ``confirmed_booking`` belongs to.
+        user_answers: the person's answers to the business's questions, for the next call.
+        progress_message: chat id of the one progress message edited in place.
+        result_delivered: ``Job.result_marker`` of the result last posted to the chat.
+        transcript_delivered: ``Job.result_marker`` of the transcript last posted to the chat.
+        stream_token_sha256: hash of the current call's one-time media-stream token.
+        extra: keys written by another version of Concierge; kept untouched on every write.
+    """
+
+    uncounted_attempts: int = 0
+    call_sid_attempt: int | None = None
+    confirmed_booking: Booking | None = None
+    confirmed_attempt: int | None = None
+    user_answers: tuple[UserAnswer, ...] = ()
+    progress_message: str | None = None
+    result_delivered: str | None = None
+    transcript_delivered: str | None = None
+    stream_token_sha256: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: only values that differ from the defaults, plus ``extra``."""
+        d: dict[str, Any] = dict(self.extra)
+        if self.uncounted_attempts:
+            d["uncounted_attempts"] = self.uncounted_attempts
+        for name in ("call_sid_attempt", "confirmed_attempt", "progress_message", "result_delivered",
+                     "transcript_delivered", "stream_token_sha256"):  # fmt: skip
+            if (value := getattr(self, name)) is not None:
+                d[name] = value
+        if self.confirmed_booking is not None:
+            d["confirmed_booking"] = self.confirmed_booking.to_dict()
+        if self.user_answers:
+            d["user_answers"] = [{"question": a.question, "answer": a.answer} for a in self.user_answers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobMeta:
+        """Inverse of :meth:`to_dict`; keys this version does not know go to ``extra``."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        booking = d.get("confirmed_booking")
+        progress = d.get("progress_message")
+        return cls(
+            uncounted_attempts=int(d.get("uncounted_attempts") or 0),
+            call_sid_attempt=_opt_int(d.get("call_sid_attempt")),
+            confirmed_booking=Booking.from_dict(booking) if isinstance(booking, dict) else None,
+            confirmed_attempt=_opt_int(d.get("confirmed_attempt")),
+            user_answers=tuple(
+                UserAnswer(a.get("question"), str(a.get("answer", "")))
+                for a in d.get("user_answers") or ()
+                if isinstance(a, dict)
+            ),
+            progress_message=str(progress) if progress is not None else None,
+            result_delivered=d.get("result_delivered"),
+            transcript_delivered=d.get("transcript_delivered"),
+            stream_token_sha256=d.get("stream_token_sha256"),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    def changed(self, **values: Any) -> JobMeta:
+        """A copy with ``values`` replaced.
+
+        Raises:
+            TypeError: a name is not a field of ``JobMeta`` (``extra`` is not writable this way).
+        """
+        unknown = set(values) - ({f.name for f in fields(self)} - {"extra"})
+        if unknown:
+            raise TypeError(f"unknown JobMeta field(s): {', '.join(sorted(unknown))}")
+        return replace(self, **values)
+
+
+def _opt_int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+@dataclass(frozen=True)
 class Job:
     """An errand in the queue (a row of ``jobs``). Times are aware UTC datetimes."""
 
@@ -356,7 +458,44 @@ class Job:
     lease_expires_at: datetime | None = None
     call_sid: str | None = None
     outcome: CallOutcome | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: JobMeta = field(default_factory=JobMeta)
+
+    @property
+    def calls_made(self) -> int:
+        """Attempts that really dialled: claims minus those that placed no call."""
+        return self.attempts - self.meta.uncounted_attempts
+
+    @property
+    def current_call_sid(self) -> str | None:
+        """The CallSid of the *current* attempt, or ``None`` if none was recorded.
+
+        ``call_sid`` keeps the previous attempt's value after a retry, so the
+        attempt it belongs to is remembered in ``meta.call_sid_attempt``.
+        """
+        if self.call_sid and self.meta.call_sid_attempt == self.attempts:
+            return self.call_sid
+        return None
+
+    @property
+    def current_booking(self) -> Booking | None:
+        """The slot the business confirmed during the *current* attempt, if one was recorded."""
+        if self.meta.confirmed_attempt == self.attempts:
+            return self.meta.confirmed_booking
+        return None
+
+    @property
+    def result_marker(self) -> str:
+        """What ``meta.result_delivered`` holds once the result of this final state was posted."""
+        return f"{self.state.value}:{self.attempts}"
+
+    @property
+    def result_pending(self) -> bool:
+        """Finished, but the result never reached the chat (e.g. the process died in between)."""
+        return (
+            self.state.is_final
+            and self.state is not JobState.CANCELLED
+            and self.meta.result_delivered != self.result_marker
+        )
 
 
 def utcnow() -> datetime:

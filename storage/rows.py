@@ -15,7 +15,7 @@ from typing import Any
 
 from storage.db import Transaction, parse_dt
 from storage.errors import JobNotFound
-from storage.models import CallOutcome, CallRequest, Job, JobState, Speaker, Turn, TurnLatency
+from storage.models import CallOutcome, CallRequest, Job, JobMeta, JobState, Speaker, Turn, TurnLatency
 
 #: Column list for every ``SELECT`` that builds a :class:`Job`.
 JOB_COLUMNS = (
@@ -70,7 +70,7 @@ def job_from_row(row: sqlite3.Row) -> Job:
         lease_expires_at=parse_dt(lease_expires) if lease_expires else None,
         call_sid=row["call_sid"],
         outcome=CallOutcome.from_dict(json.loads(outcome)) if outcome else None,
-        meta=json.loads(row["meta"]),
+        meta=JobMeta.from_dict(json.loads(row["meta"])),
     )
 
 

@@ -34,7 +34,7 @@ _NOT_IN_PROGRESS = 21220
 
 
 class _MetaStore(Protocol):
-    async def set_meta(self, job_id: str, **values: Any) -> Any: ...
+    async def update_meta(self, job_id: str, **values: Any) -> Any: ...
 
 
 def token_sha256(token: str) -> str:
@@ -81,7 +81,7 @@ class TwilioCallPlacer:
     """``CallPlacer`` over Twilio's REST API.
 
     Args:
-        store: where the stream token's hash goes (``JobStore.set_meta``).
+        store: where the stream token's hash goes (``JobStore.update_meta``).
         account_sid, auth_token, from_number: Twilio credentials and caller id.
         public_base_url: where Twilio reaches our webhooks (https://… in production).
         api_base_url: Twilio REST base (``https://api.twilio.com`` or the sandbox).
@@ -141,7 +141,7 @@ class TwilioCallPlacer:
         """
         token = secrets.token_urlsafe(32)
         # Stored before the call exists: the stream may connect before create returns.
-        await self._store.set_meta(job.id, stream_token_sha256=token_sha256(token))
+        await self._store.update_meta(job.id, stream_token_sha256=token_sha256(token))
         twiml = stream_twiml(self.public_base_url, job.id, token)
         try:
             call = await self._twilio().calls.create_async(

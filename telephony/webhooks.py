@@ -66,7 +66,7 @@ SessionFactory = Callable[[Job, str], SessionLike]
 class _Store(Protocol):
     async def get(self, job_id: str) -> Job: ...
     async def find_by_call_sid(self, call_sid: str) -> Job | None: ...
-    async def set_meta(self, job_id: str, **values: Any) -> Job: ...
+    async def update_meta(self, job_id: str, **values: Any) -> Job: ...
 
 
 class _HangUpper(Protocol):
@@ -242,7 +242,7 @@ class TwilioWebhooks:
         if job is None or not job.state.is_active:
             return web.Response(text="<Response><Hangup/></Response>", content_type="text/xml")
         token = secrets.token_urlsafe(32)
-        await self._store.set_meta(job.id, stream_token_sha256=token_sha256(token))
+        await self._store.update_meta(job.id, stream_token_sha256=token_sha256(token))
         return web.Response(text=stream_twiml(self._public, job.id, token), content_type="text/xml")
 
     async def status(self, request: web.Request) -> web.StreamResponse:
@@ -351,13 +351,13 @@ class TwilioWebhooks:
             if job.call_sid and job.call_sid != start.call_sid:
                 log.warning("twilio stream refused: call sid mismatch for job %s", job_id)
                 return None
-            if not token_matches(token, job.meta.get("stream_token_sha256")):
+            if not token_matches(token, job.meta.stream_token_sha256):
                 log.warning("twilio stream refused: bad or reused token for job %s", job_id)
                 return None
             call = self._calls.get(start.call_sid)
             if call is not None and (call.attached or call.reported):
                 return None
-            await self._store.set_meta(job.id, stream_token_sha256=None)  # one use only
+            await self._store.update_meta(job.id, stream_token_sha256=None)  # one use only
         call = await self._call(job, start.call_sid)
         if call is not None:
             self._ensure_session(call, job)

@@ -280,9 +280,9 @@ class Stack:
 
     async def _delivered(self, job_id: str) -> bool:
         job = await self.app.store.get(job_id)
-        if not job.meta.get("result_delivered"):
+        if not job.meta.result_delivered:
             return False
-        return bool(job.meta.get("transcript_delivered")) or not await self.app.store.turns(job_id)
+        return bool(job.meta.transcript_delivered) or not await self.app.store.turns(job_id)
 
 
 async def first_call(stack: Stack, job: Job, timeout: float = 30) -> SandboxCall:  # noqa: ASYNC109

@@ -107,7 +107,7 @@ async def test_progress_edited_in_the_origin_thread_and_result_delivered_once_de
         and queued.reply_to_message_id == asked
     )
     assert "Queued — I'll call Wed 12 Mar 11:00 your time" in (queued.text or "")
-    assert (await store.get(job.id)).meta["progress_message"] == str(queued.message_id)
+    assert (await store.get(job.id)).meta.progress_message == str(queued.message_id)
 
     await notifier.notify(job, JobEvent.CALLING)
     assert api.sent[-1].method == "editMessageText" and api.sent[-1].message_id == queued.message_id
@@ -141,7 +141,7 @@ async def test_progress_edited_in_the_origin_thread_and_result_delivered_once_de
     final_edit = [s for s in api.sent if s.method == "editMessageText" and s.message_id == queued.message_id]
     assert (final_edit[-1].text or "").endswith("Booked.")
     meta = (await store.get(job.id)).meta
-    assert meta["result_delivered"] == "booked:1" and meta["transcript_delivered"] == "booked:1"
+    assert meta.result_delivered == "booked:1" and meta.transcript_delivered == "booked:1"
 
 
 # python-telegram-bot's own RetryAfter constructor warns about its future timedelta type.
@@ -166,7 +166,7 @@ async def test_result_kept_undelivered_when_every_retry_fails_then_delivered_lat
     )
     api.fail_next("sendMessage", 10, error_code=429, retry_after=1)
     await notifier.notify(done, JobEvent.FINISHED)  # must not raise
-    assert "result_delivered" not in (await store.get(job.id)).meta
+    assert (await store.get(job.id)).meta.result_delivered is None
     # flood control's retry_after replaces the back-off; three tries each of the progress and the result
     assert waits == [1.0] * 4
     api.fail_next("sendMessage", 0)

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 from dispatcher_harness import Harness, harness, local, request
 
-from concierge.dispatcher import calls_made, current_call_sid
-from concierge.dispatcher_outcomes import record_call_sid
 from storage.errors import ProviderConnectionError
 from storage.models import Job, JobState, OutcomeKind
 from storage.ports import JobEvent
@@ -25,7 +23,7 @@ async def orphan(
     job = await h.store.enqueue(request(), due_at=h.clock.now(), max_attempts=3)
     [job] = await h.store.claim_due(owner, limit=1, lease_seconds=60)
     if call_sid is not None:
-        job = await record_call_sid(h.store, job, call_sid)
+        job = await h.store.set_call_sid(job.id, call_sid)
     if answered:
         job = await h.store.transition(job.id, JobState.IN_CALL, reason="answered")
     h.clock.advance(timedelta(seconds=61))
@@ -82,7 +80,7 @@ async def test_job_without_call_sid_was_never_dialled_and_is_called_now(tmp_path
         # Back to queued without using an attempt, then dialled right away (the business is open).
         assert [c.job_id for c in h.placer.calls] == [job.id]
         after = await h.store.get(job.id)
-        assert after.state is JobState.DIALING and calls_made(after) == 1
+        assert after.state is JobState.DIALING and after.calls_made == 1
         assert h.notifier.events(job.id)[:2] == [JobEvent.RETRY_PLANNED, JobEvent.CALLING]
 
 
@@ -91,7 +89,7 @@ async def test_previous_call_sid_of_earlier_attempt_is_not_mistaken_for_current(
         job = await orphan(h)  # attempt 1 had CAold
         await h.store.transition(job.id, JobState.QUEUED, reason="retry", next_attempt_at=h.clock.now())
         [job] = await h.store.claim_due("crashed", limit=1, lease_seconds=60)  # attempt 2 crashed pre-create
-        assert job.call_sid == "CAold" and current_call_sid(job) is None
+        assert job.call_sid == "CAold" and job.current_call_sid is None
         h.clock.advance(timedelta(seconds=61))
         await h.start()
         assert h.placer.hung_up == []
@@ -102,7 +100,7 @@ async def test_same_owner_from_previous_run_is_reconciled_even_with_live_lease(t
     async with harness(tmp_path / "q.db", MONDAY_10, start_loop=False) as h:
         job = await h.store.enqueue(request(), due_at=h.clock.now(), max_attempts=3)
         await h.store.claim_due("disp-1", limit=1, lease_seconds=900)  # our own name, lease still valid
-        await record_call_sid(h.store, await h.store.get(job.id), "CAmine")
+        await h.store.set_call_sid(job.id, "CAmine")
         h.placer.status["CAmine"] = "ringing"
         await h.start()
         assert h.placer.hung_up == ["CAmine"]

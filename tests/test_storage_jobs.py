@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -11,22 +12,25 @@ from pathlib import Path
 import pytest
 from clocks import FakeClock
 
-from storage.db import MIGRATIONS, Database, format_dt, parse_dt
+from storage.db import MIGRATIONS, Database, format_dt, parse_dt, split_statements
 from storage.errors import IllegalTransition, JobNotFound, LeaseLost
 from storage.jobs import HistoryEntry, JobStore
 from storage.models import (
     TRANSITIONS,
+    Booking,
     BookingWindow,
     CallOutcome,
     CallRequest,
     ChatOrigin,
     Job,
+    JobMeta,
     JobState,
     OutcomeKind,
     Platform,
     Speaker,
     Turn,
     TurnLatency,
+    UserAnswer,
 )
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
@@ -230,7 +234,7 @@ async def test_unknown_job_raises_job_not_found(store: JobStore) -> None:
         store.transition("deadbeef", S.DIALING),
         store.cancel("deadbeef"),
         store.set_call_sid("deadbeef", "CA1"),
-        store.set_meta("deadbeef", a=1),
+        store.update_meta("deadbeef", progress_message="1"),
         store.history("deadbeef"),
         store.add_turns("deadbeef", 1, [Turn(Speaker.CALLEE, "hi")]),
         store.take_over("deadbeef", "d1", 30),
@@ -245,7 +249,7 @@ async def test_enqueue_ids_are_short_hex_and_request_round_trips(store: JobStore
     assert len({j.id for j in jobs}) == 20
     got = await store.get(jobs[3].id)
     assert got.request == make_request(3)
-    assert (got.state, got.attempts, got.max_attempts, got.meta) == (S.QUEUED, 0, 3, {})
+    assert (got.state, got.attempts, got.max_attempts, got.meta) == (S.QUEUED, 0, 3, JobMeta())
     with pytest.raises(ValueError):
         await store.enqueue(make_request(), due_at=T0, max_attempts=0)
 
@@ -308,13 +312,102 @@ async def test_call_sid_lookup(store: JobStore) -> None:
     assert await store.find_by_call_sid("CA123") == updated
 
 
-async def test_set_meta_merges(store: JobStore) -> None:
-    job = await store.enqueue(make_request(), due_at=T0, max_attempts=2, meta={"chat_msg": 7, "keep": "x"})
-    job = await store.set_meta(job.id, chat_msg=8, reconciled={"twilio": "completed"})
-    assert job.meta == {"chat_msg": 8, "keep": "x", "reconciled": {"twilio": "completed"}}
-    with pytest.raises(TypeError):
-        await store.set_meta(job.id, bad=object())
+async def test_update_meta_changes_only_the_named_fields(store: JobStore) -> None:
+    job = await store.enqueue(make_request(), due_at=T0, max_attempts=2, meta=JobMeta(progress_message="7"))
+    job = await store.update_meta(job.id, result_delivered="booked:1")
+    assert job.meta == JobMeta(progress_message="7", result_delivered="booked:1")
+    job = await store.update_meta(job.id, progress_message="8", stream_token_sha256=None)
+    assert (job.meta.progress_message, job.meta.result_delivered) == ("8", "booked:1")
+    with pytest.raises(TypeError, match="chat_msg"):
+        await store.update_meta(job.id, chat_msg=8)
+    with pytest.raises(TypeError, match="extra"):
+        await store.update_meta(job.id, extra={"x": 1})
     assert (await store.get(job.id)).meta == job.meta
+
+
+async def test_meta_round_trips_every_field_and_keeps_unknown_legacy_keys(tmp_path: Path) -> None:
+    booking = Booking(T0, T0 + timedelta(minutes=30), "haircut", "with Sam")
+    full = JobMeta(
+        uncounted_attempts=2,
+        call_sid_attempt=3,
+        confirmed_booking=booking,
+        confirmed_attempt=3,
+        user_answers=(UserAnswer("Beard too?", "no"), UserAnswer(None, "after 5 pm")),
+        progress_message="42",
+        result_delivered="booked:3",
+        transcript_delivered="booked:3",
+        stream_token_sha256="ab" * 32,
+    )
+    assert JobMeta.from_dict(json.loads(json.dumps(full.to_dict()))) == full
+    async with await Database.open(tmp_path / "legacy.db") as db:
+        store = JobStore(db, clock=lambda: T0)
+        job = await store.enqueue(make_request(), due_at=T0, max_attempts=3)
+        # A row written by another version: a key this one does not know, an int message id.
+        legacy = {"progress_message": 7, "chat_msg": 7, "reconciled": {"twilio": "completed"}}
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE jobs SET meta = ? WHERE id = ?", (json.dumps(legacy), job.id))
+        loaded = await store.get(job.id)
+        assert loaded.meta.progress_message == "7"
+        assert loaded.meta.extra == {"chat_msg": 7, "reconciled": {"twilio": "completed"}}
+        await store.update_meta(job.id, result_delivered="failed:1")
+        row = await db.fetchone("SELECT meta FROM jobs WHERE id = ?", (job.id,))
+        assert row is not None
+        assert json.loads(row[0]) == {**legacy, "progress_message": "7", "result_delivered": "failed:1"}
+
+
+async def test_unclaim_gives_the_attempt_back_in_one_transaction(db: Database, store: JobStore) -> None:
+    job = await store.enqueue(make_request(), due_at=T0, max_attempts=3)
+    [claimed] = await store.claim_due("d1", limit=1, lease_seconds=60)
+    assert (await db.fetchone("SELECT COUNT(*) FROM calls WHERE job_id = ?", (job.id,)))[0] == 1  # type: ignore[index]
+    with pytest.raises(LeaseLost):
+        await store.unclaim(job.id, "d2", reason="closed", next_attempt_at=T0 + timedelta(hours=1))
+    back = await store.unclaim(job.id, "d1", reason="closed", next_attempt_at=T0 + timedelta(hours=1))
+    assert (back.state, back.attempts, back.calls_made, back.lease_owner) == (S.QUEUED, 1, 0, None)
+    assert back.next_attempt_at == T0 + timedelta(hours=1)
+    assert (await db.fetchone("SELECT COUNT(*) FROM calls WHERE job_id = ?", (job.id,)))[0] == 0  # type: ignore[index]
+    assert (await store.history(job.id))[-1].reason == "closed"
+    with pytest.raises(IllegalTransition):
+        await store.unclaim(job.id, "d1", reason="again", next_attempt_at=T0)
+    assert claimed.attempts == 1
+
+
+async def test_migration_2_backfills_phone_and_the_call_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    request = make_request()
+    with sqlite3.connect(path) as conn:  # a database last opened by a version-1 build
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for statement in split_statements(MIGRATIONS[0][1]):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (1, ?)", (format_dt(T0),))
+        conn.execute(
+            "INSERT INTO jobs (id, state, request, user_id, attempts, max_attempts, next_attempt_at,"
+            " created_at, updated_at) VALUES ('j1', 'queued', ?, 'u1', 2, 3, ?, ?, ?)",
+            (json.dumps(request.to_dict()), format_dt(T0), format_dt(T0), format_dt(T0)),
+        )
+        for at, from_state, to_state in [
+            (T0, None, "queued"),
+            (T0 + timedelta(minutes=1), "queued", "dialing"),
+            (T0 + timedelta(minutes=2), "dialing", "queued"),
+            (T0 + timedelta(minutes=3), "queued", "dialing"),
+            (T0 + timedelta(minutes=4), "dialing", "queued"),
+        ]:
+            conn.execute(
+                "INSERT INTO job_history (job_id, at, from_state, to_state) VALUES ('j1', ?, ?, ?)",
+                (format_dt(at), from_state, to_state),
+            )
+    async with await Database.open(path) as db:
+        assert await db.schema_version() >= 2
+        row = await db.fetchone("SELECT phone FROM jobs WHERE id = 'j1'")
+        assert row is not None and row[0] == request.phone
+        ledger = await db.fetchall("SELECT attempt, phone, at FROM calls WHERE job_id = 'j1' ORDER BY 1")
+        assert [tuple(r) for r in ledger] == [
+            (1, request.phone, format_dt(T0 + timedelta(minutes=1))),
+            (2, request.phone, format_dt(T0 + timedelta(minutes=3))),
+        ]
+        plan = await db.fetchall(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM jobs WHERE phone = ? AND state = 'dialing'", ("+1",)
+        )
+        assert any("jobs_phone_state" in str(r[3]) for r in plan)
 
 
 async def test_turns_round_trip_with_latency(store: JobStore) -> None:

@@ -64,9 +64,9 @@ class MemoryJobs:
     async def find_by_call_sid(self, call_sid: str) -> Job | None:
         return next((j for j in self.jobs.values() if j.call_sid == call_sid), None)
 
-    async def set_meta(self, job_id: str, **values: Any) -> Job:
+    async def update_meta(self, job_id: str, **values: Any) -> Job:
         job = self.jobs[job_id]
-        self.jobs[job_id] = replace(job, meta={**job.meta, **values})
+        self.jobs[job_id] = replace(job, meta=job.meta.changed(**values))
         return self.jobs[job_id]
 
 

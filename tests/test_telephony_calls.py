@@ -307,7 +307,7 @@ async def test_full_scripted_call_books(h: Harness) -> None:
     )
     assert h.dg.speaks[0].query["encoding"] == "mulaw"
     assert call.params["MachineDetection"] == ["DetectMessageEnd"] and call.params["TimeLimit"] == ["120"]
-    assert (await h.store.get(job.id)).meta["stream_token_sha256"] is None  # consumed
+    assert (await h.store.get(job.id)).meta.stream_token_sha256 is None  # consumed
     await h.webhooks.join()
     assert_clean(h)
 

@@ -109,7 +109,7 @@ async def assert_refused(ws: aiohttp.ClientWebSocketResponse) -> None:
 @pytest.mark.parametrize("case", ["wrong_token", "unknown_job", "job_not_dialing"])
 async def test_stream_start_with_bad_token_is_refused(h: Harness, case: str) -> None:
     job = await h.dialing_job()
-    await h.store.set_meta(job.id, stream_token_sha256=token_sha256("right-token"))
+    await h.store.update_meta(job.id, stream_token_sha256=token_sha256("right-token"))
     if case == "job_not_dialing":
         await h.store.transition(job.id, JobState.QUEUED, reason="test")
     before = await snapshot(h, job)
@@ -122,7 +122,7 @@ async def test_stream_start_with_bad_token_is_refused(h: Harness, case: str) -> 
 
 async def test_stream_token_is_single_use(h: Harness) -> None:
     job = await h.dialing_job(ScriptedAgent([]))
-    await h.store.set_meta(job.id, stream_token_sha256=token_sha256("one-time"))
+    await h.store.update_meta(job.id, stream_token_sha256=token_sha256("one-time"))
     sid = "CA" + "d" * 32
     agent = h.agents[job.id]
     assert isinstance(agent, ScriptedAgent)
@@ -133,7 +133,7 @@ async def test_stream_token_is_single_use(h: Harness) -> None:
         media = {"track": "inbound", "chunk": str(n + 1), "timestamp": str(n * 20), "payload": silence}
         await first.send_str(json.dumps({"event": "media", "streamSid": "MZ1", "media": media}))
     await wait_inputs(agent, 1)
-    assert (await h.store.get(job.id)).meta["stream_token_sha256"] is None
+    assert (await h.store.get(job.id)).meta.stream_token_sha256 is None
     before = await snapshot(h, job)
     await assert_refused(await open_stream(h, job.id, "one-time", sid))
     assert await snapshot(h, job) == before

@@ -78,7 +78,7 @@ async def test_sigkill_mid_call_then_restart_reconciles_tells_the_person_and_fin
 
             async def finished_and_told() -> bool:
                 job = await store.get(job_id)
-                return job.state.is_final and bool(job.meta.get("result_delivered"))
+                return job.state.is_final and bool(job.meta.result_delivered)
 
             await wait_until(finished_and_told, 60, "the errand to finish after the restart")
             assert await restarted.terminate() == 0

@@ -76,10 +76,8 @@ async def snapshot(stack: Stack) -> tuple[Any, ...]:
     rows = []
     for j in jobs:
         history = await stack.app.store.history(j.id)
-        rows.append(
-            (j.id, str(j.state), j.attempts, j.call_sid, json.dumps(j.meta, sort_keys=True, default=str),
-             len(history))
-        )  # fmt: skip
+        meta = json.dumps(j.meta.to_dict(), sort_keys=True, default=str)
+        rows.append((j.id, str(j.state), j.attempts, j.call_sid, meta, len(history)))
     w = stack.world
     return (
         sorted(rows),

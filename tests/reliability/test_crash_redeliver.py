@@ -64,7 +64,7 @@ async def test_a_stored_but_unposted_result_is_posted_once_after_restarts(tmp_pa
 
                 async def told(app: Concierge = app) -> bool:
                     job = await app.store.get(job_id)
-                    return bool(job.meta.get("result_delivered") and job.meta.get("transcript_delivered"))
+                    return bool(job.meta.result_delivered and job.meta.transcript_delivered)
 
                 await wait_until(told, 30, "the result to be posted")
             await app.dispatcher.wait_idle()

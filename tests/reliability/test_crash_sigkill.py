@@ -31,7 +31,6 @@ from reliability_kit import CallWatch, job_of_call, receptionist, submit_errand,
 from serve_proc import Server, free_port, server_env
 
 from concierge.demo_env import SandboxWorld
-from concierge.dispatcher import calls_made
 from concierge.settings import Settings
 from sandbox import scenarios
 from sandbox.twilio import Behavior
@@ -101,7 +100,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_double_dials(tm
 
             async def all_told() -> bool:
                 jobs = [await store.get(i) for i in ids]
-                return all(j.state.is_final and j.meta.get("result_delivered") for j in jobs)
+                return all(j.state.is_final and j.meta.result_delivered for j in jobs)
 
             try:
                 await wait_until(all_told, 120, "every errand to finish and its result to reach the chat")
@@ -134,7 +133,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_double_dials(tm
         assert job.state.is_final, why
         assert job.state in (JobState.BOOKED, JobState.GAVE_UP), why  # what this receptionist allows
         assert len(calls) <= job.attempts, why
-        assert calls_made(job) <= job.max_attempts, why
+        assert job.calls_made <= job.max_attempts, why
         events = [e for e in world.graph.events if e.get("transactionId") == job.id]
         if job.state is JobState.BOOKED:
             assert len(events) == 1, why

@@ -106,7 +106,7 @@ async def test_model_stream_breaking_mid_answer_keeps_the_call_going() -> None:
     assert_clean(result)
     assert result.job.state.is_final
     assert len(result.events_for_job()) == (1 if result.job.state is JobState.BOOKED else 0)
-    assert result.job.meta.get("result_delivered")
+    assert result.job.meta.result_delivered
 
 
 # --- Microsoft Graph ---------------------------------------------------------------------------
@@ -257,4 +257,4 @@ async def test_model_failing_after_the_slot_was_confirmed_still_books_without_ca
     assert result.job.state is JobState.BOOKED and len(result.calls) == 1, result.history
     assert result.job.outcome is not None and result.job.outcome.booking is not None
     assert len(result.events_for_job()) == 1
-    assert result.job.meta.get("confirmed_attempt") == 1
+    assert result.job.meta.confirmed_attempt == 1

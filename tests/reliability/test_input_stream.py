@@ -125,7 +125,7 @@ async def test_signed_upgrade_with_junk_frames_is_closed_and_changes_nothing(
     stack: Stack, frames: list[str | bytes]
 ) -> None:
     job = await dialing_job(stack, owner="junk")
-    await stack.app.store.set_meta(job.id, stream_token_sha256=token_sha256("the-real-token"))
+    await stack.app.store.update_meta(job.id, stream_token_sha256=token_sha256("the-real-token"))
     before = await snapshot(stack)
     async with stack.http.ws_connect(stream_url(stack), headers=signed(stack)) as ws:
         try:
@@ -145,14 +145,14 @@ async def test_wrong_token_or_other_call_is_refused_and_the_token_survives(
 ) -> None:
     job = await dialing_job(stack, owner="token")
     real = secrets.token_urlsafe(16)
-    await stack.app.store.set_meta(job.id, stream_token_sha256=token_sha256(real))
+    await stack.app.store.update_meta(job.id, stream_token_sha256=token_sha256(real))
     before = await snapshot(stack)
     for msg in (start_msg(job, token), start_msg(job, real, call_sid="CA" + "9" * 32)):
         async with stack.http.ws_connect(stream_url(stack), headers=signed(stack)) as ws:
             await ws.send_str(msg)
             assert await closed_by_server(ws) == POLICY_VIOLATION
     assert await snapshot(stack) == before
-    assert (await stack.app.store.get(job.id)).meta["stream_token_sha256"] == token_sha256(real)
+    assert (await stack.app.store.get(job.id)).meta.stream_token_sha256 == token_sha256(real)
     await stack.app.store.cancel(job.id)
 
 
@@ -179,7 +179,7 @@ JUNK_AFTER_ADMISSION: list[str | bytes] = [
 async def test_junk_after_admission_does_not_crash_the_call(stack: Stack) -> None:
     job = await dialing_job(stack, owner="admitted")
     token = secrets.token_urlsafe(16)
-    await stack.app.store.set_meta(job.id, stream_token_sha256=token_sha256(token))
+    await stack.app.store.update_meta(job.id, stream_token_sha256=token_sha256(token))
     async with stack.http.ws_connect(stream_url(stack), headers=signed(stack), max_msg_size=0) as ws:
         await ws.send_str(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await ws.send_str(start_msg(job, token))
@@ -196,4 +196,4 @@ async def test_junk_after_admission_does_not_crash_the_call(stack: Stack) -> Non
     assert outcome is not None
     # the callee hung up before anything was agreed: an ordinary unfinished call, not a crash
     assert outcome.kind is OutcomeKind.ERROR and "call failed" not in outcome.summary, outcome
-    assert (await stack.app.store.get(job.id)).meta.get("stream_token_sha256") is None  # consumed
+    assert (await stack.app.store.get(job.id)).meta.stream_token_sha256 is None  # consumed

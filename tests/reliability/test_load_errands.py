@@ -170,14 +170,14 @@ async def test_many_errands_from_many_people_all_booked_in_their_own_threads(sta
 
     async def all_final() -> bool:
         jobs = await stack.app.store.list(limit=10_000)
-        return all(j.state.is_final for j in jobs) and all(j.meta.get("result_delivered") for j in jobs)
+        return all(j.state.is_final for j in jobs) and all(j.meta.result_delivered for j in jobs)
 
     try:
         await wait_until(all_final, 60 + ERRANDS * 3, "every errand's result")
         await asyncio.wait_for(watcher, 10)
     except TimeoutError:
         jobs = await stack.app.store.list(limit=10_000)
-        states = Counter((str(j.state), bool(j.meta.get("result_delivered"))) for j in jobs)
+        states = Counter((str(j.state), bool(j.meta.result_delivered)) for j in jobs)
         bad = [
             (j.request.business_name, j.attempts, j.outcome) for j in jobs if j.state is not JobState.BOOKED
         ]

@@ -7,8 +7,8 @@ provider what became of the call:
 
 * no CallSid recorded → the call was never created: back to queued without
   using an attempt. (The one blind spot: a crash between Twilio accepting the
-  call and ``set_call_sid`` — Twilio has no idempotency key for calls, so that
-  window cannot be closed from here; it is one database write wide.)
+  call and ``JobStore.set_call_sid`` — Twilio has no idempotency key for calls,
+  so that window cannot be closed from here; it is one database write wide.)
 * queued / ringing / in-progress, call of a *previous* process → hang up and
   retry later. The media stream and the conversation state lived in the dead
   process; the callee would be talking to nobody, and a fresh call with a
@@ -23,17 +23,15 @@ provider what became of the call:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
-from bot.notify import result_pending
-from concierge.dispatcher_outcomes import current_call_sid
+from concierge.clock import Clock
+from concierge.outcomes import Outcomes
 from storage.errors import JobNotFound, LeaseLost, ProviderError
+from storage.jobs import JobStore
 from storage.models import FINAL_STATES, CallOutcome, Job, JobState, OutcomeKind
-from storage.ports import JobEvent
-
-if TYPE_CHECKING:
-    from concierge.dispatcher import Dispatcher
+from storage.ports import CallPlacer, JobEvent, Notifier
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +51,42 @@ ENDED_STATUSES: dict[str, tuple[OutcomeKind, str]] = {
 
 
 class CallReconciler:
-    """Finds and reconciles the dispatcher's orphaned jobs (see module docstring)."""
+    """Finds and reconciles orphaned jobs (see module docstring).
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self._d = dispatcher
+    Args:
+        store: the job queue.
+        placer: asks the provider what became of a call.
+        notifier: re-sends results that never reached the chat.
+        outcomes: settles or gives back the jobs it reconciles.
+        clock: what "now" is.
+        owner: the dispatcher's lease name.
+        lease_seconds: length of an adopted lease.
+        placing: the jobs whose call this process is creating right now (left alone).
+        hang_up: ends a call, logging rather than raising a provider failure.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        placer: CallPlacer,
+        notifier: Notifier,
+        outcomes: Outcomes,
+        *,
+        clock: Clock,
+        owner: str,
+        lease_seconds: float,
+        placing: Callable[[], Collection[str]],
+        hang_up: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._placer = placer
+        self._notifier = notifier
+        self._outcomes = outcomes
+        self._clock = clock
+        self._owner = owner
+        self._lease_seconds = lease_seconds
+        self._placing = placing
+        self._hang_up = hang_up
 
     async def recover(self, *, startup: bool) -> None:
         """Reconcile every job whose lease expired; at start-up also this owner's old jobs.
@@ -65,24 +95,25 @@ class CallReconciler:
             startup: this process just started, so jobs leased under its own
                 owner name belong to a previous run, not to live sessions here.
         """
-        d = self._d
-        expired = [j for j in await d.store.expired_leases() if j.id not in d.placing_ids]
+        store, owner = self._store, self._owner
+        placing = self._placing()
+        expired = [j for j in await store.expired_leases() if j.id not in placing]
         seen = set()
         for job in expired:
             seen.add(job.id)
-            adopted = await d.store.take_over(job.id, d.owner, d.lease_seconds)
+            adopted = await store.take_over(job.id, owner, self._lease_seconds)
             if adopted is None:
                 continue  # another dispatcher won the race
-            live_here = job.lease_owner == d.owner and not startup
+            live_here = job.lease_owner == owner and not startup
             await self._reconcile_safely(adopted, live_here=live_here)
         if not startup:
             return
-        active = await d.store.list(states=(JobState.DIALING, JobState.IN_CALL), limit=10_000)
+        active = await store.list(states=(JobState.DIALING, JobState.IN_CALL), limit=10_000)
         for job in active:
-            if job.lease_owner != d.owner or job.id in seen:
+            if job.lease_owner != owner or job.id in seen:
                 continue
             try:
-                job = await d.store.renew_lease(job.id, d.owner, d.lease_seconds)
+                job = await store.renew_lease(job.id, owner, self._lease_seconds)
             except LeaseLost:
                 continue
             await self._reconcile_safely(job, live_here=False)
@@ -94,19 +125,17 @@ class CallReconciler:
         finished errand with no result in its thread. Taken at start-up, before
         recovery finishes (and notifies) anything itself.
         """
-        d = self._d
-        since = d.clock.now() - REDELIVER_WITHIN
+        since = self._clock.now() - REDELIVER_WITHIN
         finished = tuple(s for s in FINAL_STATES if s is not JobState.CANCELLED)
-        jobs = await d.store.list(states=finished, limit=500)
-        return [j for j in jobs if j.updated_at >= since and result_pending(j)]
+        jobs = await self._store.list(states=finished, limit=500)
+        return [j for j in jobs if j.updated_at >= since and j.result_pending]
 
     async def redeliver(self, jobs: list[Job]) -> None:
         """Post those results now (``notify`` is idempotent: a repeat is harmless)."""
-        d = self._d
         for job in jobs:
             log.info("errand %s finished without its result reaching the chat: sending it now", job.id)
-            turns = await d.store.turns(job.id, job.attempts)
-            await d.notifier.notify(job, JobEvent.FINISHED, turns)
+            turns = await self._store.turns(job.id, job.attempts)
+            await self._notifier.notify(job, JobEvent.FINISHED, turns)
 
     async def _reconcile_safely(self, job: Job, *, live_here: bool) -> None:
         try:
@@ -116,17 +145,17 @@ class CallReconciler:
 
     async def reconcile(self, job: Job, *, live_here: bool) -> None:
         """Decide the fate of one adopted job from the provider's view of its call."""
-        d = self._d
-        call_sid = current_call_sid(job)
+        outcomes = self._outcomes
+        call_sid = job.current_call_sid
         if call_sid is None:
             if job.state is JobState.DIALING:
-                await d.outcomes.requeue_uncounted(job, "recovered: the call was never created", notify=True)
+                await outcomes.requeue_uncounted(job, "recovered: the call was never created", notify=True)
             else:
                 outcome = CallOutcome(OutcomeKind.ERROR, summary="The call was lost; I'll call again.")
-                await d.outcomes.settle(job.id, outcome, reason="recovered: in call without a call id")
+                await outcomes.settle(job.id, outcome, reason="recovered: in call without a call id")
             return
         try:
-            status = await d.placer.call_status(call_sid)
+            status = await self._placer.call_status(call_sid)
         except ProviderError as e:
             # Cannot tell whether the call is live: keep the (renewed) lease and
             # look again when it expires rather than risk a second call.
@@ -134,18 +163,18 @@ class CallReconciler:
             return
         if status in LIVE_STATUSES:
             if live_here:
-                await d.store.renew_lease(job.id, d.owner, d.lease_seconds)
+                await self._store.renew_lease(job.id, self._owner, self._lease_seconds)
                 return
-            await d.hang_up_quietly(call_sid)
+            await self._hang_up(call_sid)
             outcome = CallOutcome(
                 OutcomeKind.ERROR,
                 summary="The call was interrupted by a restart; I'll call again.",
                 call_sid=call_sid,
             )
-            await d.outcomes.settle(job.id, outcome, reason=f"recovered: call was {status}, hung up")
+            await outcomes.settle(job.id, outcome, reason=f"recovered: call was {status}, hung up")
             return
         kind, summary = ENDED_STATUSES.get(
             status, (OutcomeKind.ERROR, f"The call ended in an unknown state ({status}); I'll call again.")
         )
         outcome = CallOutcome(kind, summary=summary, call_sid=call_sid)
-        await d.outcomes.settle(job.id, outcome, reason=f"recovered: provider says call {status}")
+        await outcomes.settle(job.id, outcome, reason=f"recovered: provider says call {status}")
