@@ -23,6 +23,7 @@ import aiohttp
 from twilio.request_validator import RequestValidator
 
 from sandbox.callee import Callee, CalleeScript, Say
+from sandbox.ear import Ear, HeardTurn
 from sandbox.frame_clock import FrameClock
 
 FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
@@ -83,6 +84,8 @@ class SandboxCall:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     hangup_requested: asyncio.Event = field(default_factory=asyncio.Event)
     callee: Callee = field(init=False)
+    #: How the callee heard each assistant turn, timed by the sandbox (``sandbox.ear``).
+    ear: Ear = field(default_factory=Ear)
 
     def __post_init__(self) -> None:
         script = self.program.script
@@ -97,6 +100,10 @@ class SandboxCall:
     @property
     def said(self) -> list[str]:
         return self.callee.said
+
+    @property
+    def heard_turns(self) -> list[HeardTurn]:
+        return self.ear.turns
 
     @property
     def digits_heard(self) -> str:
@@ -156,6 +163,7 @@ class CallRunner:
             if self.call.status in ("queued", "ringing", "in-progress"):
                 self.call.status = "completed"  # never leave a call live after its runner ended
             self.call.callee.finish()
+            self.call.ear.finish()
             self.call.errors += self.call.callee.errors
             self.call.done.set()
 

@@ -127,6 +127,8 @@ class MediaPump:
             await self.ws.send_str(message)
         except (ConnectionError, aiohttp.ClientError):
             self.app_closed = True
+        # The ear times the wait from here: the frame is on its way to the app.
+        call.ear.callee_frame(frame, played=played, said=callee.said[-1] if callee.said else "")
         if self.app_closed:
             call.ended_by = "stream_closed"
             return False
@@ -150,6 +152,7 @@ class MediaPump:
                 self.call.received.append(data)
             if event == "media":
                 audio = base64.b64decode(data.get("media", {}).get("payload", ""))
+                self.call.ear.assistant_audio(audio)
                 self.buffer += audio
                 self.enqueued += len(audio)
             elif event == "mark":
