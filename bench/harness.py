@@ -137,6 +137,11 @@ class SandboxShards:
             "processes": [{k: a[k] for k in _PER_PROCESS} for a in answers],
         }
 
+    async def heard(self) -> list[dict[str, Any]]:
+        """Every call of the round as the sandbox's ear heard it (``sandbox.ear.HeardTurn``)."""
+        answers = await asyncio.gather(*(c.command("heard") for c in self.children))
+        return [call for a in answers for call in a["calls"]]
+
     async def stop(self) -> None:
         await asyncio.gather(*(c.stop() for c in self.children))
 
@@ -204,6 +209,8 @@ class Round:
     to_tts: list[float] = field(default_factory=list)
     to_out: list[float] = field(default_factory=list)
     frames: dict[str, float] = field(default_factory=dict)
+    #: per call, its turns as the sandbox heard them: {"sid", "to", "turns": [{kind, gap_ms, ...}]}
+    heard: list[dict[str, Any]] = field(default_factory=list)
     cpu_ms: float = 0.0
     seconds: float = 0.0
     sandbox: dict[str, Any] = field(default_factory=dict)
@@ -304,6 +311,7 @@ class Bench:
         result.jobs = jobs
         result.frames = self._frames.summary()
         result.sandbox = await self.child.command("stats")
+        result.heard = await self.child.heard()
         for job in jobs:
             for turn in await app.store.turns(job.id):
                 lat = turn.latency

@@ -46,6 +46,25 @@ def _dist(values: list[float], *ps: int) -> dict[str, float | None]:
     return out
 
 
+#: Turn kinds the sandbox's ear tells apart (``sandbox.ear``).
+HEARD_KINDS = ("opening", "answer", "tool", "barge_in")
+
+
+def heard(r: Round, key: str) -> dict[str, Any]:
+    """One heard figure (``gap_ms`` or ``content_gap_ms``): p50/p95 over every turn and per kind.
+
+    ``n`` counts the turns that have the figure (a turn whose reply never got past its fixed
+    phrases has no content gap).
+    """
+    turns = [t for call in r.heard for t in call["turns"]]
+
+    def dist(kind: str | None) -> dict[str, Any]:
+        values = [t[key] for t in turns if t[key] is not None and kind in (None, t["kind"])]
+        return {**_dist(values, 50, 95), "n": len(values)}
+
+    return {**dist(None), "by_kind": {kind: dist(kind) for kind in HEARD_KINDS}}
+
+
 def report(r: Round, *, provider_latency: str) -> dict[str, Any]:
     """The JSON object of one round."""
     audio_s = r.audio_seconds
@@ -67,6 +86,8 @@ def report(r: Round, *, provider_latency: str) -> dict[str, Any]:
         },
         "frame_lag_ms": {"p99": r.frames.get("lag_ms_p99"), "max": r.frames.get("lag_ms_max")},
         "frames": r.frames.get("frames", 0),
+        "heard_gap_ms": heard(r, "gap_ms"),
+        "heard_content_gap_ms": heard(r, "content_gap_ms"),
         "cpu_ms_per_call_second": round(r.cpu_ms / audio_s, 3) if audio_s else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "wall_seconds": round(r.seconds, 1),
@@ -129,6 +150,11 @@ def table(d: dict[str, Any]) -> str:
         ("peak RSS MB", f(d["peak_rss_mb"])),
         ("sandbox process", f"loop lag p99 {f(sp.get('loop_lag_ms_p99'))} ms, cpu {f(sp.get('cpu_ms'))} ms"),
     ]
+    for key, label in (("heard_gap_ms", "heard gap ms"), ("heard_content_gap_ms", "heard content gap ms")):
+        h = d[key]
+        rows.append((label, f"p50 {f(h['p50'])}  p95 {f(h['p95'])}  n {h['n']}  (sandbox's ear)"))
+        for kind, k in h["by_kind"].items():
+            rows.append((f"  {kind}", f"p50 {f(k['p50'])}  p95 {f(k['p95'])}  n {k['n']}"))
     if "voice_to_voice_ms" in d:
         rows.append(("voice-to-voice ms", dist(d["voice_to_voice_ms"]) + "  (published provider latencies)"))
     width = max(len(k) for k, _ in rows)

@@ -14,7 +14,9 @@ one base URL per service, cannot tell.
 Protocol: one JSON line on stdout once every service listens (endpoints, credentials, the
 programmed numbers); then one command per stdin line — ``stats`` answers a JSON line with this
 process's event-loop lag and CPU time, ``reset`` zeroes them and forgets the calendar events booked
-so far — and end of input stops the world.
+so far, ``heard`` answers ``{"calls": [{"sid", "to", "turns": [HeardTurn...]}]}``: every call of this
+round as the sandbox's ear heard it (``sandbox.ear``; empty without the Twilio service) — and end
+of input stops the world.
 """
 
 from __future__ import annotations
@@ -122,6 +124,16 @@ def forget_finished(services: list[Any]) -> None:
             service.speaks[:] = [x for x in service.speaks if x.closed_code is None]
 
 
+def heard(services: list[Any]) -> list[dict[str, Any]]:
+    """Each call's heard turns (``sandbox.ear``), timed by this process's clock."""
+    return [
+        {"sid": call.sid, "to": call.to, "turns": call.ear.to_json()}
+        for service in services
+        if isinstance(service, SandboxTwilio)
+        for call in service.calls.values()
+    ]
+
+
 async def serve(args: argparse.Namespace) -> None:
     wanted = [x for x in args.services.split(",") if x]
     unknown = set(wanted) - set(SERVICES)
@@ -178,6 +190,8 @@ async def serve(args: argparse.Namespace) -> None:
         while line := (await reader.readline()).decode().strip():
             if line == "stats":
                 print(json.dumps(meter.stats() | {"services": wanted, "at": time.monotonic()}), flush=True)
+            elif line == "heard":
+                print(json.dumps({"calls": heard(started)}), flush=True)
             elif line == "reset":
                 if graph is not None:
                     graph.events.clear()  # bookings of the last round would make the offer busy

@@ -16,7 +16,7 @@ pytestmark = [
 ]
 
 KEYS = ("calls", "turns", "server_overhead_ms", "barge_in_ms", "frame_jitter_ms", "cpu_ms_per_call_second",
-        "peak_rss_mb")  # fmt: skip
+        "peak_rss_mb", "heard_gap_ms", "heard_content_gap_ms")  # fmt: skip
 
 
 async def test_two_calls_report_every_figure() -> None:
@@ -33,4 +33,13 @@ async def test_two_calls_report_every_figure() -> None:
     assert result["frames"] > 0
     assert result["cpu_ms_per_call_second"] > 0
     assert result["peak_rss_mb"] > 0
-    assert "server overhead ms" in table(result)
+    # The sandbox's ear: every call heard its opening, the reply after the barge-in and the lookup.
+    for key in ("heard_gap_ms", "heard_content_gap_ms"):
+        heard = result[key]
+        assert heard["n"] == 6, heard
+        assert heard["p50"] is not None and heard["p95"] is not None
+        assert set(heard["by_kind"]) == {"opening", "answer", "tool", "barge_in"}
+        for kind in ("opening", "tool", "barge_in"):
+            assert heard["by_kind"][kind]["n"] == 2 and heard["by_kind"][kind]["p50"] is not None, (key, kind)
+        assert heard["by_kind"]["answer"] == {"p50": None, "p95": None, "max": None, "n": 0}
+    assert "server overhead ms" in table(result) and "heard content gap ms" in table(result)
