@@ -8,6 +8,10 @@ responder: a function from the request body to content blocks. By default the
 request is routed by its tools: the intake model when ``record_errand`` is
 offered, else the phone model. Faults (429/529/500 answers, an ``error``
 event mid-stream) can be injected for the next requests.
+
+Prompt caching is accounted as Anthropic documents it (``PromptCache``): ``usage`` carries
+``cache_creation_input_tokens`` / ``cache_read_input_tokens`` next to ``input_tokens``. Tokens are
+estimated as 4 characters of the request's JSON each.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import inspect
 import itertools
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +38,106 @@ _ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+
+
+#: Minimum cacheable prompt length in tokens (Anthropic, "Prompt caching", platform.claude.com/docs/
+#: en/docs/build-with-claude/prompt-caching; see bench/README.md): the first matching family wins.
+#: A shorter prefix is processed normally and nothing is written, even when marked.
+CACHE_MINIMUM_TOKENS: tuple[tuple[str, int], ...] = (
+    ("haiku-3", 2048),
+    ("3-5-haiku", 2048),
+    ("3-haiku", 2048),
+    ("haiku", 4096),  # Haiku 4.5 (and, as a guess, the later Haikus)
+    ("opus-4-5", 4096),
+    ("opus-4-6", 4096),
+    ("sonnet-4-6", 2048),
+)
+DEFAULT_CACHE_MINIMUM = 1024  # Sonnet 4/4.5, Opus 4/4.1, Sonnet 3.7
+CACHE_TTL_SECONDS = 300.0  # "ephemeral": 5 minutes, refreshed by every hit
+#: How far back from a breakpoint the API looks for an earlier cached prefix (blocks).
+LOOKBACK_BLOCKS = 20
+
+
+def cache_minimum(model: str) -> int:
+    """The minimum cacheable prompt length for ``model`` (tokens)."""
+    return next((n for family, n in CACHE_MINIMUM_TOKENS if family in model), DEFAULT_CACHE_MINIMUM)
+
+
+def _tokens(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"))) // 4
+
+
+class PromptCache:
+    """Anthropic's prompt cache, as documented, for one sandbox server.
+
+    The prompt is the sequence of blocks ``tools`` → ``system`` → ``messages`` (each message's content
+    blocks in order). A block with ``cache_control`` is a breakpoint: the prefix ending there is
+    written to the cache if it is at least ``cache_minimum(model)`` tokens long, and a later request
+    whose prefix up to one of its breakpoints (or up to 20 blocks before one) is identical reads it.
+    ``usage`` then splits the prompt into tokens read, tokens written (the rest up to the last
+    breakpoint) and ``input_tokens`` (after the last breakpoint). Entries live 5 minutes from their
+    last use. Keys are the model and the exact JSON of the prefix (``cache_control`` itself
+    excluded, as it does not change the prompt).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._entries: dict[str, float] = {}  # prefix key -> expiry
+
+    def usage(self, body: dict[str, Any]) -> dict[str, int]:
+        blocks = _prompt_blocks(body)
+        total = sum(t for _, t in blocks) + 4  # a few tokens of framing, as in the real count
+        model = str(body.get("model", ""))
+        now = self.clock()
+        self._entries = {k: e for k, e in self._entries.items() if e > now}
+        keys: list[str] = []
+        sizes: list[int] = []
+        running, parts = 0, []
+        for block, tokens in blocks:
+            parts.append(json.dumps({k: v for k, v in block.items() if k != "cache_control"}, sort_keys=True))
+            running += tokens
+            keys.append(model + "\n" + "\n".join(parts))
+            sizes.append(running)
+        breakpoints = [i for i, (b, _) in enumerate(blocks) if b.get("cache_control")]
+        if not breakpoints:
+            return {"input_tokens": total, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        read = 0
+        for bp in breakpoints:
+            for i in range(bp, max(-1, bp - LOOKBACK_BLOCKS), -1):
+                if keys[i] in self._entries:
+                    read = max(read, sizes[i])
+                    self._entries[keys[i]] = now + CACHE_TTL_SECONDS
+                    break
+        written = 0
+        minimum = cache_minimum(model)
+        for bp in breakpoints:
+            if sizes[bp] >= minimum and sizes[bp] > read:
+                self._entries[keys[bp]] = now + CACHE_TTL_SECONDS
+                written = sizes[bp] - read
+        if read == 0 and written == 0:
+            return {"input_tokens": total, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        return {
+            "input_tokens": total - read - written,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
+        }
+
+
+def _prompt_blocks(body: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
+    """The request's blocks in cache order, each with its estimated tokens."""
+    blocks: list[dict[str, Any]] = list(body.get("tools") or [])
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        blocks.append({"type": "text", "text": system})
+    elif isinstance(system, list):
+        blocks += system
+    for m in body.get("messages") or []:
+        content = m.get("content")
+        if isinstance(content, str):
+            blocks.append({"role": m.get("role"), "type": "text", "text": content})
+        else:
+            blocks += [{"role": m.get("role"), **b} for b in content or []]
+    return [(b, _tokens({k: v for k, v in b.items() if k != "cache_control"})) for b in blocks]
 
 
 def default_responder(body: dict[str, Any]) -> list[Block]:
@@ -72,6 +177,9 @@ class SandboxAnthropic:
         self.tokens_per_second = tokens_per_second
         self.host = host
         self.requests: list[dict[str, Any]] = []
+        self.cache = PromptCache()
+        #: ``usage`` of every answered request, in order (cache reads and writes included).
+        self.usages: list[dict[str, int]] = []
         self._faults: list[tuple[int, str]] = []
         self._mid_stream_errors = 0
         self._ids = itertools.count(1)
@@ -145,6 +253,8 @@ class SandboxAnthropic:
 
     def _message(self, body: dict[str, Any], blocks: list[Block]) -> dict[str, Any]:
         text = " ".join(b.get("text", "") for b in blocks) + json.dumps([b.get("input") for b in blocks])
+        usage = self.cache.usage(body) | {"output_tokens": max(1, len(text) // 4)}
+        self.usages.append(usage)
         return {
             "id": f"msg_sbx_{next(self._ids):04d}",
             "type": "message",
@@ -153,7 +263,7 @@ class SandboxAnthropic:
             "content": blocks,
             "stop_reason": "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn",
             "stop_sequence": None,
-            "usage": {"input_tokens": len(json.dumps(body)) // 4, "output_tokens": max(1, len(text) // 4)},
+            "usage": usage,
         }
 
     async def _stream(self, request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
