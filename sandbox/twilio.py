@@ -11,6 +11,10 @@ import asyncio
 import contextlib
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -19,7 +23,7 @@ from sandbox.callee import CalleeScript
 from sandbox.frame_clock import FrameClock
 from sandbox.twilio_call import FINAL_STATUSES, Behavior, CallRunner, Program, SandboxCall, new_sid
 
-__all__ = ["Behavior", "SandboxCall", "SandboxTwilio"]
+__all__ = ["Behavior", "LostAnswer", "SandboxCall", "SandboxTwilio"]
 
 _API = "/2010-04-01/Accounts/{account}/Calls"
 _ERRORS = {
@@ -30,6 +34,13 @@ _ERRORS = {
     500: (20500, "Internal Server Error"),
     503: (20503, "Service Unavailable"),
 }
+
+
+class LostAnswer(StrEnum):
+    """How a create's answer is lost after the call was really created (``lose_next_create_answer``)."""
+
+    HANG = "hang"  # never answer: the client times out (answer held until ``stop``)
+    DROP = "drop"  # close the connection without an answer: a transport error
 
 
 def _error(status: int, message: str | None = None) -> web.Response:
@@ -59,6 +70,10 @@ class SandboxTwilio:
         self.base_url = ""
         self._programs: dict[str, Program] = {}
         self._fail_next: list[int] = []
+        self._lose_next: list[LostAnswer] = []
+        self.lost_answers: list[str] = []  # sids of calls whose create answer was lost
+        self.answer_lost = asyncio.Event()  # set each time a create answer is lost
+        self._release = asyncio.Event()  # frees held answers at stop
         self._new_calls: asyncio.Queue[SandboxCall] = asyncio.Queue()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -68,6 +83,7 @@ class SandboxTwilio:
         """Bind 127.0.0.1 on a free port and open the client session used for callbacks/streams."""
         app = web.Application()
         app.router.add_post(_API.format(account="{account}") + ".json", self._create)
+        app.router.add_get(_API.format(account="{account}") + ".json", self._list)
         app.router.add_get(_API.format(account="{account}") + "/{sid}.json", self._fetch)
         app.router.add_post(_API.format(account="{account}") + "/{sid}.json", self._update)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
@@ -78,6 +94,7 @@ class SandboxTwilio:
 
     async def stop(self) -> None:
         """Hang up every live call, cancel every task, close every socket."""
+        self._release.set()
         for call in self.calls.values():
             call.hangup_requested.set()
         if self._tasks:
@@ -123,6 +140,14 @@ class SandboxTwilio:
     def fail_next_create(self, status: int = 500) -> None:
         """The next Calls.json POST answers ``status`` with a Twilio error body."""
         self._fail_next.append(status)
+
+    def lose_next_create_answer(self, how: LostAnswer = LostAnswer.HANG) -> None:
+        """The next Calls.json POST creates the call (it rings as programmed) but its answer is lost.
+
+        The product then cannot tell from the create whether the call exists: the fault that a
+        blind retry turns into a second call.
+        """
+        self._lose_next.append(how)
 
     async def wait_for_call(self, timeout: float = 10) -> SandboxCall:  # noqa: ASYNC109 (contract)
         """The next created call (in creation order)."""
@@ -186,8 +211,69 @@ class SandboxTwilio:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._new_calls.put_nowait(call)
+        if self._lose_next:
+            return await self._lose_answer(request, form, call, self._lose_next.pop(0))
         self._log(request, form, 201)
         return web.json_response(call.to_json(self._calls_uri()), status=201)
+
+    async def _lose_answer(
+        self, request: web.Request, form: dict[str, list[str]], call: SandboxCall, how: LostAnswer
+    ) -> web.Response:
+        self._log(request, form, 0)
+        self.lost_answers.append(call.sid)
+        self.answer_lost.set()
+        if how is LostAnswer.DROP:
+            if request.transport is not None:
+                request.transport.close()
+        else:
+            await self._release.wait()
+        return web.json_response(call.to_json(self._calls_uri()), status=201)  # nobody reads it
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """Read multiple Call resources: ``To``, ``From``, ``Status``, ``StartTime`` (``=``, ``<``, ``>``).
+
+        Newest first, paged with ``PageSize`` / ``Page`` in Twilio's list envelope. A ``StartTime``
+        filter never matches a call that has not started dialling (its ``start_time`` is empty).
+        """
+        if not self._authorized(request):
+            self._log(request, {}, 401)
+            return _error(401)
+        query = request.query
+        try:
+            keys = ("StartTime", "StartTime<", "StartTime>")
+            tests = [_start_test(key, query[key]) for key in keys if key in query]
+            page_size = max(1, min(1000, int(query.get("PageSize", "50"))))
+            page = max(0, int(query.get("Page", "0")))
+        except ValueError:
+            self._log(request, {}, 400)
+            return _error(400, "Invalid filter or paging value")
+        calls = [
+            c
+            for c in sorted(self.calls.values(), key=lambda c: c.created_at, reverse=True)
+            if query.get("To", c.to) == c.to
+            and query.get("From", c.from_) == c.from_
+            and query.get("Status", c.status) == c.status
+            and all(test(c.started_at) for test in tests)
+        ]
+        start = page * page_size
+        chunk = calls[start : start + page_size]
+        filters = {k: v for k, v in query.items() if k not in ("Page", "PageSize", "PageToken")}
+
+        def uri(n: int) -> str:
+            return f"{self._calls_uri()}.json?" + urlencode({**filters, "PageSize": page_size, "Page": n})
+
+        self._log(request, {k: [v] for k, v in query.items()}, 200)
+        return web.json_response({
+            "calls": [c.to_json(self._calls_uri()) for c in chunk],
+            "end": start + max(len(chunk) - 1, 0),
+            "first_page_uri": uri(0),
+            "next_page_uri": uri(page + 1) if start + page_size < len(calls) else None,
+            "page": page,
+            "page_size": page_size,
+            "previous_page_uri": uri(page - 1) if page > 0 else None,
+            "start": start,
+            "uri": uri(page),
+        })  # fmt: skip
 
     def _find(self, request: web.Request) -> SandboxCall | None:
         return self.calls.get(request.match_info["sid"])
@@ -220,6 +306,32 @@ class SandboxTwilio:
             call.callee.hear_digits(_play_digits(twiml))
         self._log(request, form, 200)
         return web.json_response(call.to_json(self._calls_uri()))
+
+
+def _start_test(key: str, value: str) -> Callable[[datetime | None], bool]:
+    """One ``StartTime`` filter: a ``YYYY-MM-DD`` date (UTC) or a full UTC date-time as the SDK sends.
+
+    ``StartTime`` alone means "on that day" (or at that instant); ``StartTime>`` on or after and
+    ``StartTime<`` on or before (a bare date stands for its midnight).
+    """
+    day: date | None = None
+    try:
+        at = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        day = date.fromisoformat(value)
+        at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+    def test(started: datetime | None) -> bool:
+        if started is None:
+            return False
+        started = started.replace(microsecond=0)
+        if key == "StartTime>":
+            return started >= at
+        if key == "StartTime<":
+            return started <= at
+        return started.date() == day if day is not None else started == at
+
+    return test
 
 
 def _play_digits(twiml: str) -> str:

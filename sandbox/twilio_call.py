@@ -81,6 +81,7 @@ class SandboxCall:
     ended_by: str = ""
     duration: int = 0
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_at: datetime | None = None  # when dialling began (Twilio's start_time; empty while queued)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     hangup_requested: asyncio.Event = field(default_factory=asyncio.Event)
     callee: Callee = field(init=False)
@@ -116,11 +117,12 @@ class SandboxCall:
     def to_json(self, base_uri: str) -> dict[str, Any]:
         """The Call resource as the REST API returns it."""
         stamp = email.utils.format_datetime(self.created_at)
+        started = email.utils.format_datetime(self.started_at) if self.started_at else None
         return {
             "sid": self.sid, "account_sid": self.account_sid, "to": self.to, "to_formatted": self.to,
             "from": self.from_, "from_formatted": self.from_, "status": self.status,
             "direction": "outbound-api", "api_version": "2010-04-01", "date_created": stamp,
-            "date_updated": _rfc2822_now(), "start_time": None, "end_time": None,
+            "date_updated": _rfc2822_now(), "start_time": started, "end_time": None,
             "duration": str(self.duration) if self.status in FINAL_STATUSES else None,
             "price": None, "price_unit": "USD", "answered_by": None, "forwarded_from": None,
             "caller_name": None, "parent_call_sid": None, "phone_number_sid": None,
@@ -232,6 +234,7 @@ class CallRunner:
 
     async def _dial(self) -> None:
         call, behavior = self.call, self.call.program.behavior
+        call.started_at = datetime.now(UTC)
         await self._status_callback("initiated", "initiated")
         if call.hangup_requested.is_set():
             call.ended_by = "api"

@@ -374,6 +374,11 @@ class JobMeta:
         result_delivered: ``Job.result_marker`` of the result last posted to the chat.
         transcript_delivered: ``Job.result_marker`` of the transcript last posted to the chat.
         stream_token_sha256: hash of the current call's one-time media-stream token.
+        call_nonce: the nonce in the callback URLs of the call placed for ``call_nonce_attempt``;
+            a callback carrying it belongs to that attempt (``Job.dial_nonce``).
+        call_nonce_attempt: the attempt ``call_nonce`` was made for.
+        dial_started_at: real (provider-clock) time just before that attempt's create, so a
+            lost create answer can be looked up in the provider's calls list.
         extra: keys written by another version of Concierge; kept untouched on every write.
     """
 
@@ -386,6 +391,9 @@ class JobMeta:
     result_delivered: str | None = None
     transcript_delivered: str | None = None
     stream_token_sha256: str | None = None
+    call_nonce: str | None = None
+    call_nonce_attempt: int | None = None
+    dial_started_at: datetime | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -394,9 +402,12 @@ class JobMeta:
         if self.uncounted_attempts:
             d["uncounted_attempts"] = self.uncounted_attempts
         for name in ("call_sid_attempt", "confirmed_attempt", "progress_message", "result_delivered",
-                     "transcript_delivered", "stream_token_sha256"):  # fmt: skip
+                     "transcript_delivered", "stream_token_sha256", "call_nonce",
+                     "call_nonce_attempt"):  # fmt: skip
             if (value := getattr(self, name)) is not None:
                 d[name] = value
+        if self.dial_started_at is not None:
+            d["dial_started_at"] = self.dial_started_at.isoformat()
         if self.confirmed_booking is not None:
             d["confirmed_booking"] = self.confirmed_booking.to_dict()
         if self.user_answers:
@@ -409,6 +420,7 @@ class JobMeta:
         known = {f.name for f in fields(cls)} - {"extra"}
         booking = d.get("confirmed_booking")
         progress = d.get("progress_message")
+        started = d.get("dial_started_at")
         return cls(
             uncounted_attempts=int(d.get("uncounted_attempts") or 0),
             call_sid_attempt=_opt_int(d.get("call_sid_attempt")),
@@ -423,6 +435,9 @@ class JobMeta:
             result_delivered=d.get("result_delivered"),
             transcript_delivered=d.get("transcript_delivered"),
             stream_token_sha256=d.get("stream_token_sha256"),
+            call_nonce=d.get("call_nonce"),
+            call_nonce_attempt=_opt_int(d.get("call_nonce_attempt")),
+            dial_started_at=datetime.fromisoformat(started) if isinstance(started, str) else None,
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -474,6 +489,13 @@ class Job:
         """
         if self.call_sid and self.meta.call_sid_attempt == self.attempts:
             return self.call_sid
+        return None
+
+    @property
+    def dial_nonce(self) -> str | None:
+        """The callback nonce of the call placed for the *current* attempt, if one was placed."""
+        if self.meta.call_nonce_attempt == self.attempts:
+            return self.meta.call_nonce
         return None
 
     @property

@@ -10,9 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from storage.models import CallOutcome, CallRequest, Job, Turn
+
+
+class FoundCall(NamedTuple):
+    """A call the provider knows of (one row of its calls list)."""
+
+    sid: str
+    status: str
+    start_time: datetime | None  # None while the call is still queued (not yet dialling)
 
 
 class CallPlacer(Protocol):
@@ -23,6 +31,17 @@ class CallPlacer(Protocol):
 
         Raises:
             storage.errors.ProviderError: ``retryable`` says whether to try again later.
+        """
+        ...
+
+    async def find_calls(self, to: str, *, started_after: datetime) -> list[FoundCall]:
+        """Our calls (from our caller id) to ``to`` that began, or are queued, since ``started_after``.
+
+        How the dispatcher learns whether a create whose answer was lost (timeout,
+        transport error, crash) placed a call after all, before it would dial again.
+
+        Raises:
+            storage.errors.ProviderError: the provider could not be asked (unknown, not "none").
         """
         ...
 

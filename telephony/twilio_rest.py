@@ -4,6 +4,12 @@ Implements ``storage.ports.CallPlacer``. The call's TwiML connects a two-way
 media stream whose ``<Parameter>``s carry the job id and a one-time token; only
 the token's SHA-256 is stored (in job meta, before the call exists), so the
 stream websocket can prove it belongs to the call we placed.
+
+Each create also carries a per-attempt nonce in its callback URLs (stored with
+the attempt before the create): Twilio has no idempotency key for calls, so when
+a create's answer is lost the ``initiated`` callback (matched by nonce) or the
+Calls list (:meth:`TwilioCallPlacer.find_calls`) is how the dispatcher learns
+that the call exists, instead of dialling a second time.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 import aiohttp
 from twilio.base.exceptions import TwilioRestException
@@ -21,7 +29,8 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from storage.errors import ProviderConnectionError, ProviderError, ProviderStatusError, ProviderTimeoutError
-from storage.models import Job
+from storage.models import Job, utcnow
+from storage.ports import FoundCall
 
 PROVIDER = "twilio"
 STREAM_PATH = "/twilio/stream"
@@ -31,6 +40,8 @@ VOICE_PATH = "/twilio/voice"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 #: Twilio error code for "Call is not in-progress" (hanging up an ended call).
 _NOT_IN_PROGRESS = 21220
+#: Enough to see every call one attempt could have made to one number.
+_FIND = 50
 
 
 class _MetaStore(Protocol):
@@ -63,6 +74,11 @@ def stream_twiml(public_base_url: str, job_id: str, token: str) -> str:
     return str(response)
 
 
+def new_nonce() -> str:
+    """A per-attempt nonce for the callback URLs (not a secret: the callbacks are signed)."""
+    return secrets.token_urlsafe(12)
+
+
 def map_twilio_error(e: BaseException, what: str) -> ProviderError:
     """Translate SDK / transport errors into our retry-aware tree."""
     if isinstance(e, TwilioRestException):
@@ -87,7 +103,10 @@ class TwilioCallPlacer:
         api_base_url: Twilio REST base (``https://api.twilio.com`` or the sandbox).
         max_call_seconds: hard cap on call length (Twilio ``TimeLimit``).
         ring_timeout: seconds to let the phone ring (Twilio ``Timeout``).
-        http_timeout: seconds per REST request.
+        http_timeout: seconds per REST request (enforced here: the SDK's async client
+            does not pass its own timeout on to aiohttp).
+        now: wall time in UTC; the dial start it stamps is compared with Twilio's own clock
+            (the Calls list's ``StartTime``), so it must be real time, not a test's fake clock.
     """
 
     def __init__(
@@ -102,6 +121,7 @@ class TwilioCallPlacer:
         max_call_seconds: int = 600,
         ring_timeout: int = 30,
         http_timeout: float = 15.0,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
         self._account_sid = account_sid
@@ -112,6 +132,7 @@ class TwilioCallPlacer:
         self._max_call_seconds = max_call_seconds
         self._ring_timeout = ring_timeout
         self._http_timeout = http_timeout
+        self._now = now
         self._client: Client | None = None
         self._http: AsyncTwilioHttpClient | None = None
 
@@ -130,44 +151,86 @@ class TwilioCallPlacer:
         self._http = None
         self._client = None
 
-    def _url(self, path: str, job_id: str) -> str:
-        return f"{self.public_base_url}{path}?job={quote(job_id, safe='')}"
+    @property
+    def from_number(self) -> str:
+        """Our caller id (the ``From`` of every call we place)."""
+        return self._from
+
+    def _url(self, path: str, job_id: str, nonce: str) -> str:
+        return f"{self.public_base_url}{path}?{urlencode({'job': job_id, 'nonce': nonce})}"
 
     async def place_call(self, job: Job) -> str:
         """Create the call; returns its CallSid.
 
+        Before the create, the stream token's hash and the attempt's nonce and start
+        time are stored with the job: the stream may connect, and the ``initiated``
+        callback arrive, before the create returns (or if its answer is lost).
+
         Raises:
-            ProviderError: creation failed (``retryable`` per status).
+            ProviderError: creation failed (``retryable`` per status). A timeout or
+                transport error (not an HTTP status) means the call may exist all the same.
         """
-        token = secrets.token_urlsafe(32)
-        # Stored before the call exists: the stream may connect before create returns.
-        await self._store.update_meta(job.id, stream_token_sha256=token_sha256(token))
+        token, nonce = secrets.token_urlsafe(32), new_nonce()
+        await self._store.update_meta(
+            job.id,
+            stream_token_sha256=token_sha256(token),
+            call_nonce=nonce,
+            call_nonce_attempt=job.attempts,
+            dial_started_at=self._now(),
+        )
         twiml = stream_twiml(self.public_base_url, job.id, token)
         try:
-            call = await self._twilio().calls.create_async(
-                to=job.request.phone,
-                from_=self._from,
-                twiml=twiml,
-                status_callback=self._url(STATUS_PATH, job.id),
-                status_callback_event=STATUS_EVENTS,
-                status_callback_method="POST",
-                timeout=self._ring_timeout,
-                machine_detection="DetectMessageEnd",
-                async_amd="true",
-                async_amd_status_callback=self._url(AMD_PATH, job.id),
-                async_amd_status_callback_method="POST",
-                time_limit=self._max_call_seconds,
-            )
+            async with asyncio.timeout(self._http_timeout):
+                call = await self._twilio().calls.create_async(
+                    to=job.request.phone,
+                    from_=self._from,
+                    twiml=twiml,
+                    status_callback=self._url(STATUS_PATH, job.id, nonce),
+                    status_callback_event=STATUS_EVENTS,
+                    status_callback_method="POST",
+                    timeout=self._ring_timeout,
+                    machine_detection="DetectMessageEnd",
+                    async_amd="true",
+                    async_amd_status_callback=self._url(AMD_PATH, job.id, nonce),
+                    async_amd_status_callback_method="POST",
+                    time_limit=self._max_call_seconds,
+                )
         except (TwilioRestException, *_TRANSPORT_ERRORS) as e:
             raise map_twilio_error(e, "create call") from e
         if not call.sid:
             raise ProviderConnectionError("twilio create call: answer without a sid", provider=PROVIDER)
         return str(call.sid)
 
+    async def find_calls(self, to: str, *, started_after: datetime) -> list[FoundCall]:
+        """Our calls (``From`` = our caller id) to ``to`` that may have begun since ``started_after``.
+
+        Two reads of Twilio's Calls list: ``StartTime>`` for calls that started dialling
+        (filtered here again to the second, since Twilio documents the filter by day),
+        and ``Status=queued`` for calls that have no start time yet.
+
+        Raises:
+            ProviderError: Twilio could not be asked; whether a call exists is unknown.
+        """
+        after = started_after.astimezone(UTC)
+        calls = self._twilio().calls
+        try:
+            async with asyncio.timeout(self._http_timeout):
+                started = await calls.list_async(to=to, from_=self._from, start_time_after=after, limit=_FIND)
+                queued = await calls.list_async(to=to, from_=self._from, status="queued", limit=_FIND)
+        except (TwilioRestException, *_TRANSPORT_ERRORS) as e:
+            raise map_twilio_error(e, "list calls") from e
+        found: dict[str, FoundCall] = {}
+        for call in [*started, *queued]:
+            start = call.start_time
+            if call.sid and (start is None or start >= after.replace(microsecond=0)):
+                found[str(call.sid)] = FoundCall(str(call.sid), str(call.status), start)
+        return list(found.values())
+
     async def call_status(self, call_sid: str) -> str:
         """Twilio's current status of the call (for crash reconciliation)."""
         try:
-            call = await self._twilio().calls(call_sid).fetch_async()
+            async with asyncio.timeout(self._http_timeout):
+                call = await self._twilio().calls(call_sid).fetch_async()
         except (TwilioRestException, *_TRANSPORT_ERRORS) as e:
             raise map_twilio_error(e, "fetch call") from e
         return str(call.status)
@@ -175,7 +238,8 @@ class TwilioCallPlacer:
     async def hang_up(self, call_sid: str) -> None:
         """End the call; a call that already ended is not an error."""
         try:
-            await self._twilio().calls(call_sid).update_async(status="completed")
+            async with asyncio.timeout(self._http_timeout):
+                await self._twilio().calls(call_sid).update_async(status="completed")
         except TwilioRestException as e:
             if e.status == 400 and e.code == _NOT_IN_PROGRESS:
                 return

@@ -9,6 +9,12 @@ handler is idempotent and each call reports exactly one outcome.
 A call's ``CallSession`` is created at the first callback (``initiated`` —
 while the phone rings), so its Deepgram sockets are open before the callee
 answers; the websocket is attached to it when Twilio connects the stream.
+
+Every callback URL carries the nonce of the attempt that placed the call. A
+callback whose nonce is the job's current one records its CallSid for that
+attempt if none is recorded yet: so a call whose create answer was lost
+(timeout, dropped connection, crash) is still known, and the dispatcher adopts
+it instead of dialling a second time.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import MultiDict
 
 from storage.errors import JobNotFound, ProviderError
-from storage.models import CallOutcome, Job, OutcomeKind, Turn
+from storage.models import CallOutcome, Job, JobState, OutcomeKind, Turn
 from storage.ports import OutcomeSink
 from telephony import media_stream
 from telephony.security import SIGNATURE_HEADER, TwilioSignatures, token_matches
@@ -67,6 +73,7 @@ class _Store(Protocol):
     async def get(self, job_id: str) -> Job: ...
     async def find_by_call_sid(self, call_sid: str) -> Job | None: ...
     async def update_meta(self, job_id: str, **values: Any) -> Job: ...
+    async def set_call_sid(self, job_id: str, call_sid: str) -> Job: ...
 
 
 class _HangUpper(Protocol):
@@ -83,6 +90,11 @@ class _Call:
     answered: bool = False
     reported: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+
+
+def _current_nonce(job: Job, nonce: str | None) -> bool:
+    """The callback belongs to the call placed for the job's current attempt."""
+    return bool(nonce) and job.dial_nonce == nonce
 
 
 class TwilioWebhooks:
@@ -178,9 +190,18 @@ class TwilioWebhooks:
             job = await self._store.get(job_id) if job_id else await self._store.find_by_call_sid(call_sid)
         except JobNotFound:
             return None
+        if job is not None and call_sid and _current_nonce(job, request.query.get("nonce")):
+            job = await self._record_call_sid(job, call_sid)
         if job is not None and job.call_sid and call_sid and job.call_sid != call_sid:
             return None  # a late callback of an earlier attempt
         return job
+
+    async def _record_call_sid(self, job: Job, call_sid: str) -> Job:
+        """The current attempt's call, seen here first: record its CallSid (the create may never answer)."""
+        if job.state is not JobState.DIALING or job.current_call_sid is not None:
+            return job
+        log.info("errand %s: call %s known from its callback before the create answered", job.id, call_sid)
+        return await self._store.set_call_sid(job.id, call_sid)
 
     async def _call(self, job: Job, call_sid: str) -> _Call | None:
         """This call's entry; a new one only while the call may still be live.

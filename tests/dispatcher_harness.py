@@ -24,7 +24,7 @@ from storage.db import Database
 from storage.errors import ProviderError
 from storage.jobs import JobStore
 from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, Platform, Turn
-from storage.ports import JobEvent
+from storage.ports import FoundCall, JobEvent
 
 WEEKDAYS = "mon-fri 09:00-17:00"
 
@@ -82,6 +82,9 @@ class FakePlacer:
         if self.gate is not None:
             await self.gate.wait()
         return call_sid
+
+    async def find_calls(self, to: str, *, started_after: datetime) -> list[FoundCall]:
+        return []
 
     async def call_status(self, call_sid: str) -> str:
         if self.status_error is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from dispatcher_harness import FakeNotifier, request
@@ -18,6 +18,7 @@ from concierge.dispatcher import Dispatcher
 from storage.db import Database
 from storage.jobs import JobStore
 from storage.models import CallOutcome, Job, JobState, OutcomeKind
+from storage.ports import FoundCall
 
 JOBS = 200
 ALWAYS_OPEN = "mon-sun 00:00-24:00"
@@ -51,6 +52,9 @@ class AnsweringPlacer:
         self.ended.append(job_id)
         if len(self.ended) >= JOBS:
             self.all_ended.set()
+
+    async def find_calls(self, to: str, *, started_after: datetime) -> list[FoundCall]:
+        return []
 
     async def call_status(self, call_sid: str) -> str:
         return "completed"

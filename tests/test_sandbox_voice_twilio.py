@@ -8,8 +8,10 @@ import json
 import math
 import warnings
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from twilio.base.exceptions import TwilioRestException
@@ -19,7 +21,7 @@ from twilio.rest import Client
 
 from sandbox.callee import CalleeScript, HangUp, Interrupt, Pause, Say, WaitDigits, WaitTurn
 from sandbox.speech import SpeechDecoder, VoiceStart, WordHeard, encode_speech, silence
-from sandbox.twilio import Behavior, SandboxTwilio
+from sandbox.twilio import Behavior, LostAnswer, SandboxTwilio
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -34,7 +36,7 @@ pytestmark = [
 
 SID = "AC" + "0" * 32
 TOKEN = "secret-token"
-TO, FROM = "+14155550100", "+14155550199"
+TO, FROM, OTHER = "+14155550100", "+14155550199", "+14155550123"
 ALL_EVENTS = ["initiated", "ringing", "answered", "completed"]
 
 
@@ -389,3 +391,56 @@ async def test_stop_with_a_live_call_sends_stop_and_completes(env: Any) -> None:
     assert call.done.is_set() and call.status == "completed" and call.ended_by == "api"
     await stream.until(lambda: stream.closed)
     assert stream.messages[-1]["event"] == "stop"
+
+
+async def test_calls_list_filters_and_pages_like_twilio(env: Any) -> None:
+    sandbox, app, client = env
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    for to in (TO, TO, OTHER, TO):
+        await create(client, app, to=to)
+    await app.wait_posts("status", 4)  # every call has started dialling (initiated)
+    mine = sorted((c for c in sandbox.calls.values() if c.to == TO), key=lambda c: c.created_at, reverse=True)
+
+    listed = await client.calls.list_async(to=TO, from_=FROM)
+    assert [c.sid for c in listed] == [c.sid for c in mine]  # newest first
+    assert all(c.start_time is not None and c.start_time >= before for c in listed)  # RFC 2822 parsed
+    paged = await client.calls.list_async(to=TO, from_=FROM, page_size=1)
+    assert [c.sid for c in paged] == [c.sid for c in mine]  # followed next_page_uri twice
+    assert [c.sid for c in await client.calls.list_async(to=OTHER)] == [
+        c.sid for c in sandbox.calls.values() if c.to == OTHER
+    ]
+    assert len(await client.calls.list_async(to=TO, start_time_after=before)) == 3
+    assert await client.calls.list_async(to=TO, start_time_after=datetime.now(UTC) + timedelta(hours=1)) == []
+    assert await client.calls.list_async(to=TO, start_time_before=before) == []
+    assert await client.calls.list_async(to=TO, from_="+14155550000") == []
+    # the raw envelope, with a bare date as Twilio documents the filter
+    today = datetime.now(UTC).date().isoformat()
+    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(SID, TOKEN)) as http:
+        url = f"{sandbox.base_url}/2010-04-01/Accounts/{SID}/Calls.json"
+        async with http.get(url, params={"To": TO, "StartTime>": today, "PageSize": "2"}) as resp:
+            page = await resp.json()
+    envelope = {"calls", "page", "page_size", "uri", "start", "end"}
+    assert set(page) == envelope | {"next_page_uri", "first_page_uri", "previous_page_uri"}
+    assert (page["page"], page["page_size"], page["start"], page["end"]) == (0, 2, 0, 1)
+    assert page["previous_page_uri"] is None and "Page=1" in page["next_page_uri"]
+    assert {"sid", "status", "to", "from", "start_time", "date_created"} <= set(page["calls"][0])
+
+
+async def test_lost_create_answer_still_places_the_call(env: Any) -> None:
+    sandbox, app, client = env
+    sandbox.program(TO, Behavior.NO_ANSWER)
+    sandbox.lose_next_create_answer(LostAnswer.DROP)
+    with pytest.raises(aiohttp.ClientError):
+        await create(client, app)
+    call = await sandbox.wait_for_call()
+    assert sandbox.lost_answers == [call.sid]
+    posts = await app.wait_posts("status", 1)
+    assert posts[0]["CallSid"] == call.sid and posts[0]["CallStatus"] == "initiated"  # it really rings
+
+    sandbox.lose_next_create_answer(LostAnswer.HANG)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):  # the SDK's own client passes no timeout to aiohttp
+            await create(client, app)
+    assert len(sandbox.calls) == 2 and len(sandbox.lost_answers) == 2
+    await asyncio.wait_for(call.done.wait(), 5)
+    assert call.status == "no-answer"
