@@ -1,7 +1,6 @@
 """A local stand-in for the Microsoft Graph calendar endpoints Concierge uses.
 
-``POST /v1.0/users/{id}/calendar/getSchedule`` (free/busy),
-``GET /v1.0/users/{id}/calendar/calendarView`` (and ``/calendarView``) and
+``POST /v1.0/users/{id}/calendar/getSchedule`` (free/busy) and
 ``POST /v1.0/users/{id}/events`` (idempotent on ``transactionId``, like Graph).
 msgraph-sdk sends camelCase JSON; Graph's docs show PascalCase — both are read.
 A bearer token is required. Faults (429/503 with ``Retry-After``) can be
@@ -13,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -102,8 +101,6 @@ class SandboxGraph:
         app = web.Application(middlewares=[self._gate])
         base = "/v1.0/users/{uid}"
         app.router.add_post(base + "/calendar/getSchedule", self._get_schedule)
-        app.router.add_get(base + "/calendar/calendarView", self._calendar_view)
-        app.router.add_get(base + "/calendarView", self._calendar_view)
         app.router.add_post(base + "/events", self._create_event)
         app.router.add_post(base + "/calendar/events", self._create_event)
         self._runner = web.AppRunner(app, handle_signals=False)
@@ -200,29 +197,6 @@ class SandboxGraph:
         value = [
             {"scheduleId": sid, "availabilityView": "".join(view), "scheduleItems": items}
             for sid in (_get(body, "schedules") or [self.user_id])
-        ]
-        return web.json_response({"value": value})
-
-    async def _calendar_view(self, request: web.Request) -> web.Response:
-        q = {k.lower(): v for k, v in request.query.items()}
-        try:
-            start = datetime.fromisoformat(q["startdatetime"].replace("Z", "+00:00"))
-            end = datetime.fromisoformat(q["enddatetime"].replace("Z", "+00:00"))
-        except (KeyError, ValueError):
-            return _odata_error(400, "ErrorInvalidParameter", "startDateTime and endDateTime are required")
-        start = start if start.tzinfo else start.replace(tzinfo=UTC)
-        end = end if end.tzinfo else end.replace(tzinfo=UTC)
-        zone = self._out_zone(request)
-        value = [
-            {
-                "id": f"busy-{i}",
-                "subject": "Busy",
-                "showAs": "busy",
-                "start": _dttz(s, zone),
-                "end": _dttz(e, zone),
-            }
-            for i, (s, e) in enumerate(self._all_busy())
-            if s < end and e > start
         ]
         return web.json_response({"value": value})
 

@@ -36,7 +36,6 @@ PROVIDER = "twilio"
 STREAM_PATH = "/twilio/stream"
 STATUS_PATH = "/twilio/status"
 AMD_PATH = "/twilio/amd"
-VOICE_PATH = "/twilio/voice"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 #: Twilio error code for "Call is not in-progress" (hanging up an ended call).
 _NOT_IN_PROGRESS = 21220

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -40,10 +39,7 @@ from telephony.twilio_rest import (
     AMD_PATH,
     STATUS_PATH,
     STREAM_PATH,
-    VOICE_PATH,
-    stream_twiml,
     stream_url,
-    token_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -134,7 +130,6 @@ class TwilioWebhooks:
         self._closing = False
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post(VOICE_PATH, self.voice)
         app.router.add_post(STATUS_PATH, self.status)
         app.router.add_post(AMD_PATH, self.amd)
         app.router.add_get(STREAM_PATH, self.stream)
@@ -253,18 +248,6 @@ class TwilioWebhooks:
                 del self._calls[call.call_sid]
 
     # --- routes -------------------------------------------------------------------------------
-
-    async def voice(self, request: web.Request) -> web.StreamResponse:
-        """TwiML for calls created with ``url=``: a fresh one-time stream token."""
-        params = await self._signed_form(request)
-        if isinstance(params, web.Response):
-            return params
-        job = await self._job_for(request, params.get("CallSid", ""))
-        if job is None or not job.state.is_active:
-            return web.Response(text="<Response><Hangup/></Response>", content_type="text/xml")
-        token = secrets.token_urlsafe(32)
-        await self._store.update_meta(job.id, stream_token_sha256=token_sha256(token))
-        return web.Response(text=stream_twiml(self._public, job.id, token), content_type="text/xml")
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         """Call progress: answered → in_call; unanswered → outcome; completed → end the session."""
