@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
-from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 from kiota_abstractions.api_error import APIError
@@ -51,7 +50,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import kiota_abstractions.default_query_parameters  # noqa: F401
     import msgraph.generated.users.item.calendar.calendar_request_builder  # noqa: F401
-    import msgraph.generated.users.item.calendar.calendar_view.calendar_view_request_builder  # noqa: F401
     import msgraph.generated.users.item.calendar.get_schedule.get_schedule_request_builder  # noqa: F401
     import msgraph.generated.users.item.events.events_request_builder  # noqa: F401
     import msgraph.generated.users.item.user_item_request_builder  # noqa: F401
@@ -71,29 +69,6 @@ T = TypeVar("T")
 GRAPH_RETRY = Backoff(
     max_attempts=3, base_delay=0.5, jitter=0.25, max_retry_after=10.0, clamp_retry_after=False
 )
-
-
-class StaticTokenCredential:
-    """An async token credential that always presents the same bearer token.
-
-    For ``GRAPH_STATIC_TOKEN``: a server run from a test harness against a local
-    Graph stand-in, which accepts one fixed token and has no sign-in service.
-    """
-
-    def __init__(self, token: str, expires_on: int = 4_102_444_800) -> None:
-        self._token = AccessToken(token, expires_on)
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return self._token
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StaticTokenCredential:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def build_graph_client(
@@ -282,7 +257,7 @@ class GraphCalendar:
         self.retry = retry
         self._sleep = sleep
 
-    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         async def once() -> T:
             try:
                 return await fn()
@@ -313,7 +288,7 @@ class GraphCalendar:
         async def post() -> Any:
             return _raise_for_status(await builder.post(body, request_configuration=config))
 
-        answer = await self._call("getSchedule", post)
+        answer = await self._call(post)
         if not isinstance(answer, dict):
             raise ProviderStatusError(
                 "Graph returned a getSchedule answer that is not a JSON object", provider=PROVIDER, status=502
@@ -362,7 +337,7 @@ class GraphCalendar:
             answer = await builder.post(event, request_configuration=config)
             return _raise_for_status(answer)
 
-        created = await self._call("create event", post)
+        created = await self._call(post)
         link = created.get("webLink") if isinstance(created, dict) else None
         if not isinstance(link, str) or not link:
             raise ProviderStatusError(

@@ -24,8 +24,8 @@ import psutil
 from concierge import warmup
 from concierge.app import Concierge, bind
 from concierge.clock import SystemClock
-from concierge.demo_env import sandbox_graph_credential
 from concierge.settings import Settings
+from demo.world import sandbox_graph_credential
 from storage.models import (
     BookingWindow,
     CallRequest,

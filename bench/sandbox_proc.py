@@ -33,8 +33,8 @@ from typing import Any
 
 import psutil
 
-from concierge.demo_env import DEFAULTS, GRAPH_TOKEN
 from concierge.warmup import freeze_heap
+from demo.world import DEFAULTS, GRAPH_TOKEN
 from sandbox import scenarios
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.callee import CalleeScript

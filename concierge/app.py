@@ -4,7 +4,8 @@
 service through its official SDK, pointed at the base URL the settings give —
 and owns their lifetimes. ``concierge serve`` runs it until SIGINT/SIGTERM;
 ``concierge serve --sandbox`` and ``concierge demo`` run the same object
-against ``sandbox/`` (see ``concierge.demo_env``).
+against ``sandbox/``, handing it the settings and the Graph credential the
+sandbox needs (see the top-level ``demo`` package, which the product never imports).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aiohttp import web
 from azure.core.credentials_async import AsyncTokenCredential
 from slack_bolt.async_app import AsyncApp
 
-from agent.calendar import GraphCalendar, StaticTokenCredential, build_graph_client
+from agent.calendar import GraphCalendar, build_graph_client
 from agent.conversation import ClaudeAgent
 from agent.limits import CallLimits
 from agent.llm import build_anthropic
@@ -89,7 +90,8 @@ class Concierge:
         settings: configuration (``settings.public_base_url`` must be final).
         clock: wall clock for the queue and the dispatcher (the demo fast-forwards it).
         graph_credential: token source for Microsoft Graph; ``None`` uses the app-only
-            client-secret credential from settings.
+            client-secret credential from settings. The sandbox's token is injected here
+            by whoever starts the sandbox, so the product knows nothing of it.
         owner: lease name of this server; stable across restarts so a restart adopts
             its own unfinished calls.
         call_metrics: receives each call's ``CallMetrics`` when it ends (the benchmark subscribes).
@@ -141,8 +143,7 @@ class Concierge:
             s.graph_client_id,
             s.graph_client_secret,
             s.graph_base_url,
-            credential=self._graph_credential
-            or (StaticTokenCredential(s.graph_static_token) if s.graph_static_token else None),
+            credential=self._graph_credential,
         )
         self.calendar = GraphCalendar(graph, s.graph_user_id)
         self.placer = TwilioCallPlacer(
@@ -422,7 +423,7 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
 
 #: Settings whose values never appear in logs (the from-number is masked as a phone number).
 _NOT_SECRET = {"TWILIO_FROM_NUMBER", "PUBLIC_BASE_URL"}
-_ALSO_SECRET = ("TELEGRAM_WEBHOOK_SECRET", "SLACK_APP_TOKEN", "GRAPH_STATIC_TOKEN")
+_ALSO_SECRET = ("TELEGRAM_WEBHOOK_SECRET", "SLACK_APP_TOKEN")
 
 
 def log_secrets(settings: Settings) -> list[str]:

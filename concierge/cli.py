@@ -1,9 +1,16 @@
-"""The ``concierge`` command: serve, demo, jobs, numbers, doctor.
+"""The ``concierge`` command: serve, jobs, numbers, doctor, and the commands a source checkout adds (demo).
 
 ``jobs`` reads the queue straight from the database named by DATABASE_URL,
 so it works whether or not the server is running (SQLite WAL lets it read
-while the server writes). ``serve`` and ``demo`` import their modules lazily:
-they pull in every SDK, which ``jobs`` and ``doctor`` do not need.
+while the server writes). ``serve`` imports its module lazily: it pulls in
+every SDK, which ``jobs`` and ``doctor`` do not need.
+
+The product never imports the sandbox or the demo. A source checkout plugs
+them in through entry points (declared in ``pyproject.toml``): each entry of
+``concierge.commands`` is a ``Command`` (``concierge demo``), and the entry
+``sandbox`` of ``concierge.environments`` is the ``serve.Environment`` behind
+``serve --sandbox``. Installed from the wheel alone, those entries name modules
+that are not there, and the command says so in one line.
 """
 
 from __future__ import annotations
@@ -11,13 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import inspect
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 from zoneinfo import ZoneInfo
 
 import phonenumbers
@@ -32,12 +39,58 @@ from storage.models import Job, JobState, Turn
 from storage.numbers import SOURCE_OPERATOR, DoNotCall
 
 EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
+COMMANDS = "concierge.commands"
+ENVIRONMENTS = "concierge.environments"
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Command(Protocol):
+    """A subcommand plugged in through the ``concierge.commands`` entry-point group."""
+
+    help: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the command's options on its own subparser."""
+
+    def run(self, args: argparse.Namespace) -> int:
+        """Run the command; returns the exit code."""
+
+
+class _Unavailable:
+    """Stands in for a plugged-in command whose module is not installed (the wheel without a checkout)."""
+
+    help = "(needs a source checkout)"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """None: whatever follows is the missing command's to read (``main`` lets it through)."""
+
+    def run(self, args: argparse.Namespace) -> int:
+        print(f"the {self.name} needs a source checkout: run `make {self.name}`", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+def _load(group: str, name: str) -> Any | None:
+    """The object an entry point names, or ``None`` when its module is not installed."""
+    for ep in entry_points(group=group, name=name):
+        try:
+            return ep.load()
+        except (ImportError, AttributeError):
+            return None
+    return None
+
+
+def plugged_commands() -> dict[str, Command]:
+    """Every command of the ``concierge.commands`` group, by name."""
+    return {ep.name: _load(COMMANDS, ep.name) or _Unavailable(ep.name) for ep in entry_points(group=COMMANDS)}
+
+
+def build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="concierge", description="AI phone assistant: queue errands, phone businesses, book slots."
     )
+    parser.set_defaults(plugged=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the server (webhooks, bots, dispatcher)")
@@ -45,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default: HOST setting)")
     serve.add_argument("--port", type=int, help="port to bind (default: PORT setting)")
 
-    demo = sub.add_parser("demo", help="run a scripted call end to end against the sandbox")
-    demo.add_argument("--scenario", help="scenario name (see --list)")
-    demo.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    for name, command in (plugged_commands() if commands is None else commands).items():
+        plugged = sub.add_parser(name, help=command.help)
+        command.add_arguments(plugged)
+        plugged.set_defaults(plugged=command)
 
     sub.add_parser("doctor", help="check configuration: what is set, what is missing")
 
@@ -78,29 +132,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``concierge`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not isinstance(args.plugged, _Unavailable):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     out = sys.stdout
     if args.command == "doctor":
         return run_doctor(out)
     if args.command == "serve":
-        return _run_lazy("concierge.serve", "serve_main", args, "concierge serve")
-    if args.command == "demo":
-        return _run_lazy("concierge.demo", "demo_main", args, "concierge demo")
+        return _serve(args)
     if args.command == "numbers":
         return _numbers(args, out)
+    if args.plugged is not None:
+        return int(args.plugged.run(args))
     return _jobs(args, out)
 
 
-def _run_lazy(module: str, func: str, args: argparse.Namespace, what: str) -> int:
-    try:
-        target: Callable[[argparse.Namespace], Any] = getattr(__import__(module, fromlist=[func]), func)
-    except (ImportError, AttributeError) as e:
-        print(f"{what} is not available: cannot load {module}.{func} ({e}).", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    result = target(args)
-    if inspect.iscoroutine(result):
-        result = asyncio.run(result)
-    return int(result or 0)
+def _serve(args: argparse.Namespace) -> int:
+    environment = None
+    if args.sandbox:
+        environment = _load(ENVIRONMENTS, "sandbox")
+        if environment is None:
+            print(
+                "the sandbox needs a source checkout: run `make .venv/.installed` there, then"
+                " `.venv/bin/concierge serve --sandbox`",
+                file=sys.stderr,
+            )
+            return EXIT_UNAVAILABLE
+    from concierge.serve import serve_main
+
+    return serve_main(args, environment=environment)
 
 
 # -- jobs -------------------------------------------------------------------

@@ -98,7 +98,6 @@ class Settings(BaseSettings):
     graph_client_secret: str = ""
     graph_user_id: str = ""
     graph_base_url: str = "https://graph.microsoft.com/v1.0"
-    graph_static_token: str = ""
 
     # Server and storage
     host: str = "127.0.0.1"

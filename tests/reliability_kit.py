@@ -1,6 +1,6 @@
 """Shared driver for the reliability tests: one errand through the whole product, with faults.
 
-Like ``concierge.demo.run_scenario`` (the person writes to the sandbox Telegram
+Like ``demo.runner.run_scenario`` (the person writes to the sandbox Telegram
 bot, presses Confirm, the clock is fast-forwarded to each attempt's due time),
 but each attempt's sandbox programme is chosen by the test, and a ``CallWatch``
 checks on every call Twilio creates that no other call of the same errand is
@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 
 from concierge.app import Concierge
 from concierge.clock import OffsetClock
-from concierge.demo import MESSAGE, PHONE, start_stack, wait_until
-from concierge.demo_env import DEMO_TELEGRAM_USER, SandboxWorld
+from demo.runner import MESSAGE, PHONE, start_stack, wait_until
+from demo.world import DEMO_TELEGRAM_USER, SandboxWorld
 from sandbox import scenarios
 from sandbox.callee import CalleeScript, Say, WaitTurn
 from sandbox.telegram import Sent

@@ -1,26 +1,33 @@
 """``concierge serve`` as a real subprocess pointed at a sandbox world running in the test process.
 
 The server is configured only through environment variables (the settings'
-field names upper-cased), exactly as a deployment would be; Graph uses
-``GRAPH_STATIC_TOKEN`` since the sandbox has no sign-in service. The working
-directory is a temporary one, so no ``.env`` of the checkout is read.
+field names upper-cased), exactly as a deployment would be. The one thing an
+environment variable cannot give it is the Graph credential the sandbox
+accepts (the sandbox has no sign-in service): run as a script, this module is
+``concierge serve`` (``serve_main``) with that credential injected, the way
+``serve --sandbox`` injects it. The working directory is a temporary one, so no
+``.env`` of the checkout is read.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from concierge.demo_env import GRAPH_TOKEN, SandboxWorld
+from concierge.serve import Wiring, serve_main
 from concierge.settings import Settings
+from demo.world import SandboxWorld, sandbox_graph_credential
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
 
 
 def free_port() -> int:
@@ -35,7 +42,6 @@ def server_env(world: SandboxWorld, *, port: int, database_path: Path, **overrid
         public_base_url=f"http://127.0.0.1:{port}",
         port=port,
         database_path=str(database_path),
-        graph_static_token=GRAPH_TOKEN,
         **overrides,
     )
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
@@ -46,8 +52,14 @@ def server_env(world: SandboxWorld, *, port: int, database_path: Path, **overrid
     return env
 
 
+@contextlib.asynccontextmanager
+async def sandbox_graph(settings: Settings, port: int, ready: Callable[[str], Any]) -> AsyncIterator[Wiring]:
+    """The settings as the environment gave them, plus the Graph credential the sandbox accepts."""
+    yield Wiring(settings, graph_credential=sandbox_graph_credential())
+
+
 class Server:
-    """One ``python -m concierge serve`` process; its log goes to ``log_path``."""
+    """One ``concierge serve`` process (this module as a script); its log goes to ``log_path``."""
 
     def __init__(self, env: dict[str, str], cwd: Path, log_path: Path) -> None:
         self.env, self.cwd, self.log_path = env, cwd, log_path
@@ -59,9 +71,7 @@ class Server:
         self._log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # closed in wait()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "concierge",
-            "serve",
+            str(SCRIPT),
             cwd=self.cwd,
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
@@ -107,3 +117,7 @@ class Server:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main(argparse.Namespace(host=None, port=None), environment=sandbox_graph))

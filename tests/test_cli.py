@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -31,6 +31,7 @@ from storage.models import (
     TurnLatency,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 ALL_SET = {
     "TELEGRAM_BOT_TOKEN": "123:abc",
     "TELEGRAM_ALLOWED_USERS": "42",
@@ -219,10 +220,59 @@ def test_jobs_list_without_database_creates_nothing(
     assert not (tmp_path / "none.db").exists()
 
 
-def test_unavailable_subcommand_module_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli._run_lazy("concierge.not_written_yet", "serve_main", argparse.Namespace(), "concierge serve")
-    assert code == 2
-    assert "concierge serve is not available" in capsys.readouterr().err
+def test_demo_is_plugged_in_from_the_checkout(capsys: pytest.CaptureFixture[str]) -> None:
+    from demo.commands import DEMO
+
+    assert cli.plugged_commands()["demo"] is DEMO
+    assert cli.main(["demo", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "clash" in listed and "happy" in listed
+    assert cli.main(["demo", "--scenario", "no-such-scenario"]) == 2
+    assert "unknown scenario 'no-such-scenario'" in capsys.readouterr().err
+
+
+def test_without_the_checkout_demo_and_sandbox_say_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What a wheel-only install sees: the entry points are declared, their module is not there.
+    for name in [m for m in sys.modules if m == "demo" or m.startswith("demo.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "demo", None)
+    assert cli.main(["demo", "--scenario", "happy"]) == 2
+    assert capsys.readouterr().err == "the demo needs a source checkout: run `make demo`\n"
+    assert cli.main(["serve", "--sandbox", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("the sandbox needs a source checkout") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+async def test_serve_sandbox_starts_the_world_and_stops_on_sigterm(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "concierge", "serve", "--sandbox", "--host", "127.0.0.1", "--port", "0"),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while line := (await proc.stdout.readline()).decode():
+                lines.append(line)
+                if "concierge ready" in line:
+                    proc.send_signal(signal.SIGTERM)
+            err = (await proc.communicate())[1].decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines)
+    assert proc.returncode == 0, out + err
+    for service in ("telegram", "slack", "twilio", "deepgram", "anthropic", "graph"):
+        assert f"sandbox {service}" in out
+    assert "concierge ready on http://127.0.0.1:" in out and "shutting down" in out
 
 
 def test_parser_knows_every_command() -> None:

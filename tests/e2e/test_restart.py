@@ -27,8 +27,8 @@ from reliability_kit import (
 )
 from serve_proc import Server, free_port, server_env
 
-from concierge.demo_env import DEMO_TELEGRAM_USER, SandboxWorld
 from concierge.settings import Settings
+from demo.world import DEMO_TELEGRAM_USER, SandboxWorld
 from sandbox import scenarios
 from sandbox.twilio import Behavior
 from storage.db import Database

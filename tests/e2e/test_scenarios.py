@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from concierge.demo import ErrandRun, run_scenario, start_stack
-from concierge.demo_env import DEMO_TELEGRAM_USER
+from demo.runner import ErrandRun, run_scenario, start_stack
+from demo.world import DEMO_TELEGRAM_USER
 from sandbox import scenarios
 from storage.models import JobState, OutcomeKind, Speaker
 from storage.numbers import DoNotCall

@@ -21,8 +21,8 @@ from twilio.request_validator import RequestValidator
 
 from concierge.app import Concierge
 from concierge.clock import OffsetClock
-from concierge.demo import start_stack
-from concierge.demo_env import SandboxWorld
+from demo.runner import start_stack
+from demo.world import SandboxWorld
 from storage.models import ChatOrigin, Job, Platform
 
 #: Warnings the sandbox's Twilio SDK client raises on aiohttp 3.13 (not ours to fix).
@@ -58,7 +58,7 @@ class Stack:
 
 
 async def open_stack(*, pace: float = 8.0, **overrides: Any) -> Stack:
-    """``concierge.demo.start_stack`` plus a client session (closed by ``Stack.close``)."""
+    """``demo.runner.start_stack`` plus a client session (closed by ``Stack.close``)."""
     world, app, clock = await start_stack(pace=pace, **overrides)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
     return Stack(world, app, clock, http)

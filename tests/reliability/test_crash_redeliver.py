@@ -15,8 +15,8 @@ import pytest
 from factories import call_request
 
 from concierge.app import Concierge
-from concierge.demo import start_stack, wait_until
-from concierge.demo_env import DEMO_TELEGRAM_USER
+from demo.runner import start_stack, wait_until
+from demo.world import DEMO_TELEGRAM_USER
 from storage.db import Database
 from storage.jobs import JobStore
 from storage.models import (

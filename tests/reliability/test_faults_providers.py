@@ -29,7 +29,7 @@ from reliability_kit import (
     wait_until,
 )
 
-from concierge.demo_env import SandboxWorld
+from demo.world import SandboxWorld
 from sandbox.scenarios import build
 from sandbox.twilio import Behavior
 from storage.models import Job, JobState

@@ -18,8 +18,8 @@ import urllib.parse
 import pytest
 from reliability_support import TWILIO_SDK_WARNINGS, open_stack, twilio_signature
 
-from concierge.demo import PHONE, run_scenario
-from concierge.demo_env import DEMO_SLACK_USER, DEMO_TELEGRAM_USER
+from demo.runner import PHONE, run_scenario
+from demo.world import DEMO_SLACK_USER, DEMO_TELEGRAM_USER
 from storage.redact import REDACTED, Redactor, mask_phone, mask_phones
 
 pytestmark = [pytest.mark.slow, *(pytest.mark.filterwarnings(w) for w in TWILIO_SDK_WARNINGS)]

@@ -1,11 +1,11 @@
 """The sandbox world: every outside service started on loopback, and settings pointing at it.
 
-This is the one place (with ``concierge.demo``) where the product wires in
-``sandbox/``: ``concierge serve --sandbox``, ``concierge demo``, the end-to-end
-tests and the benchmark all start a ``SandboxWorld`` and hand the settings it
-produces to the ordinary ``Concierge``. Credentials already set in the
-environment are used as given (so an outside client can sign requests with
-them); sandbox defaults fill the rest.
+This is where ``sandbox/`` meets the product, outside it: ``concierge serve
+--sandbox``, ``concierge demo``, the end-to-end tests and the benchmark all
+start a ``SandboxWorld`` and hand the settings it produces, plus the Graph
+credential the sandbox accepts, to the ordinary ``Concierge``. Credentials
+already set in the environment are used as given (so an outside client can
+sign requests with them); sandbox defaults fill the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.calendar import StaticTokenCredential
+from azure.core.credentials import AccessToken
+
 from concierge.settings import Settings
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.deepgram import SandboxDeepgram
@@ -47,6 +48,29 @@ DEMO_TELEGRAM_USER = 4242
 DEMO_SLACK_USER = "U0DEMO"
 DEMO_SLACK_TEAM = "T0DEMO"
 GRAPH_TOKEN = "sandbox-graph-token"
+
+
+class StaticTokenCredential:
+    """An async token credential that always presents the same bearer token.
+
+    The sandbox Graph accepts one fixed token and has no sign-in service, so the
+    app is handed this instead of the client-secret credential it builds itself.
+    """
+
+    def __init__(self, token: str, expires_on: int = 4_102_444_800) -> None:
+        self._token = AccessToken(token, expires_on)
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return self._token
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticTokenCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 def sandbox_graph_credential() -> StaticTokenCredential:

@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 
 from concierge.app import Concierge, bind
 from concierge.clock import OffsetClock
-from concierge.demo_env import DEMO_TELEGRAM_USER, SandboxWorld, sandbox_graph_credential
 from concierge.settings import Settings
+from demo.world import DEMO_TELEGRAM_USER, SandboxWorld, sandbox_graph_credential
 from sandbox import scenarios
 from sandbox.telegram import Sent
 from sandbox.twilio import SandboxCall
@@ -274,7 +274,8 @@ async def start_stack(
     return world, app, clock
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def demo(args: argparse.Namespace) -> int:
+    """``concierge demo``: list the scenarios, or run one narrated (``clash`` by default)."""
     if args.list:
         for name in scenarios.NAMES:
             sc = scenarios.build(name, today=datetime.now().date())
@@ -293,8 +294,3 @@ async def _demo(args: argparse.Namespace) -> int:
         await world.stop()
     print(summary(run))
     return 0 if run.ok else 1
-
-
-def demo_main(args: argparse.Namespace) -> int:
-    """Entry point of ``concierge demo``."""
-    return asyncio.run(_demo(args))
