@@ -239,6 +239,11 @@ class Dispatcher:
             self._changed()
 
     @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is looping (tests that need a stack which never dials stop it)."""
+        return self._running
+
+    @property
     def sleeping_until(self) -> datetime | None:
         """The deadline the parked loop sleeps until (``None``: until woken); for tests and the demo."""
         return self._parked_until if self._parked else None

@@ -64,6 +64,32 @@ async def open_stack(*, pace: float = 8.0, **overrides: Any) -> Stack:
     return Stack(world, app, clock, http)
 
 
+async def open_quiet_stack(**overrides: Any) -> Stack:
+    """A stack whose dispatcher is stopped, so it never claims or dials anything itself.
+
+    For tests that aim requests at a job they put in ``dialing`` by hand (``dialing_job``):
+    nothing but the requests under test may touch it. (A cap of 0 calls would do the same,
+    but the settings refuse caps below 1.)
+    """
+    stack = await open_stack(**overrides)
+    dispatcher = stack.app.dispatcher
+
+    async def running() -> bool:
+        return dispatcher.running
+
+    async def stopped() -> bool:
+        return not dispatcher.running
+
+    try:
+        await wait_until(running, 10, "the dispatcher to start")  # a stop before run() would be lost
+        dispatcher.stop()
+        await wait_until(stopped, 10, "the dispatcher to stop")
+    except BaseException:
+        await stack.close()
+        raise
+    return stack
+
+
 def twilio_signature(stack: Stack, url: str, params: dict[str, str]) -> str:
     """What Twilio would put in ``X-Twilio-Signature`` for ``url`` + ``params``."""
     return str(RequestValidator(stack.app.settings.twilio_auth_token).compute_signature(url, params))
@@ -91,7 +117,7 @@ async def snapshot(stack: Stack) -> tuple[Any, ...]:
 
 async def dialing_job(stack: Stack, phone: str = "+14155550123", owner: str = "reliability-test") -> Job:
     """A job in ``dialing`` with a call sid, claimed by ``owner`` (the app's dispatcher must run
-    with ``max_concurrent_calls=0`` so it never claims it first)."""
+    stopped, see ``open_quiet_stack``, so it never claims it first)."""
     origin = ChatOrigin(Platform.TELEGRAM, chat_id="4242", user_id="4242")
     reply = stack.app.flow.intake.from_command(
         "rel:setup", origin, f"{phone} Test Shop | haircut | next week"

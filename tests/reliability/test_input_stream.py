@@ -25,7 +25,7 @@ from reliability_support import (
     TWILIO_SDK_WARNINGS,
     Stack,
     dialing_job,
-    open_stack,
+    open_quiet_stack,
     snapshot,
     twilio_signature,
     wait_until,
@@ -67,7 +67,7 @@ frame = (
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack() -> AsyncIterator[Stack]:
-    s = await open_stack(max_concurrent_calls=0)
+    s = await open_quiet_stack()
     try:
         yield s
     finally:
