@@ -3,7 +3,7 @@
 Why not ``client.messages.stream()``: its ``MessageStream`` rebuilds a full pydantic snapshot of
 the message and a second, derived event for every SSE event. On a phone call every model round
 is on the path between the callee's last word and our first audio, and that bookkeeping was a
-third of our CPU per round (3.1 → 2.1 ms on the bench machine, ``bench/README.md``).
+large share of our CPU per round (the figures are in ``bench/README.md``).
 ``client.messages.create(stream=True)`` yields the wire events themselves; this builder keeps
 only what the conversation needs — the text of each block and each tool call with its input.
 """

@@ -125,7 +125,7 @@ async def warm_up() -> None:
 #: Young collections a little rarer (2,000 allocations, not 700) and full ones far rarer (every
 #: 1,000th middle collection, not every 10th). With 100 live calls a full collection walks the
 #: calls' whole heap — 45-70 ms with the defaults, several times a minute — while a middle one
-#: stays under ~9 ms (bench: frame lag max 72 -> 18 ms, overhead p99 41 -> 21 ms at 100 calls).
+#: stays well under a frame (the bench figures are in ``bench/README.md``).
 #: Cyclic garbage lives a little longer; the call objects are freed by reference counting.
 GC_THRESHOLDS = (2000, 10, 1000)
 

@@ -21,7 +21,7 @@ class JobNotFound(ConciergeError):
 
 
 class IllegalTransition(ConciergeError):
-    """A job state change that the state machine in DESIGN.md forbids."""
+    """A job state change that the state machine (``docs/ARCHITECTURE.md``, ``TRANSITIONS``) forbids."""
 
 
 class LeaseLost(ConciergeError):
