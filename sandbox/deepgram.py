@@ -10,6 +10,12 @@ received (8000 B = 1 s), so results do not depend on how fast a test pushes audi
 ``stt_latency_ms`` delayed outbox, ``self.listens``); its turn rules live in
 ``sandbox.deepgram_flux``. A model that is not Flux, or a threshold out of range, is refused with
 HTTP 400 before the upgrade (after the key check, which answers 401).
+
+``encoding=linear16`` (Deepgram's raw 16-bit little-endian PCM, which Pipecat's Deepgram services
+send and ask for) is accepted on all three sockets at 8000 Hz: the audio is converted to and from
+µ-law at the edge (G.711 round-trips every sandbox speech byte exactly), so the rules behind it
+see the same bytes. Other rates are refused with HTTP 400: resampling would erase the words the
+sandbox speech carries, so the sandbox cannot serve them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +35,39 @@ from sandbox.deepgram_flux import FluxTranscriber
 from sandbox.deepgram_stt import Transcriber
 from sandbox.speech import SAMPLE_RATE, iter_speech
 
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop  # Python 3.13+: provided by the audioop-lts package
+
 _IDLE_SECONDS = 10.0
 
 Message = dict[str, Any]
+
+
+def _linear16(query: dict[str, str]) -> tuple[bool, str | None]:
+    """Whether the socket carries linear16 PCM, and the 400 message for what the sandbox cannot do."""
+    if query.get("encoding", "mulaw").lower() != "linear16":
+        return False, None
+    if query.get("sample_rate", str(SAMPLE_RATE)) != str(SAMPLE_RATE):
+        return True, f"sandbox: linear16 only at {SAMPLE_RATE} Hz (sandbox speech cannot be resampled)"
+    return True, None
+
+
+def _from_pcm(feed: Callable[[bytes], list[Message]]) -> Callable[[bytes], list[Message]]:
+    """A listen feed for linear16 audio: each message's PCM becomes the µ-law the rules read.
+
+    An odd trailing byte (a sample split across messages) waits for the next message.
+    """
+    carry = bytearray()
+
+    def pcm_feed(data: bytes) -> list[Message]:
+        carry.extend(data)
+        whole = len(carry) - len(carry) % 2
+        pcm = bytes(carry[:whole])
+        del carry[:whole]
+        return feed(audioop.lin2ulaw(pcm, 2)) if pcm else []
+
+    return pcm_feed
 
 
 @dataclass
@@ -168,11 +205,13 @@ class SandboxDeepgram:
     # ---------------------------------------------------------------- listen
 
     async def _listen(self, request: web.Request) -> web.StreamResponse:
-        ws = await self._open(request)
+        pcm, problem = _linear16(dict(request.query))
+        ws = await self._open(request, problem)
         if not isinstance(ws, web.WebSocketResponse):
             return ws
         session = ListenSession(query=dict(request.query), ws=ws)
         stt = Transcriber(session.query)
+        feed = _from_pcm(stt.feed) if pcm else stt.feed
 
         def control(data: Message) -> list[Message]:
             if data.get("type") != "Finalize":
@@ -183,7 +222,7 @@ class SandboxDeepgram:
         def closing() -> list[Message]:
             return [*([stt.finalize()] if stt.pending else []), self._metadata(stt)]
 
-        return await self._serve_listen(ws, session, [], stt.feed, control, closing)
+        return await self._serve_listen(ws, session, [], feed, control, closing)
 
     async def _listen_flux(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
@@ -192,13 +231,14 @@ class SandboxDeepgram:
             problem = None
         except ValueError as e:
             flux, problem = None, str(e)
-        ws = await self._open(request, problem)
+        pcm, pcm_problem = _linear16(query)
+        ws = await self._open(request, problem or pcm_problem)
         if not isinstance(ws, web.WebSocketResponse) or flux is None:
             return ws
         session = ListenSession(query=query, ws=ws)
-        return await self._serve_listen(
-            ws, session, [flux.connected()], flux.feed, flux.control, flux.close_stream
-        )
+        feed = _from_pcm(flux.feed) if pcm else flux.feed
+        opening = [flux.connected()]
+        return await self._serve_listen(ws, session, opening, feed, flux.control, flux.close_stream)
 
     async def _serve_listen(
         self,
@@ -306,7 +346,8 @@ class SandboxDeepgram:
     # ----------------------------------------------------------------- speak
 
     async def _speak(self, request: web.Request) -> web.StreamResponse:
-        ws = await self._open(request)
+        _, problem = _linear16(dict(request.query))
+        ws = await self._open(request, problem)
         if not isinstance(ws, web.WebSocketResponse):
             return ws
         session = SpeakSession(query=dict(request.query), ws=ws)
@@ -369,9 +410,12 @@ class SandboxDeepgram:
             text, sequence = await jobs.get()
             if self.tts_ttfb_ms > 0:
                 await asyncio.sleep(self.tts_ttfb_ms / 1000)
+            pcm = _linear16(session.query)[0]
             for chunk in self._tts_chunks(text):
                 if ws.closed:
                     return
+                if pcm:
+                    chunk = audioop.ulaw2lin(chunk, 2)
                 await ws.send_bytes(chunk)
                 session.audio_bytes_sent += len(chunk)
                 await asyncio.sleep(0)  # let a Clear in between chunks win

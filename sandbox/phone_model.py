@@ -103,7 +103,14 @@ def _tool_uses(messages: list[dict[str, Any]]) -> dict[str, Block]:
 
 def _result_text(result: Block) -> str:
     c = result.get("content", "")
-    return c if isinstance(c, str) else " ".join(b.get("text", "") for b in c)
+    text = c if isinstance(c, str) else " ".join(b.get("text", "") for b in c)
+    if text.startswith('"'):  # a framework that JSON-encodes every result (Pipecat): read the string
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return text
+        return decoded if isinstance(decoded, str) else text
+    return text
 
 
 def _booked(messages: list[dict[str, Any]]) -> bool:
