@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench serve clean
+.PHONY: demo test lint bench bench-peer serve clean
 
 # The wheel holds only the product; the .pth puts this checkout on the venv's path, so the
 # `concierge demo` plugin (demo/), sandbox/, bench/ and tests/ import from here.
@@ -30,6 +30,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.latency
+
+# Pipecat for `python -m bench.compare`, in its own venv so its pins never touch ours.
+bench-peer: .venv-peer/.installed
+
+.venv-peer/.installed: bench/peers/requirements.txt
+	$(PY) -m venv .venv-peer
+	.venv-peer/bin/python -m pip install --quiet --upgrade pip
+	.venv-peer/bin/python -m pip install --quiet -r bench/peers/requirements.txt
+	touch $@
 
 serve: $(STAMP)
 	$(BIN)/concierge serve
