@@ -14,9 +14,10 @@ one base URL per service, cannot tell.
 Protocol: one JSON line on stdout once every service listens (endpoints, credentials, the
 programmed numbers); then one command per stdin line — ``stats`` answers a JSON line with this
 process's event-loop lag and CPU time, ``reset`` zeroes them and forgets the calendar events booked
-so far, ``heard`` answers ``{"calls": [{"sid", "to", "turns": [HeardTurn...]}]}``: every call of this
-round as the sandbox's ear heard it (``sandbox.ear``; empty without the Twilio service) — and end
-of input stops the world.
+so far, ``heard`` answers ``{"calls": [{"sid", "to", "seconds", "turns": [HeardTurn...]}], "booked": N}``:
+every call of this round as the sandbox's ear heard it (``sandbox.ear``; empty without the Twilio
+service; ``seconds`` of callee audio) and the events booked in this round (0 without the Graph
+service) — and end of input stops the world.
 """
 
 from __future__ import annotations
@@ -127,7 +128,12 @@ def forget_finished(services: list[Any]) -> None:
 def heard(services: list[Any]) -> list[dict[str, Any]]:
     """Each call's heard turns (``sandbox.ear``), timed by this process's clock."""
     return [
-        {"sid": call.sid, "to": call.to, "turns": call.ear.to_json()}
+        {
+            "sid": call.sid,
+            "to": call.to,
+            "seconds": round(call.callee.seconds, 2),
+            "turns": call.ear.to_json(),
+        }  # fmt: skip
         for service in services
         if isinstance(service, SandboxTwilio)
         for call in service.calls.values()
@@ -191,7 +197,8 @@ async def serve(args: argparse.Namespace) -> None:
             if line == "stats":
                 print(json.dumps(meter.stats() | {"services": wanted, "at": time.monotonic()}), flush=True)
             elif line == "heard":
-                print(json.dumps({"calls": heard(started)}), flush=True)
+                booked = len(graph.events) if graph is not None else 0
+                print(json.dumps({"calls": heard(started), "booked": booked}), flush=True)
             elif line == "reset":
                 if graph is not None:
                     graph.events.clear()  # bookings of the last round would make the offer busy
