@@ -44,8 +44,8 @@ from agent.prompts import build_system_prompt
 from agent.tools import BookingTools
 from bench.harness import PUBLISHED, Bench, SandboxShards, errand, peak_rss_mb
 from bench.latency import Round, heard
-from concierge.demo_env import GRAPH_TOKEN
 from concierge.settings import Settings
+from demo.world import GRAPH_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
