@@ -71,13 +71,21 @@ class Hangup:
 AgentAction = Say | SendDigits | Hangup
 
 
+@dataclass(frozen=True)
+class PreparedCounts:
+    """Early model requests of one call (``Agent.prepare``): how many started, how many thrown away."""
+
+    started: int = 0
+    discarded: int = 0
+
+
 class Agent(ABC):
     """One conversation (one call). Not shared between calls.
 
     Agents subclass this: ``reply``, ``interrupted`` and ``outcome`` are theirs to write, while
-    ``prepare``, ``discard_prepared`` and ``aclose`` are inherited no-ops that an agent overrides
-    only if it starts work ahead of time or owns background work, so the session calls all six
-    unconditionally.
+    ``prepare``, ``discard_prepared``, ``aclose``, ``fixed_phrases`` and ``prepared_counts`` are
+    inherited defaults that an agent overrides only if it starts work ahead of time, owns
+    background work or says fixed words, so the session calls them all unconditionally.
     """
 
     @abstractmethod
@@ -105,6 +113,15 @@ class Agent(ABC):
 
     async def aclose(self) -> None:  # noqa: B027
         """The call is over: stop any background work the agent owns."""
+
+    def fixed_phrases(self) -> tuple[str, ...]:
+        """Clauses this agent will say word for word (its opening, acknowledgements), each as one
+        ``Say``: the session renders their audio ahead of time, so they play without waiting for TTS."""
+        return ()
+
+    def prepared_counts(self) -> PreparedCounts:
+        """How many ``prepare`` requests were started and thrown away so far (per-call metrics)."""
+        return PreparedCounts()
 
 
 AgentFactory = Callable[[Job], Agent]

@@ -12,6 +12,18 @@ The callee's first words from the assistant are always the product's own fixed d
 (``disclosure_sentence``), never the model's: whatever is said first (a model clause, a retry
 filler, the apology, a goodbye at a cap) is preceded by it, and a barge-in that cut it short
 makes it due again. A reply that only presses keys says nothing, so it discloses nothing yet.
+
+The opening needs no model: the first reply (to the callee's greeting, or to the greet-after
+timer) is the disclosure plus ``opening_line`` (the errand in one sentence), built from the errand,
+so its audio can be rendered while the phone rings (``fixed_phrases``). It goes into history as the
+assistant's first message; the model takes over from the callee's answer. A greeting that is a
+phone menu or a request to hold is the model's to answer (keys, "Sure, I'll hold."), and a
+disclosure cut off before it was heard brings the fixed opening back once more.
+
+Short acknowledgements (``ACKS``) are said for the model, from pre-rendered audio, when a model
+round opens with a lookup tool and no words: the callee hears "Let me check." while the tool and
+the next model round run. At most one per reply, and it is written into that round's assistant
+message, so the model knows it was said.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -42,6 +55,7 @@ from agent.base import (
     CallerInput,
     DigitsHeard,
     Hangup,
+    PreparedCounts,
     Say,
     SendDigits,
 )
@@ -61,6 +75,14 @@ log = logging.getLogger(__name__)
 APOLOGY = "I'm sorry, I'm having technical trouble on my end. I'll call back later. Goodbye."
 #: Said when a per-call cap (``CallLimits``) ends the call.
 CAP_GOODBYE = "I'm sorry, I have to end this call now. Thank you for your time, goodbye."
+#: Said for the model when a round opens with this tool and no words (pre-rendered audio).
+ACKS = {"check_availability": "Let me check.", "confirm_booking": "Sure."}
+#: A greeting the fixed opening does not answer: a phone menu, or a request to hold.
+_NOT_FOR_OPENING = re.compile(
+    r"\bpress(ing)?\b|\bdial\b|\bhold\b|one moment|just a moment|one sec|bear with", re.I
+)
+#: Times the fixed opening is said at most (a disclosure cut off early brings it back once).
+_MAX_OPENINGS = 2
 
 
 def disclosure_sentence(assistant_name: str, person_name: str, *, transcript_notice: bool) -> str:
@@ -75,6 +97,24 @@ def disclosure_sentence(assistant_name: str, person_name: str, *, transcript_not
     if transcript_notice:
         words += f" This call is transcribed for {person_name}."
     return words
+
+
+def opening_line(request: CallRequest) -> str:
+    """The errand in one sentence, said right after the disclosure without asking the model.
+
+    Only the service and the dates: times are in the person's zone, which need not be the
+    business's, so the model (which is told about both zones) talks about times.
+    """
+    service = request.service.strip().rstrip(".")
+    first = service.split(" ", 1)[0].lower()
+    if first not in {"a", "an", "the", "my", "our", "some", "two", "three"}:
+        service = f"{'an' if service[:1].lower() in 'aeiou' else 'a'} {service}"
+    w = request.window
+    if w.start_date == w.end_date:
+        days = f"on {w.start_date:%A, %B} {w.start_date.day}"
+    else:
+        days = f"between {w.start_date:%A, %B} {w.start_date.day} and {w.end_date:%A, %B} {w.end_date.day}"
+    return f"I'd like to book {service}, {days}. Do you have anything available?"
 
 
 def render_input(event: CallerInput) -> str:
@@ -120,6 +160,10 @@ class ClaudeAgent(Agent):
         limits: per-call caps (turns, tool calls, DTMF presses); reaching one ends the call.
         transcript_notice: the disclosure adds that the call is transcribed for the person.
         min_lead: how soon after now a booking may start at the earliest.
+        fixed_opening: answer the callee's greeting (or the greet-after timer) with the disclosure
+            and ``opening_line`` instead of a model round (``fixed_phrases`` renders it ahead).
+        acknowledgements: say ``ACKS`` for the model when a round opens with a lookup tool and no
+            words (the prompt then tells the model it need not say "Let me check." itself).
     """
 
     def __init__(
@@ -143,6 +187,8 @@ class ClaudeAgent(Agent):
         limits: CallLimits | None = None,
         transcript_notice: bool = True,
         min_lead: timedelta = DEFAULT_MIN_LEAD,
+        fixed_opening: bool = False,
+        acknowledgements: bool = False,
     ) -> None:
         self._client = client
         self._model = model
@@ -155,6 +201,12 @@ class ClaudeAgent(Agent):
         self.disclosure = disclosure_sentence(
             assistant_name, request.person_name, transcript_notice=transcript_notice
         )
+        self.opening = opening_line(request)
+        self._fixed_opening = fixed_opening
+        self._acks = ACKS if acknowledgements else {}
+        self._openings = 0  # fixed openings said so far
+        self._ack_said = False  # an acknowledgement was said in the current reply
+        self._prepared = self._discarded = 0  # early requests started / thrown away
         self._disclosed = False  # the callee has heard the disclosure (so far as we know)
         self._unrecorded = False  # said, but not yet put into an assistant message of history
         self._limits = limits or CallLimits()
@@ -170,7 +222,11 @@ class ClaudeAgent(Agent):
         )
         today: date = clock().astimezone(ZoneInfo(request.business_tz)).date()
         self.system_prompt = build_system_prompt(
-            request, assistant_name=assistant_name, today=today, opening=self.disclosure
+            request,
+            assistant_name=assistant_name,
+            today=today,
+            opening=self.disclosure,
+            acks_said=acknowledgements,
         )
         schemas = self.tools.schemas()
         schemas[-1] = {**schemas[-1], "cache_control": {"type": "ephemeral"}}
@@ -199,8 +255,27 @@ class ClaudeAgent(Agent):
         """Stop the calendar fetches and any early round (the session calls it when the call ends)."""
         early, self._early = self._early, None
         if early is not None:
+            self._discarded += 1
             await early.cancel()
         await self.tools.aclose()
+
+    def fixed_phrases(self) -> tuple[str, ...]:
+        """The disclosure, this errand's opening line and the acknowledgements (rendered ahead)."""
+        opening = (self.disclosure, self.opening) if self._fixed_opening else ()
+        return (*opening, *dict.fromkeys(self._acks.values()))
+
+    def prepared_counts(self) -> PreparedCounts:
+        return PreparedCounts(started=self._prepared, discarded=self._discarded)
+
+    def _opening_fits(self, event: CallerInput) -> bool:
+        """Is ``event`` answered with the fixed opening (no model round)?"""
+        if not self._fixed_opening or self._disclosed or self._outcome is not None:
+            return False
+        if self._openings >= _MAX_OPENINGS:
+            return False
+        if isinstance(event, CalleeSaid):
+            return not _NOT_FOR_OPENING.search(event.text)
+        return isinstance(event, CallConnected | CalleeSilent)
 
     def prepare(self, event: CallerInput) -> None:
         """Start the model on ``event`` now, before it is final (Flux ``EagerEndOfTurn``).
@@ -210,22 +285,25 @@ class ClaudeAgent(Agent):
         preparation; costs one model request that is thrown away if the callee goes on talking.
         """
         self.discard_prepared()
-        if self._outcome is not None:
-            return
+        if self._outcome is not None or self._opening_fits(event):
+            return  # the fixed opening answers it: no model round to start
         messages = copy.deepcopy(self.messages)
         add_user(messages, [{"type": "text", "text": render_input(event)}])
+        self._prepared += 1
         self._early = EarlyRound(messages, lambda: self._create(messages))
 
     def discard_prepared(self) -> None:
         """The callee went on talking (Flux ``TurnResumed``): stop the early request."""
         early, self._early = self._early, None
         if early is not None:
+            self._discarded += 1
             early.discard()
 
     def _claim_prepared(self) -> EarlyRound | None:
         """The early round, if it was started with exactly the history now in ``messages``."""
         early, self._early = self._early, None
         if early is not None and not early.matches(self.messages):
+            self._discarded += 1
             early.discard()
             return None
         return early
@@ -235,12 +313,17 @@ class ClaudeAgent(Agent):
         if self._outcome is not None:
             return
         self._spoken = []
-        self._filler_said = False
+        self._filler_said = self._ack_said = False
         self._turns += 1
         if self._turns > self._limits.max_turns:
             self.discard_prepared()
             for action in self._end_at_cap(f"the limit of {self._limits.max_turns} turns per call"):
                 yield action
+            return
+        if self._opening_fits(event):
+            self.discard_prepared()
+            for say in self._open(event):
+                yield say
             return
         add_user(self.messages, [{"type": "text", "text": render_input(event)}])
         early = self._claim_prepared()
@@ -321,6 +404,17 @@ class ClaudeAgent(Agent):
             set_text(message, " ".join(p for p in parts if p))
         self._spoken = []
         drop_empty(self.messages)
+
+    def _open(self, event: CallerInput) -> list[Say]:
+        """The fixed opening as ``Say``s, already in history (``interrupted`` trims it if cut)."""
+        self._openings += 1
+        add_user(self.messages, [{"type": "text", "text": render_input(event)}])
+        message: Message = {"role": "assistant", "content": [{"type": "text", "text": self.opening}]}
+        says = self._say(self.opening)
+        self._record_disclosure(message)
+        self.messages.append(message)
+        self._spoken.append((message, self.opening))
+        return says
 
     def _say(self, text: str, first_token_at: float | None = None) -> list[Say]:
         """``text`` as ``Say``s, preceded by the fixed disclosure if the callee has not heard it yet.
@@ -420,6 +514,7 @@ class ClaudeAgent(Agent):
         chunker = ClauseChunker(first_clause_words=self._first_clause_words)
         answer = AnswerBuilder()
         said: list[str] = []
+        ack: str | None = None
         first_token_at: float | None = None
         done = False
         try:
@@ -447,6 +542,14 @@ class ClaudeAgent(Agent):
                             answer.on_event(ev)
                             if ev.type == "content_block_stop":  # speak text before a tool runs
                                 pieces = chunker.flush()
+                            elif ev.type == "content_block_start" and not said and not self._ack_said:
+                                block = ev.content_block
+                                ack = self._acks.get(block.name) if block.type == "tool_use" else None
+                                if ack is not None:  # a lookup with no words first: say one for it
+                                    self._ack_said = True
+                                    if first_token_at is None:
+                                        first_token_at = self._monotonic()
+                                    pieces = [ack]
                         for piece in pieces:
                             said.append(piece)
                             for say in self._say(piece, first_token_at if first and len(said) == 1 else None):
@@ -463,6 +566,8 @@ class ClaudeAgent(Agent):
             if not content:
                 return
             message: Message = {"role": "assistant", "content": content}
+            if ack is not None:
+                prefix_text(message["content"], ack)
             self._record_disclosure(message)
             if not any(b["type"] == "tool_use" for b in content):
                 self.messages.append(message)

@@ -39,10 +39,17 @@ def errand_facts(request: CallRequest, today: date) -> dict[str, object]:
 
 #: Tells the sandbox phone model (and Claude) that the fixed opening was already spoken.
 OPENING_SAID = "Your opening words are said for you"
+#: Tells the sandbox phone model (and Claude) that an acknowledgement is said before a lookup.
+ACK_SAID = "is said for you at once"
 
 
 def build_system_prompt(
-    request: CallRequest, *, assistant_name: str, today: date, opening: str | None = None
+    request: CallRequest,
+    *,
+    assistant_name: str,
+    today: date,
+    opening: str | None = None,
+    acks_said: bool = False,
 ) -> str:
     """The system prompt for one call (stable for the whole call, so it is cached).
 
@@ -52,6 +59,8 @@ def build_system_prompt(
         today: the business's date today.
         opening: the fixed disclosure the agent speaks before the model's first words; the model
             is told not to repeat it. ``None``: the model is asked to disclose itself.
+        acks_said: the agent says a short acknowledgement when the model calls a lookup tool
+            without words first; otherwise the model is asked to say a few words itself.
     """
     w = request.window
     facts = errand_facts(request, today)
@@ -67,11 +76,20 @@ def build_system_prompt(
     )
     notes = f"\nExtra notes from {request.person_name}: {request.notes}" if request.notes else ""
     intro = (
-        f'- {OPENING_SAID} before your first reply: "{opening}" Do not introduce yourself again; '
-        "start with the errand."
+        f'- {OPENING_SAID} before your first reply: "{opening}" Do not introduce yourself again. '
+        "Usually the errand is said for you right after it (you see it as your own first message): "
+        "then go on from the callee's answer; if it is not there, start with the errand."
         if opening
         else f"- In your first words say you are an AI assistant calling on behalf of {request.person_name}, "
         "then state the errand."
+    )
+    ack = (
+        'When you call check_availability or confirm_booking without saying anything first, a short "Let '
+        f'me check." or "Sure." {ACK_SAID}, so the line is never silent while you look: you need not say '
+        "it yourself, and do not say it again after the tool answers."
+        if acks_said
+        else 'Whenever you call a tool to look something up, first say a few words such as "Let me check." '
+        "in the same reply, so the line is never silent while you look."
     )
     return f"""You are {assistant_name}, an AI assistant on a live phone call. You are calling \
 {request.business_name} on behalf of {request.person_name} to book: {request.service}.
@@ -86,8 +104,7 @@ How to behave:
 - Speak naturally and briefly: one or two short spoken sentences per reply, no lists, no markdown.
 - Only agree to a slot the business offers that fits: call check_availability to test it, and \
 confirm_booking before you accept. If confirm_booking refuses, politely ask for another time.
-- Whenever you call a tool to look something up, first say a few words such as "Let me check." in the \
-same reply, so the line is never silent while you look.
+- {ack}
 - Once booked, repeat the date, time and service, give the name {request.person_name} (spell it if \
 asked) and the price if one was mentioned, thank them and call end_call with outcome booked.
 - "Please hold" or "one moment": say a short "Sure, I'll hold." or nothing, and wait.

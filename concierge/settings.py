@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     max_tool_calls_per_call: int = Field(default=30, ge=1)
     max_dtmf_presses_per_call: int = Field(default=24, ge=0)
     transcript_notice: bool = True
+    #: The first words (disclosure + the errand in one sentence) are built from the errand and
+    #: rendered while the phone rings, then played as soon as the callee's greeting ends, without a
+    #: model round (a phone menu or a request to hold is still the model's to answer).
+    fixed_opening: bool = True
+    #: "Let me check." / "Sure." from pre-rendered audio when the model starts a calendar lookup
+    #: without words, instead of asking the model to say them.
+    acknowledgements: bool = True
 
     # The person and the assistant
     person_name: str = "Alex Doe"

@@ -203,8 +203,11 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
     slot = _offered_slot(errand, messages, said)
     if slot is not None:
         end = slot + timedelta(minutes=int(errand["window"]["duration_minutes"]))
+        # The prompt asks for a few words before a lookup, so the line is not silent, unless the
+        # agent says an acknowledgement for the model (agent.prompts.ACK_SAID).
+        ack = [] if "is said for you at once" in system else [_text(ACK)]
         return [
-            _text(ACK),  # the prompt asks for a few words before a lookup, so the line is not silent
+            *ack,
             _tool(
                 "check_availability",
                 {"start": slot.isoformat(timespec="minutes"), "end": end.isoformat(timespec="minutes")},
