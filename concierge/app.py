@@ -306,6 +306,8 @@ class Concierge:
             limits=call_limits(self.settings),
             transcript_notice=self.settings.transcript_notice,
             min_lead=timedelta(minutes=self.settings.min_lead_minutes),
+            fixed_opening=self.settings.fixed_opening,
+            acknowledgements=self.settings.acknowledgements,
         )
         return CallSession(
             job,
@@ -364,7 +366,7 @@ class Concierge:
             self._runner = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for name in ("placer", "calendar", "llm"):
+        for name in ("placer", "calendar", "llm", "speech"):
             obj = getattr(self, name, None)
             closer = getattr(obj, "aclose", None) or getattr(obj, "close", None)
             if closer is not None:

@@ -119,6 +119,7 @@ class SandboxDeepgram:
         self.idle_timeout = idle_timeout  # Deepgram closes 1011 NET-0001 after 10 s without audio/KeepAlive
         self.listens: list[ListenSession] = []
         self.speaks: list[SpeakSession] = []
+        self.rest_speaks: list[str] = []  # texts synthesised through the REST ``POST /v1/speak``
         self.rejected = 0
         self.http_url = ""
         self.ws_url = ""
@@ -131,6 +132,7 @@ class SandboxDeepgram:
         app.router.add_get("/v1/listen", self._listen)
         app.router.add_get("/v2/listen", self._listen_flux)
         app.router.add_get("/v1/speak", self._speak)
+        app.router.add_post("/v1/speak", self._speak_rest)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -344,6 +346,26 @@ class SandboxDeepgram:
             await ws.send_str(json.dumps(message))
 
     # ----------------------------------------------------------------- speak
+
+    async def _speak_rest(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/speak``: one text's whole audio in the response body (Deepgram's REST TTS)."""
+        if not self._authorized(request):
+            self.rejected += 1
+            error = {"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}
+            return web.json_response(error, status=401)
+        text = str((await request.json()).get("text", ""))
+        if request.query.get("encoding", "mulaw") != "mulaw":
+            error = {"err_code": "Bad Request", "err_msg": "sandbox speaks mulaw only"}
+            return web.json_response(error, status=400)
+        self.rest_speaks.append(text)
+        if self.tts_ttfb_ms > 0:
+            await asyncio.sleep(self.tts_ttfb_ms / 1000)
+        response = web.StreamResponse(headers={"Content-Type": "audio/basic"})
+        await response.prepare(request)
+        for chunk in self._tts_chunks(text):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def _speak(self, request: web.Request) -> web.StreamResponse:
         _, problem = _linear16(dict(request.query))

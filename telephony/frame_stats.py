@@ -105,11 +105,16 @@ class CallMetrics:
         job_id: the errand the call was about.
         frames: the call's inbound frame timing; final (the session no longer writes to it), so a
             subscriber may keep it or ``merge`` it into its own totals.
+        prepared_started: model requests started early, on an eager end of turn (``Agent.prepare``).
+        prepared_discarded: of those, the ones thrown away (the callee went on talking, the
+            history changed, or the call ended first): the cost of starting early.
     """
 
     call_sid: str
     job_id: str
     frames: FrameStats
+    prepared_started: int = 0
+    prepared_discarded: int = 0
 
 
 #: Receives each call's ``CallMetrics`` as the call ends (on the event loop: keep it cheap).

@@ -79,6 +79,7 @@ class Clause:
     flushed: bool = False  # all of its audio has been received from TTS
     cancelled: bool = False
     held: bytearray = field(default_factory=bytearray)  # received from TTS, not yet sent
+    ready: bytes | None = None  # pre-rendered audio: played from here, never sent to TTS
 
     @property
     def done(self) -> bool:
@@ -107,8 +108,13 @@ class Playback:
         self._names = (f"m{i}" for i in itertools.count(1))
         self.discarding = False  # stale TTS audio is still arriving after a clear
 
-    def add_clause(self, text: str, turn: AssistantTurn) -> Clause:
-        clause = Clause(text, turn)
+    def add_clause(self, text: str, turn: AssistantTurn, ready: bytes | None = None) -> Clause:
+        """Queue a clause: its audio comes from TTS, or is ``ready`` (pre-rendered).
+
+        A ready clause keeps its place in the queue: it plays once every clause before it has
+        had all its TTS audio (``take_ready``).
+        """
+        clause = Clause(text, turn, ready=ready)
         turn.clauses.append(clause)
         self.tts_queue.append(clause)
         self.open.append(clause)
@@ -156,6 +162,21 @@ class Playback:
         out = bytes(clause.held[:ready])
         del clause.held[:ready]
         return self.pieces(clause, out)
+
+    def take_ready(self) -> list[tuple[Clause, list[tuple[str, str]]]]:
+        """Pre-rendered clauses now at the head of the queue, with all their (media, mark) messages.
+
+        They leave the TTS queue at once (counted as sent and flushed), so TTS audio that arrives
+        while they are being sent belongs to the clause after them; the caller sends the messages
+        in order before anything of a later clause (``ReplyRunner`` holds its output lock).
+        """
+        out: list[tuple[Clause, list[tuple[str, str]]]] = []
+        while self.tts_queue and self.tts_queue[0].ready is not None:
+            clause = self.tts_queue.popleft()
+            audio, clause.ready = clause.ready or b"", None
+            out.append((clause, list(self.pieces(clause, audio))))
+            clause.flushed = True
+        return out
 
     def unplayed(self) -> int:
         """Bytes sent to Twilio that it has not confirmed as played (to within one piece)."""

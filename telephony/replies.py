@@ -36,6 +36,8 @@ class ReplyRunner:
         clock: monotonic clock for the latency marks.
         send: sends one text message to Twilio's media websocket; False once it can no longer.
         spawn: starts a task the session owns (cancelled and awaited when the call ends).
+        phrases: pre-rendered audio of a clause's exact text if there is any (``PhraseCache.ready``):
+            such a clause is played from it instead of going through the TTS socket.
         on_idle: the assistant just stopped talking (played out or cut off): silence counts from now.
         on_hangup: the agent hung up and its goodbye has played (or the drain timed out): end the
             call with this outcome.
@@ -53,6 +55,7 @@ class ReplyRunner:
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         on_idle: Callable[[], None],
         on_hangup: Callable[[CallOutcome], None],
+        phrases: Callable[[str], bytes | None] = lambda _text: None,
     ) -> None:
         self._agent = agent
         self._speaker = speaker
@@ -63,6 +66,8 @@ class ReplyRunner:
         self._spawn = spawn
         self._on_idle = on_idle
         self._on_hangup = on_hangup
+        self._phrases = phrases
+        self._ready_lock = asyncio.Lock()  # pre-rendered audio goes out whole, never interleaved
         self._playback: Playback | None = None
         self._task: asyncio.Task[None] | None = None
         self._hangup_pending = False
@@ -125,6 +130,7 @@ class ReplyRunner:
             clause = playback.on_flushed()
             if clause is not None:
                 self._settled(clause.turn)
+            await self._play_ready()  # a pre-rendered clause waiting behind the one just flushed
             self._changed.set()
         elif isinstance(ev, TtsCleared):
             playback.on_cleared()
@@ -168,10 +174,15 @@ class ReplyRunner:
                 if isinstance(action, Say):
                     if turn.llm_first_token is None:
                         turn.llm_first_token = action.first_token_at or self._clock()
-                    if action.text.strip():
-                        playback.add_clause(action.text.strip(), turn)
-                        await self._speaker.speak(action.text)
-                        await self._speaker.flush()
+                    text = action.text.strip()
+                    if text:
+                        ready = self._phrases(text)
+                        playback.add_clause(text, turn, ready)
+                        if ready is None:
+                            await self._speaker.speak(action.text)
+                            await self._speaker.flush()
+                        else:
+                            await self._play_ready()
                         await self._first_audio_first(turn)
                 elif isinstance(action, SendDigits):
                     await self._press(action.digits, turn)
@@ -205,6 +216,26 @@ class ReplyRunner:
             await self._wait_until(lambda: turn.first_audio_out is not None, self._cfg.first_audio_priority)
         else:
             await asyncio.sleep(0)  # a clause's audio goes out before the next clause is parsed
+
+    async def _play_ready(self) -> None:
+        """Send the pre-rendered clauses now at the head of the queue (``Playback.take_ready``).
+
+        Called by the reply (a clause just added) and by the TTS receive task (the clause before
+        them has all its audio); the lock keeps one's messages from interleaving with the other's.
+        """
+        assert self._playback is not None
+        async with self._ready_lock:
+            for clause, messages in self._playback.take_ready():
+                turn = clause.turn
+                if turn.tts_first_byte is None:
+                    turn.tts_first_byte = self._clock()  # its audio was here before it was due
+                for media, mark in messages:
+                    if clause.cancelled or not await self._send(media):
+                        break
+                    if turn.first_audio_out is None:
+                        turn.first_audio_out = self._clock()
+                        self._changed.set()
+                    await self._send(mark)
 
     async def _press(self, digits: str, turn: AssistantTurn) -> None:
         assert self._playback is not None

@@ -90,6 +90,7 @@ class CallSession:
         self._metrics = metrics
         self.listener = speech.listener()
         self.speaker = speech.speaker()
+        self._phrases = speech.phrases
         self._attached = asyncio.Event()
         self._ended = asyncio.Event()
         self._finished = asyncio.Event()
@@ -118,6 +119,7 @@ class CallSession:
             spawn=self._spawn,
             on_idle=self._assistant_idle,
             on_hangup=lambda outcome: self.end("assistant hung up", outcome, hang_up=True),
+            phrases=self._phrases.ready,
         )
 
     # --- public API ---------------------------------------------------------------------------
@@ -156,6 +158,7 @@ class CallSession:
                 self._tg = tg
                 self._spawn(self.listener.run())
                 self._spawn(self.speaker.run())
+                self._spawn(self._prerender())
                 self._spawn(self._call())
                 self._spawn(self._wall_clock_cap())
                 await self._ended.wait()
@@ -218,7 +221,16 @@ class CallSession:
         if self._metrics is None:
             return
         try:
-            self._metrics(CallMetrics(self.call_sid, self.job.id, self.frame_stats))
+            prepared = self._agent.prepared_counts()
+            self._metrics(
+                CallMetrics(
+                    self.call_sid,
+                    self.job.id,
+                    self.frame_stats,
+                    prepared_started=prepared.started,
+                    prepared_discarded=prepared.discarded,
+                )
+            )
         except Exception:  # a subscriber's bug must not cost the call its outcome
             log.exception("call %s: the metrics sink failed", self.call_sid)
 
@@ -234,6 +246,14 @@ class CallSession:
         if outcome.call_sid is None:
             outcome = replace(outcome, call_sid=self.call_sid)
         return outcome, self._log.turns()
+
+    async def _prerender(self) -> None:
+        """Render the agent's fixed phrases (its opening) now, while the phone rings.
+
+        The opening is then played the moment the callee's greeting ends, with no TTS wait; one
+        not rendered in time is simply spoken through the call's TTS socket.
+        """
+        await asyncio.gather(*(self._phrases.audio(text) for text in self._agent.fixed_phrases()))
 
     async def _wall_clock_cap(self) -> None:
         await asyncio.sleep(self._cfg.max_call_seconds)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import time
 
+import httpx
+
 from telephony.speech_common import (
     BYTES_PER_SECOND,
     KEEPALIVE_SECONDS,
@@ -43,11 +45,11 @@ from telephony.speech_common import (
 )
 from telephony.stt import Listener
 from telephony.stt_flux import FluxListener, is_flux
-from telephony.tts import Speaker
+from telephony.tts import PhraseCache, Speaker
 
 __all__ = [
     "BYTES_PER_SECOND", "EagerEndOfTurn", "FluxListener", "KEEPALIVE_SECONDS", "ListenEvent",
-    "MAX_BUFFER_BYTES", "Listener", "SpeakEvent", "Speaker", "SpeechClient", "SpeechStarted",
+    "MAX_BUFFER_BYTES", "Listener", "PhraseCache", "SpeakEvent", "Speaker", "SpeechClient", "SpeechStarted",
     "Transcript", "TtsAudio", "TtsCleared", "TtsFlushed", "TurnResumed", "UtteranceEnd",
     "default_chunk_ms",
 ]  # fmt: skip
@@ -103,7 +105,16 @@ class SpeechClient:
         self.tts_model = tts_model
         self.clock = clock
         env = DeepgramClientEnvironment(base=http_url, production=ws_url, agent=ws_url, agent_rest=http_url)
-        self.sdk = AsyncDeepgramClient(api_key=api_key, environment=env)
+        # our own HTTP client (the REST phrase renders use it), so that ``aclose`` can close it
+        self._http = httpx.AsyncClient(timeout=30.0)
+        self.sdk = AsyncDeepgramClient(api_key=api_key, environment=env, httpx_client=self._http)
+        #: Fixed phrases (openings, acknowledgements) rendered ahead of time in this voice.
+        self.phrases = PhraseCache(self.sdk, model=tts_model)
+
+    async def aclose(self) -> None:
+        """Stop phrase renders still running and close the REST connections (server shutdown)."""
+        await self.phrases.aclose()
+        await self._http.aclose()
 
     def listener(self) -> Listener:
         """A new listen socket for one call (``FluxListener`` for a Flux model)."""

@@ -1,14 +1,19 @@
-"""Deepgram streaming text-to-speech for one call (``Speaker``): one socket, a Flush per clause."""
+"""Deepgram text-to-speech: streaming for one call (``Speaker``: one socket, a Flush per clause), and
+whole fixed phrases rendered ahead of time (``PhraseCache``: REST ``/v1/speak``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from typing import Any
+
+import httpx
 
 from telephony.speech_common import (
     _CONNECTION_ERRORS,
+    ApiError,
     AsyncDeepgramClient,
     ConnectionClosed,
     Reconnecting,
@@ -132,3 +137,69 @@ async def _send_op(conn: Any, op: str, text: str) -> None:
         await conn.send_flush()
     else:
         await conn.send_clear()
+
+
+class PhraseCache:
+    """Whole-phrase audio (µ-law 8 kHz), synthesised once per voice and kept for the process.
+
+    Why: words fixed before they are needed (a call's opening, short acknowledgements) need not
+    wait for the streaming socket's time to first byte when they are due: rendered in advance
+    (while the phone rings, or at a call's start for the acknowledgements every call shares), they
+    go to Twilio the moment they are said. Deepgram's REST endpoint returns one text's whole audio,
+    which is the shape wanted here, and it keeps these requests off the call's streaming socket.
+
+    Concurrent requests for one text share one synthesis; a failed one is forgotten (the text is
+    then simply spoken through the call's socket as usual), so a later call tries again.
+
+    Args:
+        sdk: the Deepgram client (``SpeechClient`` builds one per process).
+        model: the voice; audio of one voice is never played for another.
+        size: phrases kept (least recently used first out); a call's opening is one phrase.
+    """
+
+    def __init__(self, sdk: AsyncDeepgramClient, *, model: str, size: int = 256) -> None:
+        self._sdk = sdk
+        self.model = model
+        self._size = size
+        self._phrases: OrderedDict[str, asyncio.Task[bytes | None]] = OrderedDict()
+        self.synthesised = 0  # REST requests made (each text once while it stays cached)
+
+    def ready(self, text: str) -> bytes | None:
+        """The phrase's audio if it has been synthesised already (never waits)."""
+        task = self._phrases.get(text)
+        if task is None or not task.done() or task.cancelled():
+            return None
+        self._phrases.move_to_end(text)
+        return task.result()
+
+    async def audio(self, text: str) -> bytes | None:
+        """The phrase's audio, synthesising it first if needed; None if synthesis failed."""
+        task = self._phrases.get(text)
+        if task is None or (task.done() and (task.cancelled() or task.result() is None)):
+            task = asyncio.get_running_loop().create_task(self._synthesise(text))
+            self._phrases[text] = task
+            while len(self._phrases) > self._size:
+                self._phrases.popitem(last=False)[1].cancel()
+        self._phrases.move_to_end(text)
+        # shielded: a call that stops waiting (hung up) does not cancel it for the others
+        return await asyncio.shield(task)
+
+    async def aclose(self) -> None:
+        """Cancel renders still running (the process is shutting down)."""
+        pending = [task for task in self._phrases.values() if not task.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _synthesise(self, text: str) -> bytes | None:
+        self.synthesised += 1
+        audio = bytearray()
+        try:
+            async for chunk in self._sdk.speak.v1.audio.generate(
+                text=text, model=self.model, encoding="mulaw", sample_rate=8000, container="none"
+            ):
+                audio += chunk
+        except (ApiError, httpx.HTTPError, *_CONNECTION_ERRORS) as e:
+            log.warning("deepgram speak: pre-rendering a phrase failed (%r); it is streamed instead", e)
+            return None
+        return bytes(audio) or None

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from storage.models import Turn
 from telephony.playback import AssistantTurn
-from telephony.speech import Listener, Speaker
+from telephony.speech import Listener, PhraseCache, Speaker
 
 
 class HangUpper(Protocol):
@@ -20,6 +20,8 @@ class HangUpper(Protocol):
 
 
 class SpeechFactory(Protocol):
+    phrases: PhraseCache
+
     def listener(self) -> Listener: ...
     def speaker(self) -> Speaker: ...
 

@@ -485,3 +485,61 @@ async def test_flux_turns_start_the_model_early_with_the_final_words(h: Harness)
     assert [t.interrupted for t in turns if t.speaker is Speaker.ASSISTANT] == [False, True, False]
     await h.webhooks.join()
     assert_clean(h)
+
+
+class OpeningAgent(ScriptedAgent):
+    """A scripted agent that declares fixed phrases (its opening), rendered ahead by the session."""
+
+    def __init__(self, phrases: tuple[str, ...], replies: list[list[AgentAction]], **kw: Any) -> None:
+        super().__init__(replies, **kw)
+        self.phrases = phrases
+
+    def fixed_phrases(self) -> tuple[str, ...]:
+        return self.phrases
+
+
+async def test_a_pre_rendered_opening_plays_without_the_tts_socket(h: Harness) -> None:
+    opening = "Hello, this is Robin, an AI assistant calling for Alex."
+    assert await h.speech.phrases.audio(opening)  # rendered once per process (e.g. by an earlier call)
+    done = CallOutcome(OutcomeKind.DECLINED, summary="closed")
+    agent = OpeningAgent((opening,), [
+        [Say(opening), Say("I would like to book a haircut.")],
+        [Say("Okay, thank you, goodbye."), Hangup(done)],
+    ])  # fmt: skip
+    h.twilio.program(PHONE, script=CalleeScript([
+        WaitTurn(contains="haircut"), CalleeSays("Sorry, we are closed."), WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+
+    assert outcome.kind is OutcomeKind.DECLINED and not call.callee.errors
+    assert h.dg.rest_speaks == [opening]  # the session asked again, the cache answered
+    assert all(opening not in " ".join(s.texts) for s in h.dg.speaks)  # never streamed
+    assert " ".join(h.dg.speaks[0].texts).startswith("I would like to book a haircut.")
+    # heard in order, the pre-rendered clause first, and in the transcript as said
+    assert _words(call.heard[0]) == _words(f"{opening} I would like to book a haircut.")
+    assert turns[0].text == f"{opening} I would like to book a haircut." and not turns[0].interrupted
+    lat = turns[0].latency
+    assert lat is not None and lat.tts_first_byte is not None and lat.first_audio_out is not None
+    await h.webhooks.join()
+    assert_clean(h)
+
+
+async def test_a_barge_in_on_a_pre_rendered_clause_keeps_only_what_was_heard(h: Harness) -> None:
+    opening = "Hello, this is Robin, an AI assistant calling for Alex about a haircut next Tuesday afternoon."
+    assert await h.speech.phrases.audio(opening)
+    done = CallOutcome(OutcomeKind.DECLINED, summary="closed")
+    agent = OpeningAgent((opening,), [[Say(opening)], [Say("Okay, goodbye."), Hangup(done)]])
+    h.twilio.program(PHONE, script=CalleeScript([
+        Interrupt(after_words=3, text="Sorry, who is this?"), WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    _, turns, call = await h.call(job)
+
+    assert call.clears >= 1 and len(agent.heard) == 1
+    heard = _words(agent.heard[0])
+    assert 1 <= len(heard) < len(_words(opening)) and heard == _words(opening)[: len(heard)]
+    assert heard == _words(call.heard[0])[: len(heard)]  # never more than the callee heard
+    assert [t.text for t in turns if t.interrupted] == [agent.heard[0]]
+    await h.webhooks.join()
+    assert_clean(h)
