@@ -147,7 +147,12 @@ class SandboxShards:
 
 
 def bench_settings(
-    hello: dict[str, Any], *, port: int, db_path: str, stt_model: str | None = None
+    hello: dict[str, Any],
+    *,
+    port: int,
+    db_path: str,
+    stt_model: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings pointing the product at the child's services; no chat front ends."""
     ep = hello["endpoints"]
@@ -174,6 +179,7 @@ def bench_settings(
     }
     if stt_model:
         update["deepgram_stt_model"] = stt_model
+    update.update(overrides or {})
     base = Settings(_env_file=None)  # type: ignore[call-arg]
     return base.model_copy(update=update)
 
@@ -211,6 +217,9 @@ class Round:
     frames: dict[str, float] = field(default_factory=dict)
     #: per call, its turns as the sandbox heard them: {"sid", "to", "turns": [{kind, gap_ms, ...}]}
     heard: list[dict[str, Any]] = field(default_factory=list)
+    #: early model requests (eager end of turn) started / thrown away (``CallMetrics``)
+    prepared_started: int = 0
+    prepared_discarded: int = 0
     cpu_ms: float = 0.0
     seconds: float = 0.0
     sandbox: dict[str, Any] = field(default_factory=dict)
@@ -232,9 +241,12 @@ class Bench:
         shards: int = 3,
         freeze: bool = True,
         stt_model: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.freeze = freeze
         self.stt_model = stt_model
+        self.settings = settings or {}  # product settings to override (e.g. the eager threshold)
+        self._prepared = [0, 0]
         self.child = SandboxShards(numbers=numbers, pace=pace, latencies=latencies or {}, shards=shards)
         self.app: Concierge | None = None
         self._frames = FrameStats()  # this round's calls, merged as each one reports (on_call_metrics)
@@ -248,7 +260,9 @@ class Bench:
             sock = bind("127.0.0.1", 0)
             port = sock.getsockname()[1]
             db_path = str(Path(self._tmp.name) / "bench.db")
-            settings = bench_settings(hello, port=port, db_path=db_path, stt_model=self.stt_model)
+            settings = bench_settings(
+                hello, port=port, db_path=db_path, stt_model=self.stt_model, overrides=self.settings
+            )
             self.app = Concierge(
                 settings,
                 clock=SystemClock(),
@@ -278,6 +292,8 @@ class Bench:
     def on_call_metrics(self, metrics: CallMetrics) -> None:
         """The app's metrics sink: each ended call's inbound frame timing joins the round's totals."""
         self._frames.merge(metrics.frames)
+        self._prepared[0] += metrics.prepared_started
+        self._prepared[1] += metrics.prepared_discarded
 
     async def round(self, calls: int, *, ramp: float = 3.0, timeout: float = 180.0) -> Round:  # noqa: ASYNC109
         """Submit ``calls`` errands (spread over ``ramp`` seconds) and wait until all are final."""
@@ -287,6 +303,7 @@ class Bench:
             raise ValueError(f"only {len(self.numbers)} numbers are programmed")
         result = Round(calls)
         self._frames = FrameStats()
+        self._prepared = [0, 0]
         await self.child.command("reset")
         proc = psutil.Process()
         cpu0 = sum(proc.cpu_times()[:2])
@@ -310,6 +327,7 @@ class Bench:
         jobs = [await app.store.get(i) for i in ids]
         result.jobs = jobs
         result.frames = self._frames.summary()
+        result.prepared_started, result.prepared_discarded = self._prepared
         result.sandbox = await self.child.command("stats")
         result.heard = await self.child.heard()
         for job in jobs:

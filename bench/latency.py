@@ -88,6 +88,13 @@ def report(r: Round, *, provider_latency: str) -> dict[str, Any]:
         "frames": r.frames.get("frames", 0),
         "heard_gap_ms": heard(r, "gap_ms"),
         "heard_content_gap_ms": heard(r, "content_gap_ms"),
+        "early_requests": {
+            "started": r.prepared_started,
+            "discarded": r.prepared_discarded,
+            "discard_rate": (
+                round(r.prepared_discarded / r.prepared_started, 3) if r.prepared_started else None
+            ),
+        },
         "cpu_ms_per_call_second": round(r.cpu_ms / audio_s, 3) if audio_s else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "wall_seconds": round(r.seconds, 1),
@@ -146,6 +153,7 @@ def table(d: dict[str, Any]) -> str:
         ("barge-in reaction ms", dist(d["barge_in_ms"])),
         ("frame jitter ms", f"{dist(d['frame_jitter_ms'])}  ({d['frames']} frames)"),
         ("frame lag ms", dist(d["frame_lag_ms"])),
+        ("early model requests", dist(d["early_requests"])),
         ("cpu ms per call-second", f(d["cpu_ms_per_call_second"])),
         ("peak RSS MB", f(d["peak_rss_mb"])),
         ("sandbox process", f"loop lag p99 {f(sp.get('loop_lag_ms_p99'))} ms, cpu {f(sp.get('cpu_ms'))} ms"),
@@ -168,6 +176,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return Bench(
             numbers=numbers, pace=args.pace, latencies=latencies, shards=args.shards,
             freeze=args.freeze, stt_model=args.stt_model,
+            settings={} if args.eager_eot is None else {"deepgram_eager_eot_threshold": args.eager_eot},
         )  # fmt: skip
 
     if not args.max_calls:
@@ -236,6 +245,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stt-model", default=None,
         help="DEEPGRAM_STT_MODEL for the product (default: the settings default); flux-general-en "
         "uses /v2/listen and starts the model on EagerEndOfTurn",
+    )  # fmt: skip
+    p.add_argument(
+        "--eager-eot", type=float, default=None,
+        help="DEEPGRAM_EAGER_EOT_THRESHOLD for the product (Flux; default: the settings default); "
+        "lower starts the model earlier and discards more early requests (see early_requests)",
     )  # fmt: skip
     p.add_argument(
         "--no-freeze", dest="freeze", action="store_false",

@@ -43,3 +43,5 @@ async def test_two_calls_report_every_figure() -> None:
             assert heard["by_kind"][kind]["n"] == 2 and heard["by_kind"][kind]["p50"] is not None, (key, kind)
         assert heard["by_kind"]["answer"] == {"p50": None, "p95": None, "max": None, "n": 0}
     assert "server overhead ms" in table(result) and "heard content gap ms" in table(result)
+    early = result["early_requests"]  # the default model is Flux, started on eager end of turn
+    assert early["started"] >= early["discarded"] >= 0 and early["started"] > 0
