@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-peer serve clean
+.PHONY: demo test test-fast lint bench bench-peer serve clean
 
 # The wheel holds only the product; the .pth puts this checkout on the venv's path, so the
 # `concierge demo` plugin (demo/), sandbox/, bench/ and tests/ import from here.
@@ -18,10 +18,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/concierge demo
 
+# The whole suite, one pytest-xdist worker per core (most tests wait on paced audio, not the CPU).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
+
+# Everything but the slow end-to-end, reliability and subprocess tests (`-m slow`).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n auto -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.deepgram import SandboxDeepgram
+
+#: Folders whose every test is slow (whole stacks, subprocesses, minutes of paced audio): marked
+#: ``slow`` here, so a new test there cannot forget it and ``make test-fast`` leaves them out.
+SLOW_FOLDERS = ("e2e", "reliability")
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(_HERE) and item.path.relative_to(_HERE).parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+
 
 #: The key the shared sandbox Deepgram accepts (``dg.api_key``).
 DEEPGRAM_TEST_KEY = "dg-test-key"
