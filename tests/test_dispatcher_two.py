@@ -25,7 +25,12 @@ ALWAYS_OPEN = "mon-sun 00:00-24:00"
 
 
 class AnsweringPlacer:
-    """Places a call and has it end (declined) a moment later, reporting to its own dispatcher."""
+    """Places a call and has it end (declined) a moment later.
+
+    The call's end reaches the two dispatchers in turn, as Twilio's status callbacks reach
+    whichever server a load balancer picks: so each server is woken by ends of the other's
+    calls too, and neither can sit parked at the shared cap while the other drains the queue.
+    """
 
     def __init__(
         self, name: str, placed: list[tuple[str, str]], ended: list[str], all_ended: asyncio.Event
@@ -34,7 +39,7 @@ class AnsweringPlacer:
         self.placed = placed
         self.ended = ended
         self.all_ended = all_ended
-        self.dispatcher: Dispatcher | None = None
+        self.dispatchers: list[Dispatcher] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def place_call(self, job: Job) -> str:
@@ -47,8 +52,8 @@ class AnsweringPlacer:
 
     async def _end(self, job_id: str, sid: str) -> None:
         await asyncio.sleep(0)
-        assert self.dispatcher is not None
-        await self.dispatcher.report_outcome(job_id, CallOutcome(OutcomeKind.DECLINED, "full", call_sid=sid))
+        server = self.dispatchers[len(self.ended) % len(self.dispatchers)]
+        await server.report_outcome(job_id, CallOutcome(OutcomeKind.DECLINED, "full", call_sid=sid))
         self.ended.append(job_id)
         if len(self.ended) >= JOBS:
             self.all_ended.set()
@@ -80,8 +85,8 @@ async def test_two_dispatchers_never_dial_the_same_errand(tmp_path: Path) -> Non
         )
         for store, placer in zip(stores, placers, strict=True)
     ]  # fmt: skip
-    for placer, dispatcher in zip(placers, dispatchers, strict=True):
-        placer.dispatcher = dispatcher
+    for placer in placers:
+        placer.dispatchers = dispatchers
     runs = [asyncio.create_task(d.run()) for d in dispatchers]
     try:
         # errands arrive at both servers (as chat messages would), each waking its own loop
