@@ -26,10 +26,17 @@ from datetime import datetime, timedelta
 from concierge.clock import Clock
 from concierge.desk import Desk
 from concierge.locks import JobLocks
+from concierge.lost_calls import find_lost_call
 from concierge.outcomes import OnBooked, Outcomes
 from concierge.recovery import CallReconciler
 from concierge.schedule import Schedule
-from storage.errors import JobNotFound, ProviderError, user_message
+from storage.errors import (
+    JobNotFound,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    user_message,
+)
 from storage.jobs import JobStore
 from storage.models import Booking, CallOutcome, CallRequest, Job, JobState, OutcomeKind, Turn
 from storage.ports import CallPlacer, JobEvent, Notifier
@@ -322,6 +329,11 @@ class Dispatcher:
             # Nothing may await between the hours check above and this call.
             try:
                 call_sid = await self.placer.place_call(job)
+            except (ProviderTimeoutError, ProviderConnectionError) as e:
+                # No definite answer: the call may exist. Never dial again before knowing.
+                log.warning("placing the call for errand %s got no answer: %s", job.id, e)
+                await self._after_lost_answer(job)
+                return
             except ProviderError as e:
                 log.warning("placing the call for errand %s failed: %s", job.id, e)
                 kind = OutcomeKind.ERROR if e.retryable else OutcomeKind.FAILED
@@ -338,6 +350,22 @@ class Dispatcher:
         finally:
             self._placing.discard(job.id)
             self.wake()  # the job's lease expiry is now a deadline the loop must know
+
+    async def _after_lost_answer(self, job: Job) -> None:
+        """The create's answer was lost: adopt the call it placed, or give the claim back."""
+        found = await find_lost_call(self.store, self.placer, job)
+        if not found.known:
+            return  # keep the lease: when it runs out, recovery looks again (never a blind redial)
+        if found.call_sid is None:
+            await self.outcomes.requeue_uncounted(
+                job, "call not placed: the create got no answer", notify=True
+            )
+            return
+        current = await self.store.get(job.id)
+        if current.current_call_sid is None:
+            current = await self.store.set_call_sid(job.id, found.call_sid)
+        if not current.state.is_active:  # cancelled meanwhile
+            await self.hang_up_quietly(found.call_sid)
 
     async def _defer_if_closed(self, job: Job) -> bool:
         """Put a claimed job back if its business is closed right now (no call, no attempt used)."""

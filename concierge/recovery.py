@@ -5,10 +5,12 @@ died (or lost its webhooks). Before deciding anything we adopt the lease
 (``JobStore.take_over`` is atomic, so one dispatcher wins) and ask the
 provider what became of the call:
 
-* no CallSid recorded → the call was never created: back to queued without
-  using an attempt. (The one blind spot: a crash between Twilio accepting the
-  call and ``JobStore.set_call_sid`` — Twilio has no idempotency key for calls,
-  so that window cannot be closed from here; it is one database write wide.)
+* no CallSid recorded → first look for the call (``concierge.lost_calls``: the
+  CallSid its nonce-carrying ``initiated`` callback recorded, else Twilio's
+  Calls list), since a crash between Twilio accepting the create and
+  ``JobStore.set_call_sid`` leaves a real call with no CallSid here. Found →
+  reconciled as below; not found → never created: back to queued without
+  using an attempt; Twilio unreachable → keep the lease and look again.
 * queued / ringing / in-progress, call of a *previous* process → hang up and
   retry later. The media stream and the conversation state lived in the dead
   process; the callee would be talking to nobody, and a fresh call with a
@@ -27,6 +29,7 @@ from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
 
 from concierge.clock import Clock
+from concierge.lost_calls import find_lost_call
 from concierge.outcomes import Outcomes
 from storage.errors import JobNotFound, LeaseLost, ProviderError
 from storage.jobs import JobStore
@@ -147,6 +150,13 @@ class CallReconciler:
         """Decide the fate of one adopted job from the provider's view of its call."""
         outcomes = self._outcomes
         call_sid = job.current_call_sid
+        if call_sid is None and job.state is JobState.DIALING:
+            found = await find_lost_call(self._store, self._placer, job)
+            if not found.known:
+                return  # keep the (renewed) lease and look again when it expires
+            if found.call_sid is not None:
+                job = await self._store.set_call_sid(job.id, found.call_sid)
+                call_sid = found.call_sid
         if call_sid is None:
             if job.state is JobState.DIALING:
                 await outcomes.requeue_uncounted(job, "recovered: the call was never created", notify=True)

@@ -31,7 +31,7 @@ from reliability_kit import (
 
 from demo.world import SandboxWorld
 from sandbox.scenarios import build
-from sandbox.twilio import Behavior
+from sandbox.twilio import Behavior, LostAnswer
 from storage.models import Job, JobState
 
 pytestmark = [
@@ -188,6 +188,22 @@ async def test_twilio_5xx_on_create_requeues_without_a_duplicate_call() -> None:
     assert len(result.calls) == 1  # the failed create dialled nobody; exactly one real call
     assert retried(result.history)
     assert any("couldn't place the call" in t for t in result.texts()), result.texts()
+
+
+async def test_twilio_create_answer_lost_after_the_call_was_placed_never_dials_twice() -> None:
+    # The create's connection drops after Twilio placed the call (a create timeout is the same
+    # case; tests/test_no_second_dial.py has it at the placer).
+    stack = await Stack.start()
+    stack.world.twilio.lose_next_create_answer(LostAnswer.DROP)
+    try:
+        result = await stack.run(HAPPY)
+    finally:
+        await stack.stop()
+    assert_clean(result)
+    assert list(stack.world.twilio.calls) == stack.world.twilio.lost_answers  # exactly one call in total
+    assert result.job.state is JobState.BOOKED and result.job.attempts == 1, result.history
+    assert result.job.call_sid == stack.world.twilio.lost_answers[0]  # the lost call was adopted
+    assert not retried(result.history)
 
 
 async def test_media_stream_dropped_by_twilio_ends_the_attempt_and_retries() -> None:
