@@ -188,6 +188,9 @@ class Concierge:
             max_queued_per_user=s.max_queued_per_user,
             errands_per_user_per_hour=s.errands_per_user_per_hour,
             on_booked=self._create_event,
+            callee_window=s.callee_window,
+            do_not_call=self.do_not_call,
+            destinations=s.destination_policy,
         )
         self.flow.desk = self.dispatcher
         self.session_config = SessionConfig(

@@ -69,9 +69,16 @@ class Desk:
             IntakeError: the opening hours are invalid or never open.
         """
         try:
-            return self._schedule.hours_for(request).next_open(self._clock.now())
+            self._schedule.hours_for(request)
         except ValueError as e:
             raise IntakeError(f"I can't work out when {request.business_name} is open: {e}") from e
+        due = self._schedule.next_opening(request, self._clock.now())
+        if due is None:
+            raise IntakeError(
+                f"I can't find a time when {request.business_name} is open and it is daytime where"
+                f" {request.phone} may ring, so I can't call."
+            )
+        return due
 
     async def submit(self, request: CallRequest) -> Job:
         """Queue an errand for the next opening time and wake the loop.

@@ -23,6 +23,8 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from bot.phone import DestinationPolicy, check_destination
+from concierge.calling_window import DailyWindow
 from concierge.clock import Clock
 from concierge.desk import Desk
 from concierge.locks import JobLocks
@@ -39,6 +41,7 @@ from storage.errors import (
 )
 from storage.jobs import JobStore
 from storage.models import Booking, CallOutcome, CallRequest, Job, JobState, OutcomeKind, Turn
+from storage.numbers import DoNotCall
 from storage.ports import CallPlacer, JobEvent, Notifier
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,11 @@ class Dispatcher:
         errands_per_user_per_hour: submissions one person may make per hour.
         on_booked: creates the calendar event and returns the outcome with
             ``event_link``; a failure there never loses the booking.
+        callee_window: the callee's local calling hours (``CALLEE_LOCAL_HOURS``), checked
+            with the business's hours in planning and right before every dial.
+        do_not_call: numbers never to dial (checked right before every dial).
+        destinations: countries and number types that may be dialled (checked right
+            before every dial, since the settings may change while an errand waits).
     """
 
     def __init__(
@@ -90,6 +98,9 @@ class Dispatcher:
         max_queued_per_user: int = 10,
         errands_per_user_per_hour: int = 20,
         on_booked: OnBooked | None = None,
+        callee_window: DailyWindow | None = None,
+        do_not_call: DoNotCall | None = None,
+        destinations: DestinationPolicy | None = None,
     ) -> None:
         self.store = store
         self.placer = placer
@@ -107,7 +118,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._placing: set[str] = set()
         self.locks = JobLocks()
-        self.schedule = Schedule(default_hours, clock)
+        self.schedule = Schedule(default_hours, clock, callee_window)
+        self.do_not_call = do_not_call
+        self.destinations = destinations
         self.outcomes = Outcomes(
             store,
             notifier,
@@ -324,6 +337,8 @@ class Dispatcher:
             if await self._defer_if_closed(job):
                 return
             await self.notifier.notify(job, JobEvent.CALLING)
+            if await self._refuse_destination(job):
+                return
             if await self._defer_if_closed(job):
                 return
             # Nothing may await between the hours check above and this call.
@@ -366,6 +381,20 @@ class Dispatcher:
             current = await self.store.set_call_sid(job.id, found.call_sid)
         if not current.state.is_active:  # cancelled meanwhile
             await self.hang_up_quietly(found.call_sid)
+
+    async def _refuse_destination(self, job: Job) -> bool:
+        """End the errand, with no call, if its number is on the do-not-call list or not dialable."""
+        phone = job.request.phone
+        refusal = None
+        if self.do_not_call is not None and await self.do_not_call.contains(phone):
+            refusal = f"I won't call {phone}: it is on the do-not-call list."
+        elif self.destinations is not None:
+            refusal = check_destination(phone, self.destinations)
+        if refusal is None:
+            return False
+        outcome = CallOutcome(OutcomeKind.FAILED, summary=refusal)
+        await self.outcomes.settle(job.id, outcome, reason=f"not dialled: {refusal}")
+        return True
 
     async def _defer_if_closed(self, job: Job) -> bool:
         """Put a claimed job back if its business is closed right now (no call, no attempt used)."""

@@ -70,8 +70,17 @@ class FakePlacer:
         self.gate: asyncio.Event | None = None  # when set, place_call waits for it
         self.entered = asyncio.Event()
         self.on_place: Any = None  # optional sync callback(job) run at the moment of placing
+        self.store: JobStore | None = None  # when set, place_call stores the attempt's nonce first
+        self.found: list[FoundCall] = []  # what find_calls answers
+        self.find_error: ProviderError | None = None
+        self.finds = 0
 
     async def place_call(self, job: Job) -> str:
+        if self.store is not None:
+            await self.store.update_meta(
+                job.id, call_nonce=f"n{len(self.calls)}", call_nonce_attempt=job.attempts,
+                dial_started_at=self.clock.now(),
+            )  # fmt: skip
         if self.on_place is not None:
             self.on_place(job)
         call_sid = f"CA{len(self.calls) + 1:032x}"
@@ -84,7 +93,10 @@ class FakePlacer:
         return call_sid
 
     async def find_calls(self, to: str, *, started_after: datetime) -> list[FoundCall]:
-        return []
+        self.finds += 1
+        if self.find_error is not None:
+            raise self.find_error
+        return list(self.found)
 
     async def call_status(self, call_sid: str) -> str:
         if self.status_error is not None:

@@ -52,6 +52,7 @@ async def test_sigkill_mid_call_then_restart_reconciles_tells_the_person_and_fin
         port=free_port(),
         database_path=db_path,
         default_business_hours="daily 00:00-24:00",
+        callee_local_hours="00:00-24:00",
         retry_backoff_minutes=0,
     )
     server = Server(env, tmp_path, tmp_path / "serve-1.log")

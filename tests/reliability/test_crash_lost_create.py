@@ -39,6 +39,7 @@ async def test_sigkill_before_the_call_sid_is_stored_dials_once(tmp_path: Path) 
         port=free_port(),
         database_path=db_path,
         default_business_hours="daily 00:00-24:00",
+        callee_local_hours="00:00-24:00",
         retry_backoff_minutes=0,
         max_attempts=1,  # the one call's outcome ends the errand: any second call is a redial
     )

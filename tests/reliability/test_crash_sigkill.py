@@ -73,6 +73,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_double_dials(tm
         port=free_port(),
         database_path=db_path,
         default_business_hours="daily 00:00-24:00",
+        callee_local_hours="00:00-24:00",
         retry_backoff_minutes=0,
         max_attempts=12,
         silence_timeout_seconds=6.0,

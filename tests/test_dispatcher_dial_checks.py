@@ -1,0 +1,104 @@
+"""Right before every dial: do-not-call, destination policy, the callee's local hours; and a
+create whose answer was lost is looked for before anything is dialled again."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from dispatcher_harness import harness, local, request
+
+from bot.phone import DestinationPolicy
+from concierge.calling_window import DailyWindow
+from storage.errors import ProviderConnectionError, ProviderTimeoutError
+from storage.models import JobState
+from storage.numbers import DoNotCall
+from storage.ports import FoundCall, JobEvent
+
+NY, LA = "America/New_York", "America/Los_Angeles"
+MONDAY_8_NY = local(NY, 2026, 6, 8, 8, 0)
+MONDAY_9_NY = local(NY, 2026, 6, 8, 9, 0)
+MONDAY_8_LA = local(LA, 2026, 6, 8, 8, 0)  # 11:00 in New York
+WINDOW = DailyWindow.parse("08:00-21:00")
+
+
+async def test_a_new_york_business_is_not_called_before_8_in_the_callees_los_angeles(tmp_path: Path) -> None:
+    async with harness(tmp_path / "db", MONDAY_8_NY, callee_window=WINDOW) as h:
+        job = await h.dispatcher.submit(request(tz=NY))  # +1 415: rings in Los Angeles
+        assert job.next_attempt_at == MONDAY_8_LA  # the shop opens at 9 NY = 6 LA: too early
+        await h.run_until(MONDAY_9_NY + timedelta(hours=1))
+        assert h.placer.calls == []
+        await h.run_until(MONDAY_8_LA)
+        assert [c.at for c in h.placer.calls] == [MONDAY_8_LA]
+
+
+async def test_callee_window_closed_at_dial_time_requeues_uncounted(tmp_path: Path) -> None:
+    async with harness(tmp_path / "db", MONDAY_9_NY) as h:
+        job = await h.dispatcher.submit(request(tz=NY))  # planned without the callee window
+        await h.stop()
+        h.dispatcher = h.new_dispatcher(callee_window=WINDOW)
+        await h.start()
+        stored = await h.store.get(job.id)
+        assert h.placer.calls == [] and stored.state is JobState.QUEUED
+        assert stored.next_attempt_at == MONDAY_8_LA and stored.calls_made == 0
+
+
+async def test_a_number_put_on_do_not_call_while_queued_is_never_dialled(tmp_path: Path) -> None:
+    async with harness(tmp_path / "db", MONDAY_8_NY, start_loop=False) as h:
+        dnc = DoNotCall(h.db, clock=h.clock.now)
+        h.dispatcher = h.new_dispatcher(do_not_call=dnc)
+        job = await h.dispatcher.submit(request(tz=NY))
+        await dnc.add("+14155550100", "asked not to be called")
+        await h.start()
+        await h.run_until(MONDAY_9_NY + timedelta(hours=1))
+        stored = await h.store.get(job.id)
+        assert h.placer.calls == []
+        assert stored.state is JobState.FAILED and stored.outcome is not None
+        assert "do-not-call" in stored.outcome.summary
+        assert h.notifier.events(job.id)[-1] is JobEvent.FINISHED
+
+
+async def test_a_destination_refused_by_policy_at_dial_time_ends_the_errand(tmp_path: Path) -> None:
+    policy = DestinationPolicy(countries=frozenset({"GB"}), home_region="GB")
+    async with harness(tmp_path / "db", MONDAY_9_NY, destinations=policy) as h:
+        job = await h.dispatcher.submit(request(tz=NY))
+        await h.idle()
+        stored = await h.store.get(job.id)
+        assert h.placer.calls == [] and stored.state is JobState.FAILED
+        assert stored.outcome is not None and "won't call" in stored.outcome.summary
+
+
+async def test_lost_create_answer_adopts_the_call_it_placed(tmp_path: Path) -> None:
+    async with harness(tmp_path / "db", MONDAY_9_NY, start_loop=False) as h:
+        h.placer.store = h.store
+        h.placer.errors = [ProviderTimeoutError("twilio create call: timed out", provider="twilio")]
+        h.placer.found = [FoundCall("CA" + "e" * 32, "ringing", MONDAY_9_NY)]
+        job = await h.dispatcher.submit(request(tz=NY))
+        await h.start()
+        stored = await h.store.get(job.id)
+        assert len(h.placer.calls) == 1 and h.placer.finds == 1
+        assert stored.state is JobState.DIALING and stored.current_call_sid == "CA" + "e" * 32
+
+
+async def test_lost_create_answer_with_no_call_found_is_requeued_uncounted(tmp_path: Path) -> None:
+    async with harness(tmp_path / "db", MONDAY_9_NY, start_loop=False) as h:
+        h.placer.store = h.store
+        h.placer.errors = [ProviderConnectionError("twilio create call: reset", provider="twilio")]
+        job = await h.dispatcher.submit(request(tz=NY))
+        await h.start()
+        stored = await h.store.get(job.id)
+        assert len(h.placer.calls) == 2  # looked, found nothing, then dialled once more
+        assert stored.attempts == 2 and stored.calls_made == 1
+
+
+async def test_lost_create_answer_while_twilio_is_unreachable_keeps_the_lease(tmp_path: Path) -> None:
+    async with harness(tmp_path / "db", MONDAY_9_NY, start_loop=False) as h:
+        h.placer.store = h.store
+        h.placer.errors = [ProviderTimeoutError("twilio create call: timed out", provider="twilio")]
+        h.placer.find_error = ProviderConnectionError("twilio list calls: down", provider="twilio")
+        job = await h.dispatcher.submit(request(tz=NY))
+        await h.start()
+        await h.run_until(MONDAY_9_NY + timedelta(hours=2))  # the lease runs out; recovery looks again
+        stored = await h.store.get(job.id)
+        assert len(h.placer.calls) == 1 and h.placer.finds >= 2  # never redialled blind
+        assert stored.state is JobState.DIALING and stored.lease_owner == "disp-1"
