@@ -131,6 +131,7 @@ class Dispatcher:
             retry_backoff=retry_backoff,
             on_booked=on_booked,
             wake=self.wake,
+            do_not_call=do_not_call,
         )
         self._reconciler = CallReconciler(
             store,

@@ -23,7 +23,8 @@ from concierge.locks import JobLocks
 from concierge.schedule import Schedule
 from storage.errors import IllegalTransition, JobNotFound, LeaseLost, user_message
 from storage.jobs import JobStore
-from storage.models import CallOutcome, Job, JobState, OutcomeKind, Turn
+from storage.models import OPTED_OUT_STATE, CallOutcome, Job, JobState, OutcomeKind, Turn
+from storage.numbers import SOURCE_CALLEE, DoNotCall
 from storage.ports import JobEvent, Notifier
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,18 @@ _FINAL_FOR: dict[OutcomeKind, JobState] = {
     OutcomeKind.NEEDS_USER: JobState.NEEDS_USER,
     OutcomeKind.WRONG_NUMBER: JobState.FAILED,
     OutcomeKind.FAILED: JobState.FAILED,
+    OutcomeKind.OPTED_OUT: OPTED_OUT_STATE,
 }
+#: Errands that wait for a call and end at once when their number opts out elsewhere.
+_WAITING = (JobState.QUEUED, JobState.NEEDS_USER)
+
+
+def _booked_then(outcome: CallOutcome) -> str:
+    """The summary of a booking confirmed on the phone that a later outcome must not undo."""
+    if outcome.kind is OutcomeKind.ERROR:
+        return "Booked on the phone; the call was cut off before the goodbye."
+    said = f" ({outcome.summary})" if outcome.summary else ""
+    return f"Booked on the phone; the call then ended as {outcome.kind.value}{said}, but the booking stands."
 
 
 class Outcomes:
@@ -53,6 +65,7 @@ class Outcomes:
         retry_backoff: first retry delay, doubled on each further attempt.
         on_booked: creates the calendar event; a failure there never loses the booking.
         wake: asks the dispatcher's loop to look at the queue again.
+        do_not_call: where a number that opted out goes, at once and for good.
     """
 
     def __init__(
@@ -67,6 +80,7 @@ class Outcomes:
         retry_backoff: timedelta,
         on_booked: OnBooked | None,
         wake: Callable[[], None],
+        do_not_call: DoNotCall | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
@@ -77,6 +91,7 @@ class Outcomes:
         self._retry_backoff = retry_backoff
         self._on_booked = on_booked
         self._wake = wake
+        self._do_not_call = do_not_call
 
     async def settle(
         self,
@@ -103,14 +118,15 @@ class Outcomes:
             if outcome.call_sid is None and job.current_call_sid:
                 outcome = dataclasses.replace(outcome, call_sid=job.current_call_sid)
             booking = job.current_booking
-            if outcome.kind is OutcomeKind.ERROR and booking is not None:
-                # Confirmed on the phone, then the call broke (crash, dropped stream, restart):
-                # the appointment exists at the business; calling again would book it twice.
+            if outcome.kind is not OutcomeKind.BOOKED and booking is not None:
+                # Confirmed on the phone, then the call broke or ended otherwise (crash, dropped
+                # stream, a later "sorry, we're full" or question): the appointment exists at the
+                # business; calling again would book it twice. The summary says what happened.
                 outcome = dataclasses.replace(
                     outcome,
                     kind=OutcomeKind.BOOKED,
                     booking=booking,
-                    summary="Booked on the phone; the call was cut off before the goodbye.",
+                    summary=_booked_then(outcome),
                 )
             if outcome.kind is OutcomeKind.BOOKED:
                 outcome = await self._create_event(job, outcome)
@@ -120,8 +136,40 @@ class Outcomes:
                 log.info("outcome for errand %s not applied: %s", job_id, e)
                 return None
         await self._notifier.notify(job, event, transcript if event is JobEvent.FINISHED else ())
+        if outcome.kind is OutcomeKind.OPTED_OUT:
+            await self._opted_out(job, outcome)
         self._wake()
         return job
+
+    async def _opted_out(self, job: Job, outcome: CallOutcome) -> None:
+        """The callee asked not to be called again: never again, by anyone's errand.
+
+        The number goes onto the do-not-call list (so no queued, retrying or dialling
+        errand is dialled: the dispatcher checks it before every create), and every other
+        errand waiting to call it ends now, its person told with the callee's words.
+        """
+        phone = job.request.phone
+        if self._do_not_call is not None:
+            reason = f"the callee asked not to be called again (errand {job.id}): {outcome.summary}"
+            await self._do_not_call.add(phone, reason, source=SOURCE_CALLEE)
+        ended = CallOutcome(OutcomeKind.OPTED_OUT, summary=outcome.summary)
+        for other in await self._store.list(states=_WAITING, limit=10_000):
+            if other.id == job.id or other.request.phone != phone:
+                continue
+            async with self._locks.hold(other.id):
+                try:
+                    if (await self._store.get(other.id)).state not in _WAITING:
+                        continue
+                    done = await self._store.transition(
+                        other.id,
+                        OPTED_OUT_STATE,
+                        reason="the number opted out on another errand",
+                        outcome=ended,
+                    )
+                except (IllegalTransition, LeaseLost, JobNotFound) as e:
+                    log.info("errand %s not ended after the opt-out: %s", other.id, e)
+                    continue
+            await self._notifier.notify(done, JobEvent.FINISHED)
 
     async def requeue_uncounted(self, job: Job, reason: str, *, notify: bool = False) -> Job | None:
         """Back to queued at the next opening without using up an attempt (no call was placed).

@@ -168,7 +168,8 @@ FINAL_STATES = frozenset(
 #: Legal transitions (DESIGN.md, "The errand's life"). ``needs_user`` may be
 #: re-queued once the person answers the question.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.DIALING, JobState.CANCELLED, JobState.FAILED}),
+    # → DECLINED: the number opted out on another errand (``OPTED_OUT_STATE``).
+    JobState.QUEUED: frozenset({JobState.DIALING, JobState.CANCELLED, JobState.FAILED, JobState.DECLINED}),
     JobState.DIALING: frozenset(
         {JobState.IN_CALL, JobState.QUEUED, JobState.FAILED, JobState.GAVE_UP, JobState.CANCELLED}
     ),
@@ -182,7 +183,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.GAVE_UP,
         }
     ),
-    JobState.NEEDS_USER: frozenset({JobState.QUEUED, JobState.CANCELLED}),
+    JobState.NEEDS_USER: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.DECLINED}),
     JobState.BOOKED: frozenset(),
     JobState.DECLINED: frozenset(),
     JobState.FAILED: frozenset(),

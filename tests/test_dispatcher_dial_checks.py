@@ -11,7 +11,7 @@ from dispatcher_harness import harness, local, request
 from bot.phone import DestinationPolicy
 from concierge.calling_window import DailyWindow
 from storage.errors import ProviderConnectionError, ProviderTimeoutError
-from storage.models import JobState
+from storage.models import Booking, CallOutcome, JobState, OutcomeKind
 from storage.numbers import DoNotCall
 from storage.ports import FoundCall, JobEvent
 
@@ -102,3 +102,41 @@ async def test_lost_create_answer_while_twilio_is_unreachable_keeps_the_lease(tm
         stored = await h.store.get(job.id)
         assert len(h.placer.calls) == 1 and h.placer.finds >= 2  # never redialled blind
         assert stored.state is JobState.DIALING and stored.lease_owner == "disp-1"
+
+
+async def test_an_opt_out_lists_the_number_and_ends_every_other_errand_to_it(tmp_path: Path) -> None:
+    async with harness(tmp_path / "db", MONDAY_9_NY, start_loop=False, max_concurrent=1) as h:
+        dnc = DoNotCall(h.db, clock=h.clock.now)
+        h.dispatcher = h.new_dispatcher(do_not_call=dnc)
+        first = await h.dispatcher.submit(request(tz=NY, user="u1"))
+        second = await h.dispatcher.submit(request(tz=NY, user="u2"))
+        await h.start()
+        [call] = h.placer.calls  # one at a time: the second waits queued
+        words = 'They said: "Please take us off your list."'
+        await h.dispatcher.call_answered(call.job_id, call.call_sid)
+        await h.dispatcher.report_outcome(call.job_id, CallOutcome(OutcomeKind.OPTED_OUT, summary=words))
+        await h.idle()
+        other = second.id if call.job_id == first.id else first.id
+        listed = await dnc.get("+14155550100")
+        assert listed is not None and words in listed.reason
+        for job_id in (first.id, second.id):
+            job = await h.store.get(job_id)
+            assert job.state is JobState.DECLINED and job.outcome is not None
+            assert job.outcome.kind is OutcomeKind.OPTED_OUT and job.outcome.summary == words
+            assert h.notifier.events(job_id)[-1] is JobEvent.FINISHED
+        assert len(h.placer.calls) == 1 and (await h.store.get(other)).calls_made == 0
+
+
+async def test_a_booking_confirmed_on_the_phone_survives_a_later_decline(tmp_path: Path) -> None:
+    async with harness(tmp_path / "db", MONDAY_9_NY) as h:
+        job = await h.dispatcher.submit(request(tz=NY))
+        await h.idle()
+        [call] = h.placer.calls
+        await h.dispatcher.call_answered(job.id, call.call_sid)
+        slot = MONDAY_9_NY + timedelta(days=1)
+        await h.dispatcher.booking_confirmed(job.id, Booking(slot, slot + timedelta(minutes=30), "haircut"))
+        await h.dispatcher.report_outcome(job.id, CallOutcome(OutcomeKind.DECLINED, summary="full after all"))
+        stored = await h.store.get(job.id)
+        assert stored.state is JobState.BOOKED and stored.outcome is not None
+        assert stored.outcome.booking is not None and stored.outcome.booking.start == slot
+        assert "declined" in stored.outcome.summary and "booking stands" in stored.outcome.summary

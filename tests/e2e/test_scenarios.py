@@ -129,10 +129,6 @@ async def test_opt_out_is_recorded_with_the_callees_words() -> None:
     assert not [e for e in result.events if e.get("transactionId") == result.job.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WIRING (issue 15): the dispatcher does not act on opted_out yet; remove this mark with it",
-)
 async def test_opt_out_end_to_end() -> None:
     world, app, clock = await start_stack(pace=4.0, silence_timeout_seconds=6.0)
     try:
