@@ -16,8 +16,8 @@ import pytest
 from reliability_kit import CallWatch, job_of_call, submit_errand, wait_until
 from serve_proc import Server, free_port, server_env
 
-from concierge.demo_env import SandboxWorld
 from concierge.settings import Settings
+from demo.world import SandboxWorld
 from sandbox.twilio import Behavior, LostAnswer
 from storage.db import Database
 from storage.jobs import JobStore
