@@ -90,8 +90,13 @@ class Server:
         self.proc: asyncio.subprocess.Process | None = None
         self._log: int | None = None  # file descriptor of the log
 
-    async def start(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-        """Start and wait for the "concierge ready" line (the dispatcher has run recovery by then)."""
+    async def start(self, timeout: float = 120.0) -> None:  # noqa: ASYNC109
+        """Start and wait for the "concierge ready" line (the dispatcher has run recovery by then).
+
+        The timeout only catches a hang (a process that dies is seen at once, by EOF). It is not a
+        speed expectation: start-up imports the SDKs (~3.5 s of CPU), and under a parallel suite on
+        2 cores that took more than 30 s of wall time.
+        """
         self._log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # closed in wait()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
