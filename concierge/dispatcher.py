@@ -374,7 +374,7 @@ class Dispatcher:
             return  # keep the lease: when it runs out, recovery looks again (never a blind redial)
         if found.call_sid is None:
             await self.outcomes.requeue_uncounted(
-                job, "call not placed: the create got no answer", notify=True
+                job, "call not placed: the create got no answer", notify=True, backoff=True
             )
             return
         current = await self.store.get(job.id)

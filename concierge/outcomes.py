@@ -171,12 +171,20 @@ class Outcomes:
                     continue
             await self._notifier.notify(done, JobEvent.FINISHED)
 
-    async def requeue_uncounted(self, job: Job, reason: str, *, notify: bool = False) -> Job | None:
+    async def requeue_uncounted(
+        self, job: Job, reason: str, *, notify: bool = False, backoff: bool = False
+    ) -> Job | None:
         """Back to queued at the next opening without using up an attempt (no call was placed).
 
         The caller must hold the job's lease.
+
+        Args:
+            backoff: wait at least the first retry delay, for a claim given back because the
+                provider misbehaved (a lost create answer): a provider that keeps failing must
+                not be hit again at once, over and over, on attempts that never count.
         """
-        due = self._schedule.next_opening(job.request, self._clock.now())
+        after = self._clock.now() + (self._retry_backoff if backoff else timedelta(0))
+        due = self._schedule.next_opening(job.request, after)
         async with self._locks.hold(job.id):
             try:
                 if due is None:

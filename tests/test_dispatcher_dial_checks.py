@@ -87,8 +87,13 @@ async def test_lost_create_answer_with_no_call_found_is_requeued_uncounted(tmp_p
         job = await h.dispatcher.submit(request(tz=NY))
         await h.start()
         stored = await h.store.get(job.id)
-        assert len(h.placer.calls) == 2  # looked, found nothing, then dialled once more
-        assert stored.attempts == 2 and stored.calls_made == 1
+        assert len(h.placer.calls) == 1  # looked, found nothing: the claim is given back, uncounted
+        assert stored.state is JobState.QUEUED and stored.calls_made == 0
+        # ... due after the first retry delay, not at once (a failing provider is not hammered)
+        assert stored.next_attempt_at == MONDAY_9_NY + timedelta(minutes=30)
+        await h.run_until(MONDAY_9_NY + timedelta(minutes=31))
+        stored = await h.store.get(job.id)
+        assert len(h.placer.calls) == 2 and stored.attempts == 2 and stored.calls_made == 1
 
 
 async def test_lost_create_answer_while_twilio_is_unreachable_keeps_the_lease(tmp_path: Path) -> None:
