@@ -54,9 +54,11 @@ class _WatchedTransport(httpx2.AsyncBaseTransport):
         self.read_to_end: list[asyncio.Event] = []
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
+        # Listed when the request is sent, not when its answer starts: the sandbox records a
+        # request as it arrives, and a test that saw it there may look for its event at once.
         done = asyncio.Event()
         self.read_to_end.append(done)
+        response = await self._inner.handle_async_request(request)
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         return httpx2.Response(
             response.status_code,
