@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +35,28 @@ class DemoCommand:
 
 
 DEMO = DemoCommand()
+
+
+class PlaygroundCommand:
+    """``concierge playground [--port P] [--host H]``."""
+
+    help = "try Concierge in your browser against the sandbox, playing the business yourself"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--port", type=int, default=8321, help="port of the page (default 8321)")
+        parser.add_argument(
+            "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from demo.playground import serve
+
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(serve(args.host, args.port))
+        return 0
+
+
+PLAYGROUND = PlaygroundCommand()
 
 
 @asynccontextmanager

@@ -67,11 +67,18 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Press:
+    """The callee presses keys on its phone: Twilio reports each as a ``dtmf`` stream event."""
+
+    digits: str
+
+
+@dataclass(frozen=True)
 class HangUp:
     """The callee hangs up."""
 
 
-CalleeStep = Say | WaitTurn | Interrupt | WaitDigits | Pause | HangUp
+CalleeStep = Say | WaitTurn | Interrupt | WaitDigits | Pause | Press | HangUp
 _INTERRUPT_TIMEOUT = 20.0
 
 
@@ -91,6 +98,7 @@ class Callee:
         self.heard: list[str] = []  # assistant turns as heard (only fully played words)
         self.said: list[str] = []
         self.digits_heard = ""
+        self.pressed: list[str] = []  # keys pressed and not yet reported on the stream (take_pressed)
         self.errors: list[str] = []
         self.frames = 0
         self.hung_up = False
@@ -123,6 +131,11 @@ class Callee:
     def hear_digits(self, digits: str) -> None:
         """Digits played through another route (e.g. ``<Play digits>`` TwiML)."""
         self.digits_heard += digits
+
+    def take_pressed(self) -> list[str]:
+        """Keys pressed since the last call, for the stream to report as ``dtmf`` events."""
+        keys, self.pressed = self.pressed, []
+        return keys
 
     def tick(self, played: bytes) -> bytes | None:
         """Advance one frame.
@@ -240,5 +253,8 @@ class Callee:
         if isinstance(step, Pause):
             assert self._step_started is not None
             return (self.frames - self._step_started) * FRAME_SECONDS >= step.seconds
+        if isinstance(step, Press):
+            self.pressed += list(step.digits)
+            return True
         self.hung_up = True  # HangUp
         return True

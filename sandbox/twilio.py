@@ -69,6 +69,8 @@ class SandboxTwilio:
         self.requests: list[tuple[str, str, dict[str, list[str]], int]] = []  # method, path, form, status
         self.base_url = ""
         self._programs: dict[str, Program] = {}
+        #: What a number nobody programmed does (None: answer with an empty script).
+        self.default_program: Program | None = None
         self._fail_next: list[int] = []
         self._lose_next: list[LostAnswer] = []
         self.lost_answers: list[str] = []  # sids of calls whose create answer was lost
@@ -198,7 +200,7 @@ class SandboxTwilio:
             to=to,
             from_=from_,
             params=form,
-            program=self._programs.get(to, Program()),
+            program=self._programs.get(to) or self.default_program or Program(),
             twiml=form["Twiml"][0] if form.get("Twiml") else None,
         )
         self.calls[call.sid] = call
