@@ -110,6 +110,12 @@ class MediaPump:
         while self.marks and self.marks[0][0] <= self.played:
             await self.echo_mark(self.marks.pop(0)[1])
         frame = callee.tick(played)
+        for digit in callee.take_pressed():  # keys the callee pressed: Twilio sends events, not tones
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                await self.send({
+                    "event": "dtmf", "streamSid": self.stream_sid,
+                    "dtmf": {"track": "inbound_track", "digit": digit},
+                })  # fmt: skip
         if frame is None:
             call.ended_by = "callee"
             return False
@@ -129,12 +135,6 @@ class MediaPump:
             self.app_closed = True
         # The ear times the wait from here: the frame is on its way to the app.
         call.ear.callee_frame(frame, played=played, said=callee.said[-1] if callee.said else "")
-        for digit in callee.take_pressed():  # keys the callee pressed: Twilio sends events, not tones
-            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-                await self.send({
-                    "event": "dtmf", "streamSid": self.stream_sid,
-                    "dtmf": {"track": "inbound_track", "digit": digit},
-                })  # fmt: skip
         if self.app_closed:
             call.ended_by = "stream_closed"
             return False
