@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-peer serve clean
+.PHONY: demo playground test test-fast lint bench bench-peer serve clean
 
 # The wheel holds only the product; the .pth puts this checkout on the venv's path, so the
 # `concierge demo` plugin (demo/), sandbox/, bench/ and tests/ import from here.
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/concierge demo
+
+# The product against the sandbox in your browser (http://127.0.0.1:8321/); ANTHROPIC_API_KEY = real Claude.
+playground: $(STAMP)
+	$(BIN)/concierge playground
 
 # The whole suite, one pytest-xdist worker per core (most tests wait on paced audio, not the CPU).
 test: $(STAMP)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -505,5 +506,9 @@ async def serve(host: str, port: int) -> int:
         print(f"Concierge playground: {url}")
         print(f"model: {pg.choice.label}")
         print("Everything else runs in the local sandbox: no calls are placed. Ctrl-C stops.", flush=True)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        # A service manager's stop ends it as cleanly as Ctrl-C.
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
     return 0
