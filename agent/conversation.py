@@ -64,7 +64,7 @@ from agent.early import EarlyRound
 from agent.history import Message, add_user, drop_empty, prefix_text, set_text, text_of
 from agent.limits import CallLimits
 from agent.llm import MODEL_RETRY, from_transport_error, to_provider_error
-from agent.prompts import build_system_prompt
+from agent.prompts import DEFAULT_TEMPLATE, build_system_prompt
 from agent.tools import DEFAULT_MIN_LEAD, BookingTools, FreeBusy
 from storage.errors import user_message
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
@@ -164,6 +164,8 @@ class ClaudeAgent(Agent):
             and ``opening_line`` instead of a model round (``fixed_phrases`` renders it ahead).
         acknowledgements: say ``ACKS`` for the model when a round opens with a lookup tool and no
             words (the prompt then tells the model it need not say "Let me check." itself).
+        prompt_template: the system prompt's wording (``agent.prompts.DEFAULT_TEMPLATE`` unless an
+            eval measures another version, see AGENT_PROMPT_FILE).
     """
 
     def __init__(
@@ -189,6 +191,7 @@ class ClaudeAgent(Agent):
         min_lead: timedelta = DEFAULT_MIN_LEAD,
         fixed_opening: bool = False,
         acknowledgements: bool = False,
+        prompt_template: str = DEFAULT_TEMPLATE,
     ) -> None:
         self._client = client
         self._model = model
@@ -227,6 +230,7 @@ class ClaudeAgent(Agent):
             today=today,
             opening=self.disclosure,
             acks_said=acknowledgements,
+            template=prompt_template,
         )
         schemas = self.tools.schemas()
         schemas[-1] = {**schemas[-1], "cache_control": {"type": "ephemeral"}}

@@ -29,6 +29,7 @@ from agent.calendar import GraphCalendar, build_graph_client
 from agent.conversation import ClaudeAgent
 from agent.limits import CallLimits
 from agent.llm import build_anthropic
+from agent.prompts import DEFAULT_TEMPLATE, load_prompt_template
 from bot import slack as slack_bot
 from bot import telegram as telegram_bot
 from bot.allow import AllowList
@@ -125,6 +126,9 @@ class Concierge:
         self._closers: list[Any] = []
         self.listening: Listening | None = None
         self._unredact: Any = None
+        # Read now: a missing or broken prompt file (evals only) fails at start-up, not mid-call.
+        prompt_file = settings.agent_prompt_file
+        self._prompt_template = load_prompt_template(prompt_file) if prompt_file else DEFAULT_TEMPLATE
 
     # -- building ---------------------------------------------------------------------------
 
@@ -311,6 +315,7 @@ class Concierge:
             min_lead=timedelta(minutes=self.settings.min_lead_minutes),
             fixed_opening=self.settings.fixed_opening,
             acknowledgements=self.settings.acknowledgements,
+            prompt_template=self._prompt_template,
         )
         return CallSession(
             job,

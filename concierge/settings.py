@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     anthropic_api_key: str = ""
     anthropic_base_url: str = "https://api.anthropic.com"
     anthropic_model: str = "claude-haiku-5-5"
+    #: For evals (``concierge eval --prompt-file``): the phone model's prompt read from this file
+    #: instead of the product's own (``agent.prompts.DEFAULT_TEMPLATE``). Empty in production.
+    agent_prompt_file: str = ""
 
     # Calendar
     graph_tenant_id: str = ""

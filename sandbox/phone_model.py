@@ -59,6 +59,11 @@ _OPT_OUT = re.compile(
     r"|(take|remove) (us|this number|me) (off|from)|no more calls",
     re.I,
 )
+_CALENDAR_ASK = re.compile(
+    r"(read|tell|give|show) me (his|her|their|the) (calendar|schedule|diary)"
+    r"|when is \w+ (free|available|busy)|what (does|is) \w+'?s? (calendar|schedule)",
+    re.I,
+)
 _DONE = re.compile(r"all set|see (you|him|her|them) then|you're booked|booked you in", re.I)
 
 
@@ -200,6 +205,13 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
             _text("I understand, thank you anyway. Goodbye!"),
             _tool("end_call", {"outcome": "declined", "summary": f"No availability: {said}"}),
         ]
+    if _CALENDAR_ASK.search(said):  # the calendar stays private: only offered times are checked
+        return [
+            _text(
+                f"I'm sorry, I can't share {_first(errand)}'s calendar. "
+                "If you tell me a time you have, I can check whether it works."
+            )
+        ]
     slot = _offered_slot(errand, messages, said)
     if slot is not None:
         end = slot + timedelta(minutes=int(errand["window"]["duration_minutes"]))
@@ -211,7 +223,7 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
             _tool(
                 "check_availability",
                 {"start": slot.isoformat(timespec="minutes"), "end": end.isoformat(timespec="minutes")},
-            )
+            ),
         ]
     if _NAME.search(said):
         return [_text(f"It's for {person}. That's spelled {_spell(person)}.")]
