@@ -48,7 +48,18 @@ ACK_SAID = "is said for you at once"
 
 #: The placeholders a prompt template may use (``string.Template``: ``$name``; write ``$$`` for a dollar).
 PLACEHOLDERS = frozenset(
-    {"assistant_name", "business", "person", "service", "today", "window", "zone_note", "notes", "intro", "ack"}
+    {
+        "assistant_name",
+        "business",
+        "person",
+        "service",
+        "today",
+        "window",
+        "zone_note",
+        "notes",
+        "intro",
+        "ack",
+    }
 )
 
 #: The product's prompt. ``build_system_prompt`` fills it in and appends the ``ERRAND_JSON`` line;
@@ -147,8 +158,9 @@ def build_system_prompt(
     )
     notes = f"\nExtra notes from {request.person_name}: {request.notes}" if request.notes else ""
     intro = (
-        f'- {OPENING_SAID} before your first reply: "{opening}" Do not introduce yourself again; '
-        "start with the errand."
+        f'- {OPENING_SAID} before your first reply: "{opening}" Do not introduce yourself again. '
+        "Usually the errand is said for you right after it (you see it as your own first message): "
+        "then go on from the callee's answer; if it is not there, start with the errand."
         if opening
         else f"- In your first words say you are an AI assistant calling on behalf of {request.person_name}, "
         "then state the errand."

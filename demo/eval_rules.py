@@ -276,14 +276,47 @@ def within_bounds(r: Record, bounds: Bounds = DEFAULT_BOUNDS) -> Verdict:
     return PASS
 
 
+#: What a reply may open with while a lookup runs (the model's words or the agent's acknowledgement).
+FILLERS = (
+    "let me check", "let me see", "let me look", "sure", "one moment", "just a moment", "one second",
+    "just a second", "okay", "ok", "alright", "all right", "give me a second", "bear with me",
+)  # fmt: skip
+
+
+def _callee_line(lines: list[Line], said: str, start: int) -> int | None:
+    want = _norm(said)
+    for i in range(start, len(lines)):
+        got = _norm(lines[i].text)
+        if lines[i].speaker == "callee" and got and (got in want or want in got):
+            return i
+    return None
+
+
 def filler_before_tools(r: Record) -> Verdict:
-    """An answer to the callee that looks the calendar up says a few words before the lookup."""
+    """An answer to the callee that looks the calendar up says a few words before the lookup.
+
+    The words are the model's own (text before the tool call in the same answer) or, when the
+    agent speaks an acknowledgement for it, the reply heard in the transcript opens with one.
+    """
+    cursor = 0
     for x in r.rounds:
-        if not x.said or not (set(x.tools()) & LOOKUP_TOOLS):
+        if not x.said or not x.complete:
+            continue
+        at = _callee_line(r.lines, x.said, cursor)
+        cursor = at if at is not None else cursor
+        if not (set(x.tools()) & LOOKUP_TOOLS):
             continue
         first_tool = next(i for i, b in enumerate(x.blocks) if b.get("type") == "tool_use")
-        if not any(b.get("type") == "text" and b.get("text", "").strip() for b in x.blocks[:first_tool]):
-            return Verdict(False, f"silent lookup ({', '.join(x.tools())}) after {x.said[:60]!r}")
+        if any(b.get("type") == "text" and b.get("text", "").strip() for b in x.blocks[:first_tool]):
+            continue
+        reply = (
+            next((y for y in r.lines[(at or 0) + 1 :] if y.speaker == "assistant"), None)
+            if at is not None
+            else None
+        )
+        if reply is not None and _norm(reply.text).startswith(FILLERS):
+            continue
+        return Verdict(False, f"silent lookup ({', '.join(x.tools())}) after {x.said[:60]!r}")
     return PASS
 
 

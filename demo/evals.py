@@ -308,7 +308,13 @@ async def evaluate(
             if judge and not result.error:
                 from demo.eval_judge import judge_transcript
 
-                result.judge = await judge_transcript(base, choice, result.record)
+                result.judge = await judge_transcript(
+                    result.record,
+                    sandbox=choice.sandbox,
+                    model=choice.model,
+                    api_key=base.anthropic_api_key,
+                    base_url=choice.base_url,
+                )
             results.append(result)
             if progress is not None:
                 mark = (

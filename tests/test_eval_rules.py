@@ -181,8 +181,16 @@ def test_within_bounds() -> None:
 
 
 def test_filler_before_tools() -> None:
-    silent = replace(GOOD, rounds=[Round("How about 3:30 PM?", [tool("check_availability"), text("Ok.")])])
+    offer = "How about Wednesday at 3:30 PM?"
+    silent = replace(
+        GOOD,
+        lines=[c(offer), a("Wonderful, see you then.")],
+        rounds=[Round(offer, [tool("check_availability"), text("Ok.")])],
+    )
     assert filler_before_tools(silent).ok is False
+    # the agent's own acknowledgement, heard first, covers a model round without words
+    acked = replace(silent, lines=[c(offer), a("Let me check."), a("Wonderful, see you then.")])
+    assert filler_before_tools(acked).ok is True
     # a tool round that only carries results back continues a reply that already spoke
     chained = replace(GOOD, rounds=[Round("", [tool("confirm_booking")])])
     assert filler_before_tools(chained).ok is True

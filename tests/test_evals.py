@@ -172,3 +172,29 @@ def test_below_names_each_rule_under_the_threshold() -> None:
     assert below(summary, 1.0) == ["clash/filler_before_tools 60%"]
     assert below(summary, 0.6) == []
     assert Verdict(None).ok is None  # not applicable counts as a pass (see summarise)
+
+
+# -- the judge -------------------------------------------------------------------------------------
+
+
+def test_the_judges_answer_is_parsed_and_clamped() -> None:
+    from demo.eval_judge import parse_scores
+
+    got = parse_scores('Here: {"politeness": 7, "naturalness": 0, "why": "fine"}')
+    assert got == {"politeness": 5, "naturalness": 1, "why": "fine"}
+    assert "error" in parse_scores("I cannot grade this.")
+
+
+async def test_the_judge_asks_the_configured_model_with_the_rubric() -> None:
+    from datetime import date
+
+    from demo.eval_judge import judge_transcript
+    from demo.eval_rules import Line, Record
+    from storage.models import BookingWindow
+
+    window = BookingWindow(date(2026, 12, 1), date(2026, 12, 4))
+    record = Record(
+        "happy", "booked", "booked", "", window, "UTC", "UTC", lines=[Line("assistant", "Thank you!")]
+    )
+    scores = await judge_transcript(record, sandbox=True, model="claude-haiku-5-5")
+    assert scores["politeness"] == 5 and scores["naturalness"] == 4
