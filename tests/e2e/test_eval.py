@@ -25,14 +25,7 @@ def base(monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 
-#: Until the dispatcher acts on opted_out (issue 15), the opt-out errand is retried and ends gave_up.
-WIRING = pytest.mark.xfail(
-    strict=True,
-    reason="WIRING (issue 15): the dispatcher does not act on opted_out yet; remove this mark with it",
-)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=WIRING) if n == "opt_out" else n for n in evals.ALL])
+@pytest.mark.parametrize("name", evals.ALL)
 async def test_every_rule_holds_with_the_sandbox_model(base: Settings, name: str) -> None:
     choice = evals.model_choice(base)
     assert choice.sandbox
