@@ -167,13 +167,21 @@ def _serve(args: argparse.Namespace) -> int:
 # -- jobs -------------------------------------------------------------------
 
 
-def _jobs(args: argparse.Namespace, out: TextIO) -> int:
+def _settings() -> tuple[Settings, str] | None:
+    """The settings and the database path, or ``None`` after saying what is wrong with them."""
     try:
         settings = Settings()
-        path = settings.database_path
+        return settings, settings.database_path
     except (ConciergeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def _jobs(args: argparse.Namespace, out: TextIO) -> int:
+    loaded = _settings()
+    if loaded is None:
         return EXIT_ERROR
+    settings, path = loaded
     if path != ":memory:" and not Path(path).exists():
         if args.jobs_command == "list":
             out.write("[]\n" if args.json else f"No errands yet (no database at {path}).\n")
@@ -225,12 +233,10 @@ async def _jobs_async(args: argparse.Namespace, path: str, out: TextIO) -> int:
 
 
 def _numbers(args: argparse.Namespace, out: TextIO) -> int:
-    try:
-        settings = Settings()
-        path = settings.database_path
-    except (ConciergeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    loaded = _settings()
+    if loaded is None:
         return EXIT_ERROR
+    settings, path = loaded
     if args.numbers_command == "list" and path != ":memory:" and not Path(path).exists():
         out.write("[]\n" if args.json else f"No blocked numbers (no database at {path}).\n")
         return EXIT_OK

@@ -249,15 +249,23 @@ class TwilioWebhooks:
 
     # --- routes -------------------------------------------------------------------------------
 
-    async def status(self, request: web.Request) -> web.StreamResponse:
-        """Call progress: answered → in_call; unanswered → outcome; completed → end the session."""
+    async def _callback(self, request: web.Request, field: str) -> tuple[Job, str, str] | web.Response:
+        """A signed Twilio callback's job, CallSid and ``field``, or the answer to give at once."""
         params = await self._signed_form(request)
         if isinstance(params, web.Response):
             return params
-        call_sid, status = params.get("CallSid", ""), params.get("CallStatus", "")
+        call_sid = params.get("CallSid", "")
         job = await self._job_for(request, call_sid)
         if job is None or not call_sid:
             return web.Response(status=204)
+        return job, call_sid, params.get(field, "")
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        """Call progress: answered → in_call; unanswered → outcome; completed → end the session."""
+        found = await self._callback(request, "CallStatus")
+        if isinstance(found, web.Response):
+            return found
+        job, call_sid, status = found
         call = await self._call(job, call_sid)
         if call is None:
             return web.Response(status=204)  # a finished call's late or repeated callback
@@ -283,13 +291,10 @@ class TwilioWebhooks:
 
     async def amd(self, request: web.Request) -> web.StreamResponse:
         """Answering-machine detection: a machine means voicemail (hang up, retry later)."""
-        params = await self._signed_form(request)
-        if isinstance(params, web.Response):
-            return params
-        call_sid, answered_by = params.get("CallSid", ""), params.get("AnsweredBy", "")
-        job = await self._job_for(request, call_sid)
-        if job is None or not call_sid:
-            return web.Response(status=204)
+        found = await self._callback(request, "AnsweredBy")
+        if isinstance(found, web.Response):
+            return found
+        job, call_sid, answered_by = found
         if answered_by.startswith("machine") or answered_by == "fax":
             call = await self._call(job, call_sid)
             if call is None:
