@@ -86,7 +86,7 @@ _MAX_OPENINGS = 2
 
 
 def disclosure_sentence(assistant_name: str, person_name: str, *, transcript_notice: bool) -> str:
-    """The fixed words that open every call (DESIGN.md, safety: the callee learns it is an AI).
+    """The fixed words that open every call (SECURITY.md: the callee learns first that it is an AI).
 
     Args:
         assistant_name: how the assistant introduces itself.

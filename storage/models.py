@@ -165,7 +165,7 @@ FINAL_STATES = frozenset(
     }
 )
 
-#: Legal transitions (DESIGN.md, "The errand's life"). ``needs_user`` may be
+#: Legal transitions (docs/ARCHITECTURE.md, "The errand's states"). ``needs_user`` may be
 #: re-queued once the person answers the question.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # → DECLINED: the number opted out on another errand (``OPTED_OUT_STATE``).
