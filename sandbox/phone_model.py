@@ -19,6 +19,7 @@ from typing import Any
 
 Block = dict[str, Any]
 
+_KEYS_NOTE = "[the callee's phone sent"
 #: Said before looking an offered slot up (the prompt's rule: never silent during a lookup).
 ACK = "Let me check."
 
@@ -81,7 +82,11 @@ def respond(body: dict[str, Any]) -> list[Block]:
         last["content"] if isinstance(last["content"], list) else [{"type": "text", "text": last["content"]}]
     )
     results = [b for b in content if b.get("type") == "tool_result"]
-    said = " ".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
+    texts = [b.get("text", "") for b in content if b.get("type") == "text"]
+    # A key the callee pressed gets no answer, so the words said after it share its user message:
+    # answer the words.
+    spoken = [t for t in texts if not t.startswith(_KEYS_NOTE)]
+    said = " ".join(spoken or texts).strip()
     if results and not said:  # words after the tool results are newer: answer those
         return _after_tools(errand, messages, results)
     return _answer(errand, system, messages, said)
@@ -180,7 +185,7 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
                 _tool("end_call", {"outcome": "failed", "summary": "The line went silent."}),
             ]
         return [_text("Hello, are you still there?")]
-    if said.startswith("[the callee's phone sent"):
+    if said.startswith(_KEYS_NOTE):
         return []
     menu = _menu_choice(said)
     if menu:

@@ -45,6 +45,15 @@ def test_offered_times_are_checked(said: str, start: str) -> None:
     assert block["input"]["end"] > start
 
 
+def test_words_after_an_unanswered_key_press_are_answered() -> None:
+    keys = {"type": "text", "text": "[the callee's phone sent DTMF digits: 5]"}
+    assert phone_model.respond({"system": SYSTEM, "messages": [{"role": "user", "content": [keys]}]}) == []
+    words = {"type": "text", "text": "We have Tuesday, December 1 at 2 PM."}
+    body = {"system": SYSTEM, "messages": [{"role": "user", "content": [keys, words]}]}
+    ack, block = phone_model.respond(body)
+    assert ack["text"] == phone_model.ACK and block["input"]["start"] == "2026-12-01T14:00"
+
+
 def test_name_is_spelled_and_hold_is_polite() -> None:
     assert (
         ask("Can you spell the name for the booking?")[0]["text"]

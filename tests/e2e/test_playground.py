@@ -9,6 +9,7 @@ also saves the final screenshot there (how the README's picture is made).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import pytest
 
 from concierge.settings import Settings
 from demo.playground import open_playground
-from demo.runner import MESSAGE
+from demo.runner import MESSAGE, wait_until
 from sandbox import scenarios
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,15 @@ async def test_a_whole_errand_in_the_browser(tmp_path: Path) -> None:
             await expect(assistant.first).to_contain_text("haircut", timeout=STEP_MS)
             await expect(page.locator("#say-input")).to_be_enabled()
 
+            # A key on the keypad reaches the model as the callee's DTMF, through the media stream.
+            await page.locator("#keypad button", has_text="5").click()
+            dtmf_note = "[the callee's phone sent DTMF digits: 5]"
+
+            async def model_heard_the_key() -> bool:
+                return any(dtmf_note in json.dumps(r) for r in pg.world.anthropic.requests)
+
+            await wait_until(model_heard_the_key, STEP_MS / 1000, "the key press to reach the model")
+
             async def say(text: str) -> None:
                 await page.fill("#say-input", text)
                 await page.press("#say-input", "Enter")
@@ -123,5 +133,35 @@ async def test_a_whole_errand_in_the_browser(tmp_path: Path) -> None:
             assert shot.stat().st_size > 10_000
             if target := os.environ.get("PLAYGROUND_SCREENSHOT"):
                 shutil.copyfile(shot, target)
+        finally:
+            await browser.close()
+
+
+async def test_a_scripted_receptionist_picked_in_the_page_takes_the_call() -> None:
+    chromium = _browser()
+    from playwright.async_api import async_playwright, expect
+
+    base = Settings(_env_file=None, anthropic_api_key="")  # type: ignore[call-arg]
+    async with open_playground(port=0, base=base) as (pg, url), async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = await browser.new_page()
+            await page.goto(url)
+            await page.select_option("#callee", "happy")
+            await expect(page.locator("#callee")).to_have_value("happy")
+            await page.fill("#chat-input", MESSAGE)
+            await page.click("#chat-form button")
+            await page.locator("#chat button", has_text="Confirm").click(timeout=STEP_MS)
+
+            await expect(page.locator("#call-status")).to_contain_text(
+                "scripted receptionist (happy)", timeout=STEP_MS
+            )
+            await expect(page.locator("#say-input")).to_be_disabled()  # the script talks, not you
+            await expect(page.locator("#call .line.callee").first).to_have_text(
+                f"Receptionist{scenarios.GREETING}", timeout=STEP_MS
+            )
+            booked = page.locator("#chat .bubble.bot", has_text=re.compile(r"^Booked: haircut"))
+            await expect(booked).to_be_visible(timeout=STEP_MS)
+            assert len(pg.world.graph.events) == 1
         finally:
             await browser.close()
