@@ -233,6 +233,7 @@ class Playground:
                     "ended_by": c.ended_by,
                     "live": c is live,
                     "lines": self._lines.get(c.sid, []),
+                    "hearing": c.callee.hearing if c.status not in FINAL_STATUSES else "",
                     "heard": [t.to_json() for t in c.heard_turns],
                 }
                 for c in calls

@@ -125,6 +125,11 @@ class Callee:
         return bool(self._out)
 
     @property
+    def hearing(self) -> str:
+        """The words of the assistant turn still in progress, as heard so far ("" between turns)."""
+        return " ".join(self._turn_words or [])
+
+    @property
     def script_done(self) -> bool:
         return self._step >= len(self.script.steps)
 

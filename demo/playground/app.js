@@ -76,6 +76,14 @@ function renderCallees() {
   if (document.activeElement !== sel) sel.value = state.callee;
 }
 
+// How the sandbox Twilio says a call ended, in words.
+function ended(by) {
+  return {
+    callee: "the receptionist hung up", api: "the assistant hung up", stream_closed: "the assistant hung up",
+    time_limit: "the call time limit was reached", drop: "the line dropped",
+  }[by] || `ended: ${by}`;
+}
+
 function renderCall() {
   const live = state.calls.find((c) => c.live);
   const last = state.calls[state.calls.length - 1];
@@ -84,20 +92,21 @@ function renderCall() {
   if (live) {
     status = `Call to ${live.to}: ${live.status}` + (you ? " — you are the receptionist." : ` — scripted receptionist (${state.callee}).`);
   } else if (last) {
-    status = `Last call to ${last.to}: ${last.status}` + (last.ended_by ? ` (ended by ${last.ended_by})` : "");
+    status = `Last call to ${last.to}: ${last.status}` + (last.ended_by ? ` (${ended(last.ended_by)})` : "");
   }
   $("call-status").textContent = status;
   const canTalk = Boolean(live) && you;
   for (const id of ["say-input", "say-button", "hangup"]) $(id).disabled = !canTalk;
   for (const b of $("keypad").querySelectorAll("button")) b.disabled = !canTalk;
-  if (!changed("calls", state.calls.map((c) => [c.sid, c.status, c.lines]))) return;
+  if (!changed("calls", state.calls.map((c) => [c.sid, c.status, c.lines, c.hearing]))) return;
   const box = $("call");
   stickToBottom(box, () => {
     box.innerHTML = state.calls.map((c, i) =>
-      `<div class="call-head">Call ${i + 1} to ${esc(c.to)} · ${esc(c.status)}${c.ended_by ? " · ended by " + esc(c.ended_by) : ""}</div>` +
+      `<div class="call-head">Call ${i + 1} to ${esc(c.to)} · ${esc(c.status)}${c.ended_by ? " · " + esc(ended(c.ended_by)) : ""}</div>` +
       c.lines.map((l) =>
         `<div class="line ${l.who}"><b>${l.who === "callee" ? "Receptionist" : "Assistant (as heard)"}</b>${esc(l.text)}</div>`
-      ).join("")
+      ).join("") +
+      (c.hearing ? `<div class="line assistant hearing"><b>Assistant (speaking…)</b>${esc(c.hearing)}</div>` : "")
     ).join("");
   });
 }

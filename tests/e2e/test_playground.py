@@ -87,7 +87,7 @@ async def test_a_whole_errand_in_the_browser(tmp_path: Path) -> None:
             await page.locator("#chat button", has_text="Confirm").click(timeout=STEP_MS)
 
             # The call: the assistant opens, you answer as the receptionist.
-            assistant = page.locator("#call .line.assistant")
+            assistant = page.locator("#call .line.assistant:not(.hearing)")
             await expect(assistant.first).to_contain_text("haircut", timeout=STEP_MS)
             await expect(page.locator("#say-input")).to_be_enabled()
 
@@ -163,5 +163,32 @@ async def test_a_scripted_receptionist_picked_in_the_page_takes_the_call() -> No
             booked = page.locator("#chat .bubble.bot", has_text=re.compile(r"^Booked: haircut"))
             await expect(booked).to_be_visible(timeout=STEP_MS)
             assert len(pg.world.graph.events) == 1
+        finally:
+            await browser.close()
+
+
+async def test_the_receptionist_hangs_up_from_the_page() -> None:
+    chromium = _browser()
+    from playwright.async_api import async_playwright, expect
+
+    base = Settings(_env_file=None, anthropic_api_key="")  # type: ignore[call-arg]
+    async with open_playground(port=0, base=base) as (pg, url), async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = await browser.new_page()
+            await page.goto(url)
+            await page.fill("#chat-input", MESSAGE)
+            await page.click("#chat-form button")
+            await page.locator("#chat button", has_text="Confirm").click(timeout=STEP_MS)
+            # The assistant's words show while they play, then as a finished line.
+            await expect(page.locator("#call .line.hearing")).to_contain_text("Hi, this is", timeout=STEP_MS)
+            opening = page.locator("#call .line.assistant:not(.hearing)")
+            await expect(opening.first).to_contain_text("haircut", timeout=STEP_MS)
+            await page.click("#hangup")
+            await expect(page.locator("#call .call-head").first).to_contain_text(
+                "the receptionist hung up", timeout=STEP_MS
+            )
+            first = min(pg.world.twilio.calls.values(), key=lambda c: c.created_at)
+            assert first.ended_by == "callee" and first.status == "completed"
         finally:
             await browser.close()
