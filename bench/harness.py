@@ -174,6 +174,7 @@ def bench_settings(
         "max_concurrent_calls": 10_000,
         "max_queued_per_user": 10_000,
         "errands_per_user_per_hour": 10_000,
+        "max_calls_per_number_per_day": 10_000,  # rounds re-dial the same numbers
         "silence_timeout_seconds": 6.0,
         "person_timezone": "America/Los_Angeles",
     }

@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from storage import text as bounds
-from storage.models import CallRequest, Job, JobState, OutcomeKind, Turn
+from storage.models import CallRequest, Job, JobState, OutcomeKind, Turn, WaitReason
 
 HELP = (
     "I phone businesses for you and book appointments.\n\n"
@@ -153,12 +153,23 @@ def status_list(jobs: Sequence[Job], person_tz: str) -> str:
 _AGAIN = re.compile(r"[;,.]?\s*I'll (call|try) again\.?\s*$", re.IGNORECASE)
 
 
+#: Why an errand waits past its planned time (``JobMeta.waiting_for``), for the person.
+_WAITING: dict[WaitReason, str] = {
+    WaitReason.NUMBER_IN_CALL: "I'm already on the phone with this number for another errand",
+    WaitReason.NUMBER_DAILY_LIMIT: "this number has already had the most calls I make to one number in a day",
+}
+
+
 def progress(job: Job, event: str, person_tz: str) -> str:
     """The one progress message for an errand, rewritten as it advances."""
     r = job.request
     head = f"Errand {job.id}: {r.service} at {r.business_name}"
     if event == "queued":
-        return f"{head}\nQueued — I'll call {fmt_when(job.next_attempt_at, person_tz)} your time."
+        when = fmt_when(job.next_attempt_at, person_tz)
+        if job.meta.waiting_for is not None:
+            waiting = _WAITING[job.meta.waiting_for]
+            return f"{head}\nWaiting: {waiting}. I'll call {when} your time."
+        return f"{head}\nQueued — I'll call {when} your time."
     if event == "calling":
         return f"{head}\nCalling {r.business_name} now… (attempt {job.attempts} of {job.max_attempts})"
     if event == "in_call":

@@ -191,6 +191,7 @@ class Concierge:
             retry_backoff=timedelta(minutes=s.retry_backoff_minutes),
             max_queued_per_user=s.max_queued_per_user,
             errands_per_user_per_hour=s.errands_per_user_per_hour,
+            max_calls_per_number_per_day=s.max_calls_per_number_per_day,
             on_booked=self._create_event,
             callee_window=s.callee_window,
             do_not_call=self.do_not_call,

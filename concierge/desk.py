@@ -8,17 +8,15 @@ ownership, polite refusals) rather than timing. ``Dispatcher`` delegates its
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from concierge.clock import Clock
 from concierge.locks import JobLocks
 from concierge.schedule import Schedule
-from storage.errors import IllegalTransition, IntakeError, JobNotFound
+from storage.errors import IllegalTransition, IntakeError, JobNotFound, UserLimitReached
 from storage.jobs import JobStore
 from storage.models import CallRequest, Job, JobState, UserAnswer
 from storage.ports import JobEvent, Notifier
-
-_UNFINISHED = (JobState.QUEUED, JobState.DIALING, JobState.IN_CALL)
 
 
 class Desk:
@@ -86,29 +84,19 @@ class Desk:
         Raises:
             IntakeError: a per-user limit is reached or the hours are unusable.
         """
-        user = request.origin.user_id
-        # Check-then-enqueue per person in one critical section: chat front ends run
-        # handlers concurrently, and two confirms at once must not both pass the cap.
-        async with self._locks.hold(f"user:{request.origin.platform}:{user}"):
-            return await self._submit_checked(request, user)
-
-    async def _submit_checked(self, request: CallRequest, user: str) -> Job:
-        store, cap, per_hour = self._store, self._max_queued_per_user, self._errands_per_user_per_hour
-        unfinished = await store.list(states=_UNFINISHED, user_id=user, limit=cap + 1)
-        if len(unfinished) >= cap:
-            raise IntakeError(
-                f"You already have {len(unfinished)} errands waiting or in progress, which is the limit "
-                f"({cap}). Please wait for one to finish or cancel one first."
-            )
-        hour_ago = self._clock.now() - timedelta(hours=1)
-        recent = await store.list(user_id=user, limit=per_hour)
-        if sum(1 for j in recent if j.created_at > hour_ago) >= per_hour:
-            raise IntakeError(
-                f"You've asked for {per_hour} errands in the last hour, which is the "
-                "limit. Please try again a little later."
-            )
         due = await self.plan(request)
-        job = await store.enqueue(request, due_at=due, max_attempts=self._max_attempts)
+        try:
+            # Limits and insert in one store transaction: two confirms at once (two chat
+            # handlers, two server processes) cannot both take the last free place.
+            job = await self._store.enqueue_checked(
+                request,
+                due_at=due,
+                max_attempts=self._max_attempts,
+                max_unfinished=self._max_queued_per_user,
+                max_per_hour=self._errands_per_user_per_hour,
+            )
+        except UserLimitReached as e:
+            raise IntakeError(_limit_reply(e)) from e
         await self._notifier.notify(job, JobEvent.QUEUED)
         self._wake()
         return job
@@ -163,3 +151,15 @@ class Desk:
         if job.request.origin.user_id != user_id:
             raise JobNotFound(f"no errand with id {job_id!r}")  # never confirm other people's ids
         return job
+
+
+def _limit_reply(e: UserLimitReached) -> str:
+    if e.limit == "unfinished":
+        return (
+            f"You already have {e.count} errands waiting or in progress, which is the limit "
+            f"({e.allowed}). Please wait for one to finish or cancel one first."
+        )
+    return (
+        f"You've asked for {e.allowed} errands in the last hour, which is the "
+        "limit. Please try again a little later."
+    )

@@ -7,7 +7,9 @@ polls on a fixed tick.
 
 Safety rules enforced here: no call outside the business's hours
 in its own zone (checked immediately before every ``place_call``), a hard cap
-on concurrent calls, and no blind redial after a crash — jobs left mid-call
+on concurrent calls, one live call per number and a daily cap per number (all
+three inside ``JobStore.claim``'s transaction, so several dispatchers on one
+database hold them together), and no blind redial after a crash — jobs left mid-call
 are reconciled against the provider's call status first.
 
 The dispatcher composes the pieces and owns the loop; each piece gets only the
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot.phone import DestinationPolicy, check_destination
 from concierge.calling_window import DailyWindow
@@ -39,7 +42,7 @@ from storage.errors import (
     ProviderTimeoutError,
     user_message,
 )
-from storage.jobs import JobStore
+from storage.jobs import ClaimLimits, JobStore
 from storage.models import Booking, CallOutcome, CallRequest, Job, JobState, OutcomeKind, Turn
 from storage.numbers import DoNotCall
 from storage.ports import CallPlacer, JobEvent, Notifier
@@ -51,6 +54,8 @@ __all__ = ["Dispatcher", "OnBooked"]
 #: A claimed job with no free capacity and nothing else to wait for: guard
 #: against a hot loop if the store and dispatcher clocks ever disagree.
 _SAFETY_PARK = timedelta(seconds=1)
+#: How far an errand is put back when its number is on the phone with another errand.
+NUMBER_BUSY_RETRY = timedelta(minutes=5)
 
 
 class Dispatcher:
@@ -67,7 +72,10 @@ class Dispatcher:
             deployment, so a restart recognises its own unfinished calls).
         clock: wall time and the interruptible sleep.
         default_hours: opening-hours spec used when a request has none.
-        max_concurrent: hard cap on calls in dialing/in_call.
+        max_concurrent: hard cap on calls in dialing/in_call (across every dispatcher
+            sharing the database).
+        max_calls_per_number_per_day: calls one number may receive in any 24 hours,
+            across all people and errands.
         max_attempts: calls per errand before giving up.
         lease_seconds: claim lease; must exceed the longest possible call.
         retry_backoff: first retry delay, doubled on each further attempt.
@@ -97,6 +105,7 @@ class Dispatcher:
         retry_backoff: timedelta,
         max_queued_per_user: int = 10,
         errands_per_user_per_hour: int = 20,
+        max_calls_per_number_per_day: int = 3,
         on_booked: OnBooked | None = None,
         callee_window: DailyWindow | None = None,
         do_not_call: DoNotCall | None = None,
@@ -109,6 +118,13 @@ class Dispatcher:
         self.clock = clock
         self.max_concurrent = max_concurrent
         self.lease_seconds = lease_seconds
+        self.claim_limits = ClaimLimits(
+            batch=max_concurrent,
+            max_active=max_concurrent,
+            one_call_per_number=True,
+            calls_per_number_per_day=max_calls_per_number_per_day,
+            number_busy_retry=NUMBER_BUSY_RETRY,
+        )
         self._wake = asyncio.Event()
         self._stopping = False
         self._running = False
@@ -238,11 +254,7 @@ class Dispatcher:
             await self.recover()
             # Results a previous run stored but never posted: in the background (owned by
             # this loop), so a chat outage cannot hold up dialling.
-            redeliver = asyncio.get_running_loop().create_task(
-                self._reconciler.redeliver(undelivered), name="redeliver-results"
-            )
-            self._tasks.add(redeliver)
-            redeliver.add_done_callback(self._tasks.discard)
+            self._own(self._reconciler.redeliver(undelivered), "redeliver-results")
             while not self._stopping:
                 self._wake.clear()
                 again, until = await self._step()
@@ -284,20 +296,27 @@ class Dispatcher:
         otherwise the instant to sleep until (``None``: until woken).
         """
         await self._reconciler.recover(startup=False)
-        free = self.max_concurrent - await self.store.count_active()
-        claimed = await self.store.claim_due(self.owner, limit=free, lease_seconds=self.lease_seconds)
-        for job in claimed:
+        claim = await self.store.claim(
+            self.owner,
+            lease_seconds=self.lease_seconds,
+            limits=self.claim_limits,
+            plan=self.schedule.next_opening,
+        )
+        for job in claim.jobs:
             self._start_placing(job)
-        at_cap = len(claimed) >= free  # an outcome or a cancel will wake us when a slot frees
+        for deferral in claim.deferred:
+            # Re-planned for a per-number limit: the person sees the new time and why.
+            job = deferral.job
+            self._own(self.notifier.notify(job, JobEvent.QUEUED), f"notify-deferred-{job.id}")
         deadlines = [await self._next_lease_expiry()]
-        if not at_cap:
+        if not claim.at_cap:  # at the cap, an outcome or a cancel wakes us when a slot frees
             deadlines.append(await self.store.next_due_at())
         pending = [d for d in deadlines if d is not None]
         if not pending:
             return False, None
         until, now = min(pending), self.clock.now()
         if until <= now:
-            return (True, None) if claimed else (False, now + _SAFETY_PARK)
+            return (True, None) if claim.jobs or claim.deferred else (False, now + _SAFETY_PARK)
         return False, until
 
     async def _next_lease_expiry(self) -> datetime | None:
@@ -329,7 +348,11 @@ class Dispatcher:
 
     def _start_placing(self, job: Job) -> None:
         self._placing.add(job.id)
-        task = asyncio.get_running_loop().create_task(self._place(job), name=f"place-call-{job.id}")
+        self._own(self._place(job), f"place-call-{job.id}")
+
+    def _own(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` as a task of this loop (awaited by :meth:`run` before it returns)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

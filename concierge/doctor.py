@@ -182,5 +182,5 @@ def _check_rules(settings: Settings, report: Report) -> None:
         f"limits: {settings.max_concurrent_calls} call(s) at once, {settings.max_call_seconds} s per call,"
         f" {settings.max_attempts} attempt(s) per errand, lease {settings.lease_seconds} s,"
         f" {settings.max_queued_per_user} open errand(s) and {settings.errands_per_user_per_hour} per hour"
-        " per person"
+        f" per person, one call at a time and {settings.max_calls_per_number_per_day} per 24 h per number"
     )

@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     blocked_numbers: CommaList = Field(default_factory=list)
     max_queued_per_user: int = 10
     errands_per_user_per_hour: int = 20
+    #: Calls one number may receive in any 24 hours, across all people and errands.
+    max_calls_per_number_per_day: int = 3
     #: ISO 3166 regions that may be called; empty = the region of TWILIO_FROM_NUMBER.
     call_countries: CommaList = Field(default_factory=list)
     #: The callee's own local time of day when calls are allowed, in every zone the number may be in.
@@ -203,6 +205,7 @@ class Settings(BaseSettings):
             "lease_seconds",
             "max_queued_per_user",
             "errands_per_user_per_hour",
+            "max_calls_per_number_per_day",
         ):
             if getattr(self, name) < 1:
                 out[name.upper()] = f"{name.upper()} must be at least 1 (got {getattr(self, name)})"

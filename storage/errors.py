@@ -32,6 +32,22 @@ class IntakeError(ConciergeError):
     """A chat request that cannot become an errand; ``str(e)`` is a user-facing reply."""
 
 
+class UserLimitReached(ConciergeError):
+    """``JobStore.enqueue_checked`` refused an errand: the person is at a per-user limit.
+
+    Attributes:
+        limit: which one: "unfinished" (errands waiting or in progress) or "per_hour" (submissions).
+        allowed: the limit's value.
+        count: how many the person has now.
+    """
+
+    def __init__(self, limit: str, *, allowed: int, count: int) -> None:
+        super().__init__(f"per-user limit {limit!r} reached: {count} of {allowed}")
+        self.limit = limit
+        self.allowed = allowed
+        self.count = count
+
+
 class ProviderError(ConciergeError):
     """An outside service failed.
 

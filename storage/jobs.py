@@ -12,14 +12,26 @@ injected clock, never against SQLite's, so tests can move time.
 from __future__ import annotations
 
 import builtins
+import json
 import secrets
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from storage.db import Database, Transaction, format_dt, parse_dt
-from storage.errors import IllegalTransition, JobNotFound, LeaseLost
-from storage.models import TRANSITIONS, CallOutcome, CallRequest, Job, JobMeta, JobState, Turn, utcnow
+from storage.errors import IllegalTransition, JobNotFound, LeaseLost, UserLimitReached
+from storage.models import (
+    TRANSITIONS,
+    CallOutcome,
+    CallRequest,
+    Job,
+    JobMeta,
+    JobState,
+    Turn,
+    WaitReason,
+    utcnow,
+)
 from storage.rows import (
     JOB_COLUMNS,
     TURN_COLUMNS,
@@ -33,13 +45,69 @@ from storage.rows import (
     turn_params,
 )
 
-__all__ = ["HistoryEntry", "JobStore"]
+__all__ = ["Claim", "ClaimLimits", "Deferral", "HistoryEntry", "JobStore"]
 
 _ACTIVE = (str(JobState.DIALING), str(JobState.IN_CALL))
 _ACTIVE_SQL = f"state IN ('{_ACTIVE[0]}', '{_ACTIVE[1]}')"
 #: States ``cancel`` accepts: the call, if any, has not been answered yet.
 _CANCELLABLE = frozenset({JobState.QUEUED, JobState.DIALING, JobState.NEEDS_USER})
 _ID_ATTEMPTS = 20
+_UNFINISHED_SQL = "state IN ('queued', 'dialing', 'in_call')"
+#: The window of ``ClaimLimits.calls_per_number_per_day``: rolling, not calendar days.
+DAY = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class ClaimLimits:
+    """What one :meth:`JobStore.claim` may take; ``None`` means no such limit.
+
+    Every limit is checked inside the claim's own transaction, so any number of
+    dispatchers (in any number of processes) sharing the database hold them together.
+
+    Attributes:
+        batch: at most this many jobs in this claim.
+        max_active: at most this many jobs in dialing/in_call afterwards, across all owners.
+        one_call_per_number: never two jobs with the same number in dialing/in_call.
+        calls_per_number_per_day: at most this many claims per number in any 24 hours
+            (the ``calls`` ledger; claims given back with ``unclaim`` do not count).
+        number_busy_retry: how far a job is put back when its number has a live call
+            (when that call ends is unknown; the job must not be looked at again at once).
+    """
+
+    batch: int | None = None
+    max_active: int | None = None
+    one_call_per_number: bool = False
+    calls_per_number_per_day: int | None = None
+    number_busy_retry: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """A due job a per-number limit kept from being claimed: still queued, due later.
+
+    Attributes:
+        job: the job as stored now (``next_attempt_at`` is when the limit frees,
+            ``meta.waiting_for`` says which limit).
+        reason: which limit.
+    """
+
+    job: Job
+    reason: WaitReason
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one :meth:`JobStore.claim` did.
+
+    Attributes:
+        jobs: the jobs now leased to the claimer, in dialing.
+        deferred: due jobs re-planned for a per-number limit.
+        at_cap: ``ClaimLimits.max_active`` is reached (nothing more can be claimed until a call ends).
+    """
+
+    jobs: list[Job]
+    deferred: list[Deferral]
+    at_cap: bool
 
 
 def new_job_id() -> str:
@@ -177,58 +245,158 @@ class JobStore:
         Raises:
             ValueError: ``max_attempts`` < 1 or a naive ``due_at``.
         """
+        async with self._db.transaction() as tx:
+            return await self._insert(tx, request, due_at=due_at, max_attempts=max_attempts, meta=meta)
+
+    async def _insert(
+        self,
+        tx: Transaction,
+        request: CallRequest,
+        *,
+        due_at: datetime,
+        max_attempts: int,
+        meta: JobMeta | None,
+    ) -> Job:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         now = self._now()
         due = format_dt(due_at)
+        job_id = await self._free_id(tx)
+        await tx.execute(
+            "INSERT INTO jobs (id, state, request, user_id, phone, attempts, max_attempts,"
+            " next_attempt_at, created_at, updated_at, meta)"
+            " VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                dump_json(request.to_dict()),
+                request.origin.user_id,
+                request.phone,
+                max_attempts,
+                due,
+                now,
+                now,
+                dump_json((meta or JobMeta()).to_dict()),
+            ),
+        )
+        await record_history(tx, job_id, now, None, JobState.QUEUED, "enqueued", None)
+        return await load_job(tx, job_id)
+
+    async def enqueue_checked(
+        self,
+        request: CallRequest,
+        *,
+        due_at: datetime,
+        max_attempts: int,
+        max_unfinished: int,
+        max_per_hour: int,
+    ) -> Job:
+        """:meth:`enqueue`, unless the person (``request.origin.user_id``) is at a limit.
+
+        The counts and the insert are one transaction, so two submissions at once
+        (two chat handlers, two processes) cannot both pass the last free place.
+
+        Args:
+            max_unfinished: errands the person may have queued, dialing or in a call.
+            max_per_hour: errands the person may submit in any hour.
+
+        Raises:
+            UserLimitReached: ``limit`` says which.
+            ValueError: ``max_attempts`` < 1 or a naive ``due_at``.
+        """
+        user = request.origin.user_id
+        hour_ago = format_dt(self._clock() - timedelta(hours=1))
         async with self._db.transaction() as tx:
-            job_id = await self._free_id(tx)
-            await tx.execute(
-                "INSERT INTO jobs (id, state, request, user_id, phone, attempts, max_attempts,"
-                " next_attempt_at, created_at, updated_at, meta)"
-                " VALUES (?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    dump_json(request.to_dict()),
-                    request.origin.user_id,
-                    request.phone,
-                    max_attempts,
-                    due,
-                    now,
-                    now,
-                    dump_json((meta or JobMeta()).to_dict()),
-                ),
+            unfinished = await _count(
+                tx, f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND {_UNFINISHED_SQL}", (user,)
             )
-            await record_history(tx, job_id, now, None, JobState.QUEUED, "enqueued", None)
-            return await load_job(tx, job_id)
+            if unfinished >= max_unfinished:
+                raise UserLimitReached("unfinished", allowed=max_unfinished, count=unfinished)
+            recent = await _count(
+                tx, "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND created_at > ?", (user, hour_ago)
+            )
+            if recent >= max_per_hour:
+                raise UserLimitReached("per_hour", allowed=max_per_hour, count=recent)
+            return await self._insert(tx, request, due_at=due_at, max_attempts=max_attempts, meta=None)
 
     async def claim_due(self, owner: str, *, limit: int, lease_seconds: float) -> builtins.list[Job]:
-        """Lease up to ``limit`` due queued jobs to ``owner`` and move them to dialing.
+        """Lease up to ``limit`` due queued jobs to ``owner`` with no other limit (see :meth:`claim`)."""
+        claim = await self.claim(owner, lease_seconds=lease_seconds, limits=ClaimLimits(batch=limit))
+        return claim.jobs
 
-        Selection and update happen in one ``BEGIN IMMEDIATE`` transaction, so
-        concurrent claimers (other connections, other processes) each get
-        disjoint jobs. Earliest due first.
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease_seconds: float,
+        limits: ClaimLimits,
+        plan: Callable[[CallRequest, datetime], datetime | None] | None = None,
+    ) -> Claim:
+        """Lease due queued jobs to ``owner`` and move them to dialing, within ``limits``.
+
+        Selection, the limit counts and the updates happen in one ``BEGIN
+        IMMEDIATE`` transaction, so concurrent claimers (other connections, other
+        processes) each get disjoint jobs and together never exceed a limit.
+        Earliest due first. A due job that a per-number limit holds back stays
+        queued and is re-planned to when the limit frees (with a history row and
+        ``JobMeta.waiting_for``), so no claimer looks at it again before then.
+
+        Args:
+            plan: the first instant at or after the given one the errand may be called
+                (e.g. its business's next opening), applied to a re-planned time so the
+                person is told a time a call can really happen; ``None`` keeps the time.
         """
-        if limit <= 0:
-            return []
-        now = self._now()
+        now_dt = self._clock()
+        now = format_dt(now_dt)
         expires = self._later(lease_seconds)
+        claimed: list[str] = []
+        deferred: list[tuple[str, WaitReason]] = []
         async with self._db.transaction() as tx:
-            rows = await tx.fetchall(
-                "SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, rowid LIMIT ?",
-                (now, limit),
+            room = limits.batch if limits.batch is not None else 1 << 62
+            active = 0
+            if limits.max_active is not None:
+                active = await _count(tx, f"SELECT COUNT(*) FROM jobs WHERE {_ACTIVE_SQL}")
+                room = min(room, limits.max_active - active)
+            busy: set[str] = set()
+            if limits.one_call_per_number:
+                rows = await tx.fetchall(f"SELECT DISTINCT phone FROM jobs WHERE {_ACTIVE_SQL}")
+                busy = {r["phone"] for r in rows}
+            due = (
+                await tx.fetchall(
+                    "SELECT id, phone, request FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?"
+                    " ORDER BY next_attempt_at, rowid",
+                    (now,),
+                )
+                if room > 0
+                else []
             )
-            ids = [r["id"] for r in rows]
-            for job_id in ids:
+            for row in due:
+                if len(claimed) >= room:
+                    break
+                job_id, phone = row["id"], row["phone"]
+                held = await _held_back(tx, phone, busy, now_dt, limits)
+                if held is not None:
+                    until, why, detail = held
+                    if plan is not None:
+                        until = plan(CallRequest.from_dict(json.loads(row["request"])), until) or until
+                    await _defer(tx, job_id, now, until, why, detail)
+                    deferred.append((job_id, why))
+                    continue
                 await tx.execute(
                     "UPDATE jobs SET state = 'dialing', attempts = attempts + 1, lease_owner = ?,"
-                    " lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                    " lease_expires_at = ?, updated_at = ?, meta = json_remove(meta, '$.waiting_for')"
+                    " WHERE id = ?",
                     (owner, expires, now, job_id),
                 )
                 await record_history(tx, job_id, now, JobState.QUEUED, JobState.DIALING, "claimed", owner)
                 await _log_call(tx, job_id, now)
-            return [await load_job(tx, job_id) for job_id in ids]
+                claimed.append(job_id)
+                busy.add(phone)
+            at_cap = limits.max_active is not None and active + len(claimed) >= limits.max_active
+            return Claim(
+                jobs=[await load_job(tx, job_id) for job_id in claimed],
+                deferred=[Deferral(await load_job(tx, job_id), why) for job_id, why in deferred],
+                at_cap=at_cap,
+            )
 
     async def transition(
         self,
@@ -443,3 +611,47 @@ async def _log_call(tx: Transaction, job_id: str, now: str) -> None:
         " SELECT id, attempts, COALESCE(phone, json_extract(request, '$.phone')), ? FROM jobs WHERE id = ?",
         (now, job_id),
     )
+
+
+async def _count(tx: Transaction, sql: str, params: Sequence[Any] = ()) -> int:
+    row = await tx.fetchone(sql, params)
+    return int(row[0]) if row is not None else 0
+
+
+async def _held_back(
+    tx: Transaction, phone: str, busy: set[str], now: datetime, limits: ClaimLimits
+) -> tuple[datetime, WaitReason, str] | None:
+    """Whether a per-number limit holds a due job back: until when, which limit, and in words."""
+    if limits.one_call_per_number and phone in busy:
+        why = "another errand's call to this number is live"
+        return now + limits.number_busy_retry, WaitReason.NUMBER_IN_CALL, why
+    if limits.calls_per_number_per_day is not None:
+        per_day = limits.calls_per_number_per_day
+        frees = await _daily_limit_frees(tx, phone, now, per_day)
+        if frees is not None:
+            return frees, WaitReason.NUMBER_DAILY_LIMIT, f"{per_day} calls to this number in 24 h"
+    return None
+
+
+async def _daily_limit_frees(tx: Transaction, phone: str, now: datetime, per_day: int) -> datetime | None:
+    """When the number may be called again, or ``None`` if it may be now (fewer than ``per_day``
+    ledger entries in the last 24 h). The limit frees when enough of those entries age out."""
+    rows = await tx.fetchall(
+        "SELECT at FROM calls WHERE phone = ? AND at > ? ORDER BY at", (phone, format_dt(now - DAY))
+    )
+    if len(rows) < per_day:
+        return None
+    return parse_dt(rows[len(rows) - per_day]["at"]) + DAY
+
+
+async def _defer(
+    tx: Transaction, job_id: str, now: str, until: datetime, why: WaitReason, detail: str
+) -> None:
+    """Keep a due job queued until ``until``, saying why (history and ``JobMeta.waiting_for``)."""
+    await tx.execute(
+        "UPDATE jobs SET next_attempt_at = ?, updated_at = ?, meta = json_set(meta, '$.waiting_for', ?)"
+        " WHERE id = ?",
+        (format_dt(until), now, str(why), job_id),
+    )
+    reason = f"waiting: {detail}; next try at {format_dt(until)}"
+    await record_history(tx, job_id, now, JobState.QUEUED, JobState.QUEUED, reason, None)

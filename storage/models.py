@@ -342,6 +342,13 @@ class Turn:
     latency: TurnLatency | None = None
 
 
+class WaitReason(StrEnum):
+    """Why a due errand was not called yet and waits until a later ``next_attempt_at``."""
+
+    NUMBER_IN_CALL = "number_in_call"  # another errand's call to the same number is live
+    NUMBER_DAILY_LIMIT = "number_daily_limit"  # the number has had its calls for the day
+
+
 @dataclass(frozen=True)
 class UserAnswer:
     """The person's answer to a question the business asked (a needs_user errand).
@@ -380,6 +387,8 @@ class JobMeta:
         call_nonce_attempt: the attempt ``call_nonce`` was made for.
         dial_started_at: real (provider-clock) time just before that attempt's create, so a
             lost create answer can be looked up in the provider's calls list.
+        waiting_for: why the errand was put back past its due time by a per-number limit
+            (set by the claim that deferred it, cleared by the claim that dials it).
         extra: keys written by another version of Concierge; kept untouched on every write.
     """
 
@@ -395,6 +404,7 @@ class JobMeta:
     call_nonce: str | None = None
     call_nonce_attempt: int | None = None
     dial_started_at: datetime | None = None
+    waiting_for: WaitReason | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -404,9 +414,9 @@ class JobMeta:
             d["uncounted_attempts"] = self.uncounted_attempts
         for name in ("call_sid_attempt", "confirmed_attempt", "progress_message", "result_delivered",
                      "transcript_delivered", "stream_token_sha256", "call_nonce",
-                     "call_nonce_attempt"):  # fmt: skip
+                     "call_nonce_attempt", "waiting_for"):  # fmt: skip
             if (value := getattr(self, name)) is not None:
-                d[name] = value
+                d[name] = str(value) if isinstance(value, WaitReason) else value
         if self.dial_started_at is not None:
             d["dial_started_at"] = self.dial_started_at.isoformat()
         if self.confirmed_booking is not None:
@@ -422,6 +432,7 @@ class JobMeta:
         booking = d.get("confirmed_booking")
         progress = d.get("progress_message")
         started = d.get("dial_started_at")
+        waiting = d.get("waiting_for")
         return cls(
             uncounted_attempts=int(d.get("uncounted_attempts") or 0),
             call_sid_attempt=_opt_int(d.get("call_sid_attempt")),
@@ -439,6 +450,7 @@ class JobMeta:
             call_nonce=d.get("call_nonce"),
             call_nonce_attempt=_opt_int(d.get("call_nonce_attempt")),
             dial_started_at=datetime.fromisoformat(started) if isinstance(started, str) else None,
+            waiting_for=WaitReason(waiting) if waiting in set(WaitReason) else None,
             extra={k: v for k, v in d.items() if k not in known},
         )
 

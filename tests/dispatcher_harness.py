@@ -8,6 +8,7 @@ bots), so small recording fakes stand in for them here; the queue is the real
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, Platform
 from storage.ports import FoundCall, JobEvent
 
 WEEKDAYS = "mon-fri 09:00-17:00"
+_NUMBERS = itertools.count(100)
 
 
 def request(
@@ -35,10 +37,12 @@ def request(
     hours: str | None = None,
     tz: str = "America/New_York",
     name: str = "Joe's Barbershop",
+    phone: str | None = None,
 ) -> CallRequest:
+    """An errand; each call phones its own number unless ``phone`` is given (per-number limits)."""
     return CallRequest(
         business_name=name,
-        phone="+14155550100",
+        phone=phone or f"+1415555{next(_NUMBERS) % 10_000:04d}",
         business_tz=tz,
         service="haircut",
         person_name="Alex",

@@ -47,7 +47,7 @@ async def test_a_number_put_on_do_not_call_while_queued_is_never_dialled(tmp_pat
     async with harness(tmp_path / "db", MONDAY_8_NY, start_loop=False) as h:
         dnc = DoNotCall(h.db, clock=h.clock.now)
         h.dispatcher = h.new_dispatcher(do_not_call=dnc)
-        job = await h.dispatcher.submit(request(tz=NY))
+        job = await h.dispatcher.submit(request(tz=NY, phone="+14155550100"))
         await dnc.add("+14155550100", "asked not to be called")
         await h.start()
         await h.run_until(MONDAY_9_NY + timedelta(hours=1))
@@ -113,8 +113,8 @@ async def test_an_opt_out_lists_the_number_and_ends_every_other_errand_to_it(tmp
     async with harness(tmp_path / "db", MONDAY_9_NY, start_loop=False, max_concurrent=1) as h:
         dnc = DoNotCall(h.db, clock=h.clock.now)
         h.dispatcher = h.new_dispatcher(do_not_call=dnc)
-        first = await h.dispatcher.submit(request(tz=NY, user="u1"))
-        second = await h.dispatcher.submit(request(tz=NY, user="u2"))
+        first = await h.dispatcher.submit(request(tz=NY, user="u1", phone="+14155550100"))
+        second = await h.dispatcher.submit(request(tz=NY, user="u2", phone="+14155550100"))
         await h.start()
         [call] = h.placer.calls  # one at a time: the second waits queued
         words = 'They said: "Please take us off your list."'

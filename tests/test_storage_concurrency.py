@@ -15,18 +15,19 @@ import pytest
 from clocks import FakeClock
 
 from storage.db import Database
-from storage.jobs import JobStore
-from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, JobState, Platform
+from storage.errors import UserLimitReached
+from storage.jobs import ClaimLimits, JobStore
+from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, JobState, Platform, WaitReason
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("storage_crash_child.py")
 
 
-def make_request(n: int) -> CallRequest:
+def make_request(n: int, *, phone: str = "+14155550100") -> CallRequest:
     return CallRequest(
         business_name=f"Shop {n}",
-        phone="+14155550100",
+        phone=phone,
         business_tz="America/New_York",
         service="haircut",
         person_name="Ann",
@@ -211,3 +212,110 @@ async def test_cancelled_claim_waiting_for_the_lock_leaves_the_connection_usable
     claimed = await store_b.claim_due("b", limit=10, lease_seconds=60)
     assert sorted(j.id for j in claimed) == sorted(j.id for j in jobs)
     assert [await claimed_dialing_count(store_b, j.id) for j in jobs] == [1, 1, 1]
+
+
+async def test_global_cap_holds_with_two_claimers_at_once(two_dbs: tuple[Database, Database]) -> None:
+    clock = FakeClock(T0)
+    store_a, store_b = (JobStore(db, clock=clock) for db in two_dbs)
+    for n in range(60):
+        await store_a.enqueue(make_request(n, phone=f"+1415555{n:04d}"), due_at=T0, max_attempts=3)
+    cap = ClaimLimits(batch=5, max_active=5, one_call_per_number=True, calls_per_number_per_day=3)
+    claimed = 0
+    for _ in range(12):
+        # Both claimers at the same moment from two connections, each asking for the whole cap.
+        got = await asyncio.wait_for(
+            asyncio.gather(
+                store_a.claim("a", lease_seconds=300, limits=cap),
+                store_b.claim("b", lease_seconds=300, limits=cap),
+            ),
+            timeout=30,
+        )
+        claimed += sum(len(c.jobs) for c in got)
+        assert await store_a.count_active() == 5  # full, never over, whoever won
+        assert any(c.at_cap for c in got)
+        # Two calls end; the next round may fill exactly those two places.
+        for job in await store_b.list(states=(JobState.DIALING,), limit=2):
+            await store_b.transition(job.id, JobState.FAILED, reason="test: call ended")
+    assert claimed == 5 + 2 * 11
+
+
+async def test_one_number_gets_one_call_and_the_rest_are_replanned(
+    two_dbs: tuple[Database, Database],
+) -> None:
+    clock = FakeClock(T0)
+    store_a, store_b = (JobStore(db, clock=clock) for db in two_dbs)
+    jobs = [await store_a.enqueue(make_request(n), due_at=T0, max_attempts=3) for n in range(10)]
+    limits = ClaimLimits(max_active=10, one_call_per_number=True, number_busy_retry=timedelta(minutes=5))
+    got_a, got_b = await asyncio.gather(
+        store_a.claim("a", lease_seconds=300, limits=limits),
+        store_b.claim("b", lease_seconds=300, limits=limits),
+    )
+    assert len(got_a.jobs) + len(got_b.jobs) == 1  # one call to the number, whichever claimer won
+    deferred = got_a.deferred + got_b.deferred
+    assert len(deferred) == 9 and {d.reason for d in deferred} == {WaitReason.NUMBER_IN_CALL}
+    for d in deferred:
+        assert d.job.state is JobState.QUEUED and d.job.next_attempt_at == T0 + timedelta(minutes=5)
+        assert d.job.meta.waiting_for is WaitReason.NUMBER_IN_CALL
+        assert (await store_a.history(d.job.id))[-1].reason.startswith("waiting: another errand's call")
+    # Nothing due now: a claimer that asks again neither claims nor busy-loops over them.
+    again = await store_b.claim("b", lease_seconds=300, limits=limits)
+    assert (again.jobs, again.deferred) == ([], [])
+    assert await store_a.next_due_at() == T0 + timedelta(minutes=5)
+    assert {j.id for j in jobs} == {d.job.id for d in deferred} | {c.id for c in got_a.jobs + got_b.jobs}
+
+
+async def test_daily_cap_per_number_counts_every_claimer_and_frees_after_24_hours(
+    two_dbs: tuple[Database, Database],
+) -> None:
+    clock = FakeClock(T0)
+    store_a, store_b = (JobStore(db, clock=clock) for db in two_dbs)
+    limits = ClaimLimits(max_active=10, one_call_per_number=True, calls_per_number_per_day=3)
+    jobs = [await store_a.enqueue(make_request(n), due_at=T0, max_attempts=3) for n in range(4)]
+    placed = []
+    for i, store in enumerate((store_a, store_b, store_a)):
+        [job] = (await store.claim(f"d{i}", lease_seconds=300, limits=limits)).jobs
+        placed.append(clock.now())
+        await store.transition(job.id, JobState.FAILED, reason="test: call ended")
+        clock.advance(timedelta(hours=1))
+    # A fourth call to the number within 24 h of the first is held until the first ages out.
+    claim = await store_b.claim("d3", lease_seconds=300, limits=limits)
+    assert claim.jobs == [] and [d.reason for d in claim.deferred] == [WaitReason.NUMBER_DAILY_LIMIT]
+    assert claim.deferred[0].job.next_attempt_at == placed[0] + timedelta(hours=24)
+    clock.set(placed[0] + timedelta(hours=24))
+    [last] = (await store_a.claim("d4", lease_seconds=300, limits=limits)).jobs
+    assert last.id == jobs[3].id and last.meta.waiting_for is None
+    # A claim given back without a call (closed at the last moment) does not use up the day's calls.
+    await store_a.unclaim(last.id, "d4", reason="closed", next_attempt_at=clock.now())
+    assert [j.id for j in (await store_b.claim("d5", lease_seconds=300, limits=limits)).jobs] == [last.id]
+
+
+async def test_per_user_limits_hold_for_two_stores_submitting_at_once(
+    two_dbs: tuple[Database, Database],
+) -> None:
+    clock = FakeClock(T0)
+    stores = [JobStore(db, clock=clock) for db in two_dbs]
+
+    async def submit(i: int) -> Job | UserLimitReached:
+        try:
+            return await stores[i % 2].enqueue_checked(
+                make_request(3 * i), due_at=T0, max_attempts=3, max_unfinished=4, max_per_hour=100
+            )
+        except UserLimitReached as e:
+            return e
+
+    results = await asyncio.gather(*(submit(i) for i in range(12)))  # all from user U0
+    assert sum(isinstance(r, Job) for r in results) == 4
+    refused = [r for r in results if isinstance(r, UserLimitReached)]
+    assert {(e.limit, e.allowed, e.count) for e in refused} == {("unfinished", 4, 4)}
+    # The hourly limit counts finished errands too, and frees an hour later.
+    for job in await stores[0].list():
+        await stores[0].cancel(job.id)
+    with pytest.raises(UserLimitReached) as hourly:
+        await stores[1].enqueue_checked(
+            make_request(0), due_at=T0, max_attempts=3, max_unfinished=9, max_per_hour=4
+        )
+    assert hourly.value.limit == "per_hour"
+    clock.advance(timedelta(hours=1, seconds=1))
+    await stores[1].enqueue_checked(
+        make_request(0), due_at=T0, max_attempts=3, max_unfinished=9, max_per_hour=4
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import re
 import sqlite3
@@ -11,10 +13,12 @@ from pathlib import Path
 
 import pytest
 from clocks import FakeClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storage.db import MIGRATIONS, Database, format_dt, parse_dt, split_statements
 from storage.errors import IllegalTransition, JobNotFound, LeaseLost
-from storage.jobs import HistoryEntry, JobStore
+from storage.jobs import ClaimLimits, HistoryEntry, JobStore
 from storage.models import (
     TRANSITIONS,
     Booking,
@@ -529,3 +533,51 @@ def test_user_message_leaks_no_provider_text() -> None:
     timeout = ProviderTimeoutError("t", provider="twilio")
     assert user_message(timeout) == "the phone service did not answer in time"
     assert user_message(ValueError("secret detail")) == "something went wrong on my side"
+
+
+_LIMIT_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("enqueue"), st.integers(0, 2)),
+        st.tuples(st.just("claim"), st.integers(0, 0)),
+        st.tuples(st.just("end"), st.integers(0, 9)),
+        st.tuples(st.just("advance"), st.sampled_from([1, 7, 60, 600, 1440])),
+    ),
+    min_size=5,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_LIMIT_OPS)
+def test_claims_never_break_the_per_number_or_global_limits(ops: list[tuple[str, int]]) -> None:
+    """Whatever is queued, claimed, ended or waited for, the claim's limits hold at every step."""
+
+    async def scenario() -> None:
+        clock = FakeClock(T0)
+        limits = ClaimLimits(max_active=2, one_call_per_number=True, calls_per_number_per_day=3)
+        claims: list[tuple[str, datetime]] = []
+        async with await Database.open(":memory:") as db:
+            store = JobStore(db, clock=clock)
+            for op, arg in ops:
+                if op == "enqueue":
+                    request = dataclasses.replace(make_request(), phone=f"+1415555010{arg}")
+                    await store.enqueue(request, due_at=clock(), max_attempts=3)
+                elif op == "claim":
+                    claim = await store.claim("d", lease_seconds=60, limits=limits)
+                    claims += [(j.request.phone, clock()) for j in claim.jobs]
+                    for d in claim.deferred:
+                        assert d.job.state is S.QUEUED and d.job.next_attempt_at > clock()
+                elif op == "end":
+                    active = await store.list(states=(S.DIALING,))
+                    if active:
+                        await store.transition(active[arg % len(active)].id, S.FAILED, reason="ended")
+                else:
+                    clock.advance(arg * 60)
+                active = await store.list(states=(S.DIALING, S.IN_CALL))
+                assert len(active) <= 2
+                assert len({j.request.phone for j in active}) == len(active)
+            for phone, at in claims:
+                same_day = [t for p, t in claims if p == phone and at - timedelta(hours=24) < t <= at]
+                assert len(same_day) <= 3
+
+    asyncio.run(scenario())

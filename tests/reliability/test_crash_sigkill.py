@@ -76,6 +76,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_double_dials(tm
         callee_local_hours="00:00-24:00",
         retry_backoff_minutes=0,
         max_attempts=12,
+        max_calls_per_number_per_day=12,  # every kill can cost a call; the daily cap is not under test
         silence_timeout_seconds=6.0,
     )
     ids: list[str] = []
