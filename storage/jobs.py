@@ -53,6 +53,8 @@ _ACTIVE_SQL = f"state IN ('{_ACTIVE[0]}', '{_ACTIVE[1]}')"
 _CANCELLABLE = frozenset({JobState.QUEUED, JobState.DIALING, JobState.NEEDS_USER})
 _ID_ATTEMPTS = 20
 _UNFINISHED_SQL = "state IN ('queued', 'dialing', 'in_call')"
+#: Held-back jobs one claim may re-plan on top of the ones it claims (keeps the write lock short).
+_HELD_BACK_PER_CLAIM = 50
 #: The window of ``ClaimLimits.calls_per_number_per_day``: rolling, not calendar days.
 DAY = timedelta(hours=24)
 
@@ -360,11 +362,13 @@ class JobStore:
             if limits.one_call_per_number:
                 rows = await tx.fetchall(f"SELECT DISTINCT phone FROM jobs WHERE {_ACTIVE_SQL}")
                 busy = {r["phone"] for r in rows}
+            # Enough candidates to fill the room past a run of held-back ones; any left over are
+            # looked at by the next claim (the claimer goes round again after deferring).
             due = (
                 await tx.fetchall(
-                    "SELECT id, phone, request FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?"
-                    " ORDER BY next_attempt_at, rowid",
-                    (now,),
+                    "SELECT id, phone FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?"
+                    " ORDER BY next_attempt_at, rowid LIMIT ?",
+                    (now, min(room, 1 << 20) + _HELD_BACK_PER_CLAIM),
                 )
                 if room > 0
                 else []
@@ -377,7 +381,9 @@ class JobStore:
                 if held is not None:
                     until, why, detail = held
                     if plan is not None:
-                        until = plan(CallRequest.from_dict(json.loads(row["request"])), until) or until
+                        request = await tx.fetchone("SELECT request FROM jobs WHERE id = ?", (job_id,))
+                        assert request is not None
+                        until = plan(CallRequest.from_dict(json.loads(request[0])), until) or until
                     await _defer(tx, job_id, now, until, why, detail)
                     deferred.append((job_id, why))
                     continue
