@@ -218,6 +218,8 @@ class Round:
     frames: dict[str, float] = field(default_factory=dict)
     #: per call, its turns as the sandbox heard them: {"sid", "to", "turns": [{kind, gap_ms, ...}]}
     heard: list[dict[str, Any]] = field(default_factory=list)
+    #: per heard turn kind, per stage of its heard gap (``STAGES``): milliseconds, one per turn
+    stages: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: early model requests (eager end of turn) started / thrown away (``CallMetrics``)
     prepared_started: int = 0
     prepared_discarded: int = 0
@@ -331,8 +333,13 @@ class Bench:
         result.prepared_started, result.prepared_discarded = self._prepared
         result.sandbox = await self.child.command("stats")
         result.heard = await self.child.heard()
+        marks: dict[str, list[TurnLatency]] = {}
         for job in jobs:
-            for turn in await app.store.turns(job.id):
+            turns = await app.store.turns(job.id)
+            marks[job.request.phone] = [
+                t.latency for t in turns if t.speaker is Speaker.ASSISTANT and t.latency is not None
+            ]
+            for turn in turns:
                 lat = turn.latency
                 if turn.speaker is not Speaker.ASSISTANT or lat is None:
                     continue
@@ -343,7 +350,52 @@ class Bench:
                     result.barge_ins.append(lat.barge_in_ms)
                 if lat.speech_end is not None and lat.first_audio_out is not None:
                     result.voice_to_voice.append((lat.first_audio_out - lat.speech_end) * 1000.0)
+        for call in result.heard:
+            for heard_turn in call["turns"]:
+                _stages(result, heard_turn, marks.get(call["to"], []))
         return result
+
+
+#: The heard gap cut at the product's own marks, in order (``stages_ms`` in ``bench.latency``):
+#: the callee's last voiced frame (ear) → STT final → first model token (the first ``Say``) → first
+#: TTS byte (or the cached phrase taken) → first media frame sent to Twilio → first audio heard (ear).
+STAGES = (
+    "voice_end_to_stt_final",
+    "stt_final_to_first_token",
+    "first_token_to_tts_first_byte",
+    "tts_first_byte_to_frame_out",
+    "frame_out_to_heard",
+)
+
+#: A product's first frame is matched to the ear's first audio if sent at most this long after it
+#: (the two processes read one monotonic clock; sending comes before receipt, up to rounding).
+_MATCH_SLACK_S = 0.005
+
+
+def _stages(result: Round, heard_turn: dict[str, Any], marks: list[TurnLatency]) -> None:
+    """Add one heard turn's stages: the product turn whose first frame went out inside its gap.
+
+    The two ends come from the sandbox's ear, the cuts from the product's ``TurnLatency`` marks, all
+    on ``time.monotonic`` (one clock for every process of the machine), so the stages add up to the
+    heard gap. A turn without a match (its first heard audio was a reply started earlier) is left out.
+    """
+    end, first = heard_turn.get("end_at"), heard_turn.get("first_at")
+    if end is None or first is None:
+        return
+    sent = [
+        m
+        for m in marks
+        if m.first_audio_out is not None and end <= m.first_audio_out <= first + _MATCH_SLACK_S
+    ]
+    if not sent:
+        return
+    lat = max(sent, key=lambda m: m.first_audio_out or 0.0)
+    cuts = (end, lat.stt_final, lat.llm_first_token, lat.tts_first_byte, lat.first_audio_out, first)
+    per_kind = result.stages.setdefault(heard_turn["kind"], {})
+    per_kind.setdefault("heard_gap", []).append((first - end) * 1000.0)
+    for name, a, b in zip(STAGES, cuts, cuts[1:], strict=False):  # len(cuts) == len(STAGES) + 1
+        if a is not None and b is not None:
+            per_kind.setdefault(name, []).append((b - a) * 1000.0)
 
 
 def _split(result: Round, lat: TurnLatency) -> None:

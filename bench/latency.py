@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from bench.harness import PUBLISHED, SHARDS, Bench, Round, peak_rss_mb
+from bench.harness import PUBLISHED, SHARDS, STAGES, Bench, Round, peak_rss_mb
 
 #: --max-calls stops when p99 server overhead exceeds this, or frames fall behind.
 MAX_P99_OVERHEAD_MS = 20.0
@@ -65,6 +65,19 @@ def heard(r: Round, key: str) -> dict[str, Any]:
     return {**dist(None), "by_kind": {kind: dist(kind) for kind in HEARD_KINDS}}
 
 
+def stages(r: Round) -> dict[str, dict[str, Any]]:
+    """Per turn kind, the p50 of each stage of the heard gap (``bench.harness.STAGES``), and of the
+    heard gap of the same turns (``n`` of them). p50s of parts need not add up to the p50 of the whole.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for kind in HEARD_KINDS:
+        per = r.stages.get(kind, {})
+        gaps = per.get("heard_gap", [])
+        out[kind] = {"n": len(gaps), "heard_gap": pct(gaps, 50)}
+        out[kind].update({name: pct(per.get(name, []), 50) for name in STAGES})
+    return out
+
+
 def report(r: Round, *, provider_latency: str) -> dict[str, Any]:
     """The JSON object of one round."""
     audio_s = r.audio_seconds
@@ -88,6 +101,7 @@ def report(r: Round, *, provider_latency: str) -> dict[str, Any]:
         "frames": r.frames.get("frames", 0),
         "heard_gap_ms": heard(r, "gap_ms"),
         "heard_content_gap_ms": heard(r, "content_gap_ms"),
+        "stages_ms": stages(r),
         "early_requests": {
             "started": r.prepared_started,
             "discarded": r.prepared_discarded,
@@ -163,6 +177,10 @@ def table(d: dict[str, Any]) -> str:
         rows.append((label, f"p50 {f(h['p50'])}  p95 {f(h['p95'])}  n {h['n']}  (sandbox's ear)"))
         for kind, k in h["by_kind"].items():
             rows.append((f"  {kind}", f"p50 {f(k['p50'])}  p95 {f(k['p95'])}  n {k['n']}"))
+    rows.append(("heard gap by stage, p50 ms", "  ".join(f"{i + 1} {n}" for i, n in enumerate(STAGES))))
+    for kind, st in d["stages_ms"].items():
+        cells = "  ".join(f"{i + 1}: {f(st[n])}" for i, n in enumerate(STAGES))
+        rows.append((f"  {kind}", f"{cells}  = {f(st['heard_gap'])}  n {st['n']}"))
     if "voice_to_voice_ms" in d:
         rows.append(("voice-to-voice ms", dist(d["voice_to_voice_ms"]) + "  (published provider latencies)"))
     width = max(len(k) for k, _ in rows)

@@ -43,7 +43,7 @@ import bisect
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sandbox.speech import SpeechDecoder, VoiceStart, WordHeard, is_silent
@@ -78,6 +78,10 @@ class HeardTurn:
     kind: str
     gap_ms: float
     content_gap_ms: float | None
+    #: the two ends of ``gap_ms`` on the ear's clock (``time.monotonic`` by default: one clock for
+    #: every process of the machine), so a bench can line them up with the product's own marks
+    end_at: float | None = field(default=None, compare=False)
+    first_at: float | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,7 +203,8 @@ class Ear:
     def _record(self, content_at: float | None) -> None:
         assert self._end is not None and self._first is not None
         content = None if content_at is None else round((content_at - self._end) * 1000.0, 3)
-        self.turns.append(HeardTurn(self._kind, round((self._first - self._end) * 1000.0, 3), content))
+        gap = round((self._first - self._end) * 1000.0, 3)
+        self.turns.append(HeardTurn(self._kind, gap, content, end_at=self._end, first_at=self._first))
         self._end = self._first = None
 
     def _close(self) -> None:

@@ -17,7 +17,7 @@ pytestmark = [
 ]
 
 KEYS = ("calls", "turns", "server_overhead_ms", "barge_in_ms", "frame_jitter_ms", "cpu_ms_per_call_second",
-        "peak_rss_mb", "heard_gap_ms", "heard_content_gap_ms")  # fmt: skip
+        "peak_rss_mb", "heard_gap_ms", "heard_content_gap_ms", "stages_ms")  # fmt: skip
 
 
 async def test_two_calls_report_every_figure() -> None:
@@ -43,6 +43,13 @@ async def test_two_calls_report_every_figure() -> None:
         for kind in ("opening", "tool", "barge_in"):
             assert heard["by_kind"][kind]["n"] == 2 and heard["by_kind"][kind]["p50"] is not None, (key, kind)
         assert heard["by_kind"]["answer"] == {"p50": None, "p95": None, "max": None, "n": 0}
+    # Each heard turn cut at the product's marks: every stage of the turns that replied to speech.
+    stages = result["stages_ms"]
+    assert set(stages) == {"opening", "answer", "tool", "barge_in"}
+    for kind in ("opening", "tool", "barge_in"):
+        assert stages[kind]["n"] == 2, (kind, stages[kind])
+        assert all(v is not None for v in stages[kind].values()), (kind, stages[kind])
     assert "server overhead ms" in table(result) and "heard content gap ms" in table(result)
+    assert "heard gap by stage" in table(result)
     early = result["early_requests"]  # the default model is Flux, started on eager end of turn
     assert early["started"] >= early["discarded"] >= 0 and early["started"] > 0
