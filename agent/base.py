@@ -42,7 +42,15 @@ class CalleeSilent:
     seconds: float
 
 
-CallerInput = CallConnected | CalleeSaid | DigitsHeard | CalleeSilent
+@dataclass(frozen=True)
+class MachineBeep:
+    """An answering machine has beeped (Twilio's AMD): it records from now, and nobody answers.
+
+    The agent leaves its fixed message (or nothing) and hangs up with a VOICEMAIL outcome.
+    """
+
+
+CallerInput = CallConnected | CalleeSaid | DigitsHeard | CalleeSilent | MachineBeep
 
 
 @dataclass(frozen=True)

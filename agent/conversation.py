@@ -55,6 +55,7 @@ from agent.base import (
     CallerInput,
     DigitsHeard,
     Hangup,
+    MachineBeep,
     PreparedCounts,
     Say,
     SendDigits,
@@ -66,6 +67,7 @@ from agent.limits import CallLimits
 from agent.llm import MODEL_RETRY, from_transport_error, to_provider_error
 from agent.prompts import DEFAULT_TEMPLATE, build_system_prompt
 from agent.tools import DEFAULT_MIN_LEAD, BookingTools, FreeBusy
+from agent.voicemail import voicemail_body
 from storage.errors import user_message
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
 from storage.retry import Attempts, Backoff
@@ -117,6 +119,15 @@ def opening_line(request: CallRequest) -> str:
     return f"I'd like to book {service}, {days}. Do you have anything available?"
 
 
+def voicemail_message(
+    request: CallRequest, callback_number: str, assistant_name: str, *, transcript_notice: bool = False
+) -> str:
+    """The whole message left on an answering machine after its beep: the disclosure first, then
+    whom it is for, what it is about and the number to call back (``agent.voicemail``)."""
+    disclosure = disclosure_sentence(assistant_name, request.person_name, transcript_notice=transcript_notice)
+    return f"{disclosure} {voicemail_body(request, callback_number)}"
+
+
 def render_input(event: CallerInput) -> str:
     """What the model reads for one caller input (bracketed notes are not speech)."""
     if isinstance(event, CalleeSaid):
@@ -127,6 +138,8 @@ def render_input(event: CallerInput) -> str:
         return f"[silence: the callee has said nothing for {event.seconds:.0f} seconds]"
     if isinstance(event, DigitsHeard):
         return f"[the callee's phone sent DTMF digits: {event.digits}]"
+    if isinstance(event, MachineBeep):
+        return "[an answering machine beeped: it is recording]"
     raise TypeError(f"unknown caller input {event!r}")
 
 
@@ -166,6 +179,8 @@ class ClaudeAgent(Agent):
             words (the prompt then tells the model it need not say "Let me check." itself).
         prompt_template: the system prompt's wording (``agent.prompts.DEFAULT_TEMPLATE`` unless an
             eval measures another version, see AGENT_PROMPT_FILE).
+        callback_number: our number, read out in the message left after a machine's beep
+            (``MachineBeep``, ``voicemail_message``); None leaves no message, only hangs up.
     """
 
     def __init__(
@@ -192,6 +207,7 @@ class ClaudeAgent(Agent):
         fixed_opening: bool = False,
         acknowledgements: bool = False,
         prompt_template: str = DEFAULT_TEMPLATE,
+        callback_number: str | None = None,
     ) -> None:
         self._client = client
         self._model = model
@@ -205,6 +221,8 @@ class ClaudeAgent(Agent):
             assistant_name, request.person_name, transcript_notice=transcript_notice
         )
         self.opening = opening_line(request)
+        # After a machine's beep: the disclosure (through ``_say``), then this. None: leave nothing.
+        self.voicemail = voicemail_body(request, callback_number) if callback_number else None
         self._fixed_opening = fixed_opening
         self._acks = ACKS if acknowledgements else {}
         self._openings = 0  # fixed openings said so far
@@ -266,7 +284,8 @@ class ClaudeAgent(Agent):
     def fixed_phrases(self) -> tuple[str, ...]:
         """The disclosure, this errand's opening line and the acknowledgements (rendered ahead)."""
         opening = (self.disclosure, self.opening) if self._fixed_opening else ()
-        return (*opening, *dict.fromkeys(self._acks.values()))
+        voicemail = (self.disclosure, self.voicemail) if self.voicemail else ()
+        return tuple(dict.fromkeys((*opening, *voicemail, *self._acks.values())))
 
     def prepared_counts(self) -> PreparedCounts:
         return PreparedCounts(started=self._prepared, discarded=self._discarded)
@@ -315,6 +334,11 @@ class ClaudeAgent(Agent):
     async def reply(self, event: CallerInput) -> AsyncGenerator[AgentAction, None]:
         """Stream the answer to one caller input (see the module docstring)."""
         if self._outcome is not None:
+            return
+        if isinstance(event, MachineBeep):
+            self.discard_prepared()
+            for action in self._leave_voicemail():
+                yield action
             return
         self._spoken = []
         self._filler_said = self._ack_said = False
@@ -419,6 +443,21 @@ class ClaudeAgent(Agent):
         self.messages.append(message)
         self._spoken.append((message, self.opening))
         return says
+
+    def _leave_voicemail(self) -> list[AgentAction]:
+        """The fixed voicemail message (if any), then hang up: VOICEMAIL, so the errand is retried.
+
+        A machine records from its beep, so whatever was said before it (the opening over the
+        greeting) is not on the recording: the disclosure is due again and ``_say`` puts it first.
+        """
+        self._spoken = []
+        if self.voicemail is None:
+            self._outcome = CallOutcome(OutcomeKind.VOICEMAIL, summary="reached voicemail; no message left")
+            return [Hangup(self._outcome)]
+        self._disclosed = False
+        summary = "left a voicemail asking them to call back"
+        self._outcome = CallOutcome(OutcomeKind.VOICEMAIL, summary=summary)
+        return [*self._say(self.voicemail), Hangup(self._outcome)]
 
     def _say(self, text: str, first_token_at: float | None = None) -> list[Say]:
         """``text`` as ``Say``s, preceded by the fixed disclosure if the callee has not heard it yet.

@@ -208,6 +208,7 @@ class Concierge:
             public_base_url=s.public_base_url,
             session_factory=self._new_session,
             placer=self.placer,
+            voicemail_message=s.voicemail_message,
         )
         self._add_routes()
         # Before the site listens: the SDKs' first-use costs (msgraph's ~1,000 lazy model imports,
@@ -317,6 +318,7 @@ class Concierge:
             fixed_opening=self.settings.fixed_opening,
             acknowledgements=self.settings.acknowledgements,
             prompt_template=self._prompt_template,
+            callback_number=self.settings.twilio_from_number if self.settings.voicemail_message else None,
         )
         return CallSession(
             job,

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     #: "Let me check." / "Sure." from pre-rendered audio when the model starts a calendar lookup
     #: without words, instead of asking the model to say them.
     acknowledgements: bool = True
+    #: On an answering machine that has finished its greeting (Twilio AMD ``machine_end_beep`` or
+    #: ``machine_end_silence``) leave one fixed message (the disclosure, the errand, TWILIO_FROM_NUMBER
+    #: to call back), then hang up; the errand is retried either way. Off: hang up at once.
+    voicemail_message: bool = True
 
     # The person and the assistant
     person_name: str = "Alex Doe"

@@ -9,10 +9,17 @@ says back. Everything (turn ends, timeouts, pauses) counts frames, never wall ti
 
 from __future__ import annotations
 
+import math
+import warnings
+from array import array
 from dataclasses import dataclass, field
 
 from sandbox.dtmf import DtmfDetector
 from sandbox.speech import SpeechDecoder, WordHeard, encode_speech, is_silent
+
+with warnings.catch_warnings():  # deprecated on 3.11/3.12; audioop-lts provides it on 3.13+
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
 
 FRAME_BYTES = 160
 FRAME_SECONDS = 0.02
@@ -78,7 +85,26 @@ class HangUp:
     """The callee hangs up."""
 
 
-CalleeStep = Say | WaitTurn | Interrupt | WaitDigits | Pause | Press | HangUp
+@dataclass(frozen=True)
+class Beep:
+    """An answering machine's beep (a real sine tone, not speech); the machine records from its end.
+
+    The words of the assistant heard after it are ``Callee.recorded``, and ``Callee.take_beeped``
+    tells the stream when it ended (the moment Twilio's async AMD reports ``machine_end_beep``).
+    """
+
+    hz: float = 1000.0
+    seconds: float = 0.5
+
+
+def tone(hz: float, seconds: float, amplitude: int = 8000) -> bytes:
+    """``seconds`` of a sine tone at ``hz``, 8 kHz µ-law (well below full scale: no speech markers)."""
+    w = 2 * math.pi * hz / 8000
+    pcm = array("h", (int(amplitude * math.sin(w * i)) for i in range(round(seconds * 8000))))
+    return audioop.lin2ulaw(pcm.tobytes(), 2)
+
+
+CalleeStep = Say | WaitTurn | Interrupt | WaitDigits | Pause | Press | HangUp | Beep
 _INTERRUPT_TIMEOUT = 20.0
 
 
@@ -98,6 +124,9 @@ class Callee:
         self.heard: list[str] = []  # assistant turns as heard (only fully played words)
         self.said: list[str] = []
         self.digits_heard = ""
+        self.recorded: list[str] = []  # words heard after a Beep (what the machine recorded)
+        self.recording = False
+        self._beeped = False
         self.pressed: list[str] = []  # keys pressed and not yet reported on the stream (take_pressed)
         self.errors: list[str] = []
         self.frames = 0
@@ -137,6 +166,11 @@ class Callee:
         """Digits played through another route (e.g. ``<Play digits>`` TwiML)."""
         self.digits_heard += digits
 
+    def take_beeped(self) -> bool:
+        """True once, in the frame a ``Beep`` finished playing."""
+        beeped, self._beeped = self._beeped, False
+        return beeped
+
     def take_pressed(self) -> list[str]:
         """Keys pressed since the last call, for the stream to report as ``dtmf`` events."""
         keys, self.pressed = self.pressed, []
@@ -173,6 +207,8 @@ class Callee:
             for event in self._decoder.feed(played):
                 if isinstance(event, WordHeard):
                     self._open_turn().append(event.word)
+                    if self.recording:
+                        self.recorded.append(event.word)
             self.digits_heard += "".join(self._dtmf.feed(played))
         if played and not is_silent(played):
             self._open_turn()
@@ -258,6 +294,13 @@ class Callee:
         if isinstance(step, Pause):
             assert self._step_started is not None
             return (self.frames - self._step_started) * FRAME_SECONDS >= step.seconds
+        if isinstance(step, Beep):
+            if first:
+                self._out += tone(step.hz, step.seconds)
+            if self._out:
+                return False
+            self.recording = self._beeped = True
+            return True
         if isinstance(step, Press):
             self.pressed += list(step.digits)
             return True

@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sandbox.callee import CalleeScript, CalleeStep, HangUp, Interrupt, Pause, Say, WaitDigits, WaitTurn
+from sandbox.callee import (
+    Beep,
+    CalleeScript,
+    CalleeStep,
+    HangUp,
+    Interrupt,
+    Pause,
+    Say,
+    WaitDigits,
+    WaitTurn,
+)
 from sandbox.twilio import Behavior
 
 GREETING = "Joe's Barbershop, this is Sam speaking. How can I help you?"
@@ -182,6 +192,23 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
             busy=busy,
             expect_start=free,
         ),
+        "voicemail_message": lambda: Scenario(
+            "voicemail_message",
+            "an answering machine beeps: a message with the call-back number, then booked on the next call",
+            [
+                Attempt(
+                    Behavior.VOICEMAIL,
+                    _script(
+                        Say("You have reached Joe's Barbershop. Please leave a message after the tone."),
+                        Beep(),
+                        wps=wps,
+                    ),
+                ),
+                Attempt(Behavior.ANSWER, booking(*greet)),
+            ],
+            busy=busy,
+            expect_start=free,
+        ),
         "no_answer": lambda: Scenario(
             "no_answer",
             "nobody answers three times: the errand is given up and the person told",
@@ -325,6 +352,7 @@ NAMES = (
     "menu",
     "hold",
     "voicemail",
+    "voicemail_message",
     "no_answer",
     "fully_booked",
     "wrong_number",

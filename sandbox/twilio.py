@@ -133,7 +133,9 @@ class SandboxTwilio:
         """Decide what happens when ``to_number`` is dialled (default: ANSWER with an empty script).
 
         VOICEMAIL answers, reports ``machine_end_beep`` to async AMD (unless ``amd`` says otherwise)
-        and plays ``script`` as the greeting.
+        and plays ``script`` as the greeting. A script with a ``Beep`` gets the AMD result right
+        after the beep, as Twilio's ``DetectMessageEnd`` does, and records what follows it
+        (``SandboxCall.recorded``); without one, the result comes just after answering.
         """
         if behavior is Behavior.VOICEMAIL and amd == "human":
             amd = "machine_end_beep"

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from twilio.request_validator import RequestValidator
 
-from sandbox.callee import Callee, CalleeScript, Say
+from sandbox.callee import Beep, Callee, CalleeScript, Say
 from sandbox.ear import Ear, HeardTurn
 from sandbox.frame_clock import FrameClock
 
@@ -109,6 +109,16 @@ class SandboxCall:
     @property
     def digits_heard(self) -> str:
         return self.callee.digits_heard
+
+    @property
+    def recorded(self) -> str:
+        """What an answering machine recorded: the assistant's words heard after its ``Beep``."""
+        return " ".join(self.callee.recorded)
+
+    @property
+    def beeps(self) -> bool:
+        """The callee is a machine that beeps: async AMD reports when the beep has played."""
+        return any(isinstance(step, Beep) for step in self.callee.script.steps)
 
     def param(self, name: str, default: str | None = None) -> str | None:
         values = self.params.get(name)
@@ -210,8 +220,9 @@ class CallRunner:
         self.call.status = status
         await self._status_callback("completed", status)
 
-    async def _amd_callback(self) -> None:
-        await asyncio.sleep(0.1 / self.pace)
+    async def amd_callback(self, delay: float = 0.1) -> None:
+        """Async AMD's result: ``delay`` (audio seconds) after answering, or at once after a beep."""
+        await asyncio.sleep(delay / self.pace)
         url = self.call.param("AsyncAmdStatusCallback")
         if url:
             params = {"AccountSid": self.call.account_sid, "CallSid": self.call.sid}
@@ -254,8 +265,8 @@ class CallRunner:
         await self._status_callback("answered", "in-progress")
         detection = call.param("MachineDetection")
         asynchronous = (call.param("AsyncAmd") or "false").lower() == "true"
-        if detection and asynchronous:
-            self.spawn(self._amd_callback())
+        if detection and asynchronous and not call.beeps:
+            self.spawn(self.amd_callback())
         if call.twiml is None and call.param("Url"):
             params = self._base_params()
             if detection and not asynchronous:

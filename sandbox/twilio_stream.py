@@ -110,6 +110,8 @@ class MediaPump:
         while self.marks and self.marks[0][0] <= self.played:
             await self.echo_mark(self.marks.pop(0)[1])
         frame = callee.tick(played)
+        if callee.take_beeped() and call.param("MachineDetection") and call.param("AsyncAmd") == "true":
+            self.runner.spawn(self.runner.amd_callback(delay=0.0))  # Twilio reports right after the beep
         for digit in callee.take_pressed():  # keys the callee pressed: Twilio sends events, not tones
             with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                 await self.send({

@@ -33,6 +33,7 @@ from agent.base import (
     CalleeSilent,
     CallerInput,
     DigitsHeard,
+    MachineBeep,
 )
 from storage.errors import ProviderError
 from storage.models import CallOutcome, Job, OutcomeKind, Speaker, Turn
@@ -108,6 +109,7 @@ class CallSession:
         self._utterance: list[str] = []
         self._utterance_at: float | None = None
         self._speech_started_at: float | None = None
+        self._machine = False  # an answering machine has beeped: its audio is not a callee talking
         self.frame_stats = FrameStats()
         self._replies = ReplyRunner(
             agent=agent,
@@ -150,6 +152,26 @@ class CallSession:
         self._end_outcome = outcome
         self._hang_up_at_end = hang_up
         self._ended.set()
+
+    def machine_beeped(self, fallback: CallOutcome) -> None:
+        """An answering machine has beeped: the agent leaves its message and hangs up.
+
+        Whatever the assistant was saying over the greeting is cut off (it is not on the recording).
+        Before the media stream is up, or once the agent has already hung up, there is no message to
+        leave: the call ends at once with ``fallback``.
+        """
+        if self._ended.is_set():
+            return
+        if self._tg is None or not self._attached.is_set() or self._replies.hangup_pending:
+            self.end("voicemail", fallback, hang_up=True)
+            return
+        self._machine = True
+        self._spawn(self._leave_voicemail())
+
+    async def _leave_voicemail(self) -> None:
+        await self._replies.barge_in(self._clock())
+        self._utterance, self._utterance_at, self._speech_started_at = [], None, None
+        self._replies.start(MachineBeep())
 
     async def run(self) -> tuple[CallOutcome, list[Turn]]:
         """Live the whole call; returns its outcome and transcript."""
@@ -303,7 +325,7 @@ class CallSession:
         self._timers.idle_since = self._audio_s
 
     def _start_reply(self, event: CallerInput) -> AssistantTurn | None:
-        if self._ended.is_set() or self._tg is None:
+        if self._ended.is_set() or self._tg is None or self._machine:
             return None
         return self._replies.start(event)
 
@@ -323,6 +345,8 @@ class CallSession:
             self.end("callee silent", hang_up=True)
 
     async def _on_listen(self, ev: ListenEvent) -> None:
+        if self._machine:
+            return  # the greeting's late words (or the beep) must not cut the message short
         if isinstance(ev, SpeechStarted):
             self._timers.callee_active(self._audio_s)
             self._speech_started_at = ev.onset or ev.t

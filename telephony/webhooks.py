@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 START_TIMEOUT = 10.0
+#: AMD results after which a machine is recording (``DetectMessageEnd``: the greeting has ended with
+#: a beep, or with silence and no beep). ``machine_end_other`` (the end was not recognised: we could
+#: be talking over the greeting), ``machine_start`` and ``fax`` are hung up on, leaving nothing.
+LEAVE_MESSAGE_AFTER = frozenset({"machine_end_beep", "machine_end_silence"})
 _UNANSWERED = {
     "busy": (OutcomeKind.BUSY, "the line was busy"),
     "no-answer": (OutcomeKind.NO_ANSWER, "nobody answered"),
@@ -60,6 +64,7 @@ class SessionLike(Protocol):
     async def run(self) -> tuple[CallOutcome, list[Turn]]: ...
     async def attach(self, ws: web.WebSocketResponse, start: media_stream.Start) -> None: ...
     def end(self, reason: str, outcome: CallOutcome | None = None, *, hang_up: bool = False) -> None: ...
+    def machine_beeped(self, fallback: CallOutcome) -> None: ...
 
 
 SessionFactory = Callable[[Job, str], SessionLike]
@@ -103,6 +108,8 @@ class TwilioWebhooks:
         public_base_url: the URL Twilio reaches us at; signatures are computed over it.
         session_factory: ``(job, call_sid) -> session`` (the app injects agent, speech, placer).
         placer: hangs up calls that have no session (rare: a voicemail detected very early).
+        voicemail_message: on a machine that has finished its greeting (``LEAVE_MESSAGE_AFTER``)
+            the session's agent leaves its message before hanging up; off: hang up at once.
         max_body_bytes: larger callbacks are refused with 413.
     """
 
@@ -115,6 +122,7 @@ class TwilioWebhooks:
         public_base_url: str,
         session_factory: SessionFactory,
         placer: _HangUpper | None = None,
+        voicemail_message: bool = False,
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self._store = store
@@ -125,6 +133,7 @@ class TwilioWebhooks:
         self._factory = session_factory
         self._placer = placer
         self._max_body = max_body_bytes
+        self._voicemail_message = voicemail_message
         self._calls: dict[str, _Call] = {}
         self._token_lock = asyncio.Lock()
         self._closing = False
@@ -290,7 +299,7 @@ class TwilioWebhooks:
         return web.Response(status=204)
 
     async def amd(self, request: web.Request) -> web.StreamResponse:
-        """Answering-machine detection: a machine means voicemail (hang up, retry later)."""
+        """Answering-machine detection: a machine is voicemail (a message if on, hang up, retry later)."""
         found = await self._callback(request, "AnsweredBy")
         if isinstance(found, web.Response):
             return found
@@ -301,7 +310,9 @@ class TwilioWebhooks:
                 return web.Response(status=204)
             summary = f"reached an answering machine ({answered_by})"
             outcome = CallOutcome(OutcomeKind.VOICEMAIL, summary=summary)
-            if call.session is not None:
+            if call.session is not None and self._voicemail_message and answered_by in LEAVE_MESSAGE_AFTER:
+                call.session.machine_beeped(outcome)
+            elif call.session is not None:
                 call.session.end("voicemail", outcome, hang_up=True)
             else:
                 if self._placer is not None:

@@ -86,6 +86,27 @@ async def test_voicemail_then_booked_on_the_second_call() -> None:
     assert any("retry" in t.lower() or "try again" in t.lower() for t in chat_texts(result))
 
 
+async def test_voicemail_message_is_left_after_the_beep_and_the_errand_retried() -> None:
+    result = await run("voicemail_message")
+    assert_common(result)
+    machine = result.calls[0]
+    recorded = machine.recorded
+    # one message, recorded from the beep: the disclosure first, then whom for, what, whom to call back
+    assert recorded.startswith("Hi, this is"), recorded
+    assert recorded.count("AI assistant") == 1, recorded
+    assert result.job.request.person_name in recorded and "haircut" in recorded, recorded
+    callback = "".join(ch for ch in recorded if ch.isdigit())
+    assert "4155550199" in callback, recorded  # TWILIO_FROM_NUMBER, digit by digit
+    assert recorded.rstrip(".").endswith("goodbye"), recorded  # played out whole
+    assert machine.hangup_requested.is_set()  # and then we hung up (REST)
+    amd = [params for url, params, _ in machine.callbacks if "/twilio/amd" in url]
+    assert [p["AnsweredBy"] for p in amd] == ["machine_end_beep"]
+    # queued again and booked on the next call
+    assert result.job.state is JobState.BOOKED and result.job.attempts == 2
+    assert len(result.calls) == 2
+    assert any("left a voicemail" in t.lower() for t in chat_texts(result)), chat_texts(result)
+
+
 async def test_no_answer_three_times_gives_up_and_tells_the_person() -> None:
     result = await run("no_answer")
     assert_common(result)
@@ -149,7 +170,7 @@ async def test_opt_out_end_to_end() -> None:
 @pytest.fixture(autouse=True)
 def _names_cover_every_scenario() -> AsyncIterator[None] | None:
     assert set(scenarios.NAMES) == {
-        "happy", "clash", "interrupt", "menu", "hold", "voicemail", "no_answer",
+        "happy", "clash", "interrupt", "menu", "hold", "voicemail", "voicemail_message", "no_answer",
         "fully_booked", "wrong_number", "needs_user", "opt_out",
     }  # fmt: skip
     return None
