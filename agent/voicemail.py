@@ -48,7 +48,8 @@ def voicemail_body(request: CallRequest, callback_number: str) -> str:
     else:
         days = f"between {w.start_date:%A, %B} {w.start_date.day} and {w.end_date:%A, %B} {w.end_date.day}"
     number = spoken_number(callback_number, callee_phone=request.phone)
+    call_back = f"Please call us back at {number}. " if number else ""
     return (
         f"I'm calling to book {service} for {request.person_name}, {days}. "
-        f"Please call us back at {number}. I'll also try again later. Thank you, goodbye."
+        f"{call_back}I'll also try again later. Thank you, goodbye."
     )

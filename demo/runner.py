@@ -279,7 +279,7 @@ async def demo(args: argparse.Namespace) -> int:
     if args.list:
         for name in scenarios.NAMES:
             sc = scenarios.build(name, today=datetime.now().date())
-            print(f"{name:14} {sc.description}")
+            print(f"{name:{max(map(len, scenarios.NAMES))}} {sc.description}")
         return 0
     name = args.scenario or "clash"
     if name not in scenarios.NAMES:

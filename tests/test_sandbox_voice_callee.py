@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sandbox.callee import Callee, CalleeScript, HangUp, Interrupt, Pause, Say, WaitTurn
-from sandbox.speech import decode_text, encode_speech, silence
+from sandbox.callee import Beep, Callee, CalleeScript, HangUp, Interrupt, Pause, Say, WaitTurn
+from sandbox.dtmf import detect_digits
+from sandbox.speech import decode_text, encode_speech, is_silent, silence
 
 
 def run(callee: Callee, assistant: bytes, frames: int) -> bytes:
@@ -58,3 +59,25 @@ def test_let_me_check_is_a_pause_inside_the_turn_not_its_end() -> None:
     callee = Callee(CalleeScript([WaitTurn(), Say("hello?"), HangUp()]))
     said = run(callee, encode_speech("One moment.") + silence(6.0), 1000)
     assert callee.heard == ["One moment."] and decode_text(said) == "hello?"
+
+
+def test_a_machine_beeps_a_tone_and_records_only_what_follows_it() -> None:
+    callee = Callee(CalleeScript([Say("leave a message"), Beep(hz=1000.0, seconds=0.5)]))
+    before = encode_speech("hello there")  # the assistant talking over the greeting
+    said = bytearray()
+    beeped_at = None
+    for i in range(400):
+        frame = callee.tick(before[i * 160 : (i + 1) * 160])
+        assert frame is not None
+        said += frame
+        if callee.take_beeped():
+            assert beeped_at is None  # reported once
+            beeped_at = i
+    assert beeped_at is not None and callee.recorded == []
+    greeting = encode_speech("leave a message")
+    beep = bytes(said[len(greeting) : len(greeting) + 4000])
+    # a real tone: sound, but no speech words and no DTMF key in it
+    assert not is_silent(beep) and decode_text(beep) == "" and detect_digits(beep) == ""
+    assert decode_text(bytes(said)) == "leave a message"
+    run(callee, encode_speech("call us back"), 100)
+    assert callee.recorded == ["call", "us", "back"] and callee.heard[-1] == "call us back"

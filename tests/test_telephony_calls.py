@@ -14,7 +14,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from agent.base import Agent, AgentAction, CalleeSaid, CallerInput, Hangup, Say, SendDigits
-from sandbox.callee import CalleeScript, HangUp, Interrupt, Pause, WaitDigits, WaitTurn
+from agent.base import Agent, AgentAction, CalleeSaid, CallerInput, Hangup, MachineBeep, Say, SendDigits
+from sandbox.callee import Beep, CalleeScript, HangUp, Interrupt, Pause, WaitDigits, WaitTurn
 from sandbox.callee import Say as CalleeSays
 from sandbox.deepgram import SandboxDeepgram
 from sandbox.twilio import Behavior, SandboxTwilio
@@ -159,6 +159,7 @@ class Harness:
         self.sessions: list[CallSession] = []
         self.metrics: list[CallMetrics] = []  # the sessions' metrics sink
         self.config = SessionConfig(silence_timeout=8.0, max_call_seconds=120.0)
+        self.voicemail_message = False  # VOICEMAIL_MESSAGE (off unless a test turns it on before start)
 
     async def start(self) -> None:
         self.db = await Database.open(self.tmp / "jobs.sqlite")
@@ -181,7 +182,7 @@ class Harness:
         )
         self.webhooks = TwilioWebhooks(
             self.store, self.sink, auth_token=TOKEN, public_base_url=self.public,
-            session_factory=self.session_for, placer=self.placer,
+            session_factory=self.session_for, placer=self.placer, voicemail_message=self.voicemail_message,
         )  # fmt: skip
         app = web.Application()
         self.webhooks.add_routes(app)
@@ -368,6 +369,75 @@ async def test_voicemail_is_retried(h: Harness) -> None:
     assert outcome.kind is OutcomeKind.VOICEMAIL
     assert (await h.store.get(job.id)).state is JobState.QUEUED
     assert hung_up_by_api(h, call.sid)
+
+
+VOICEMAIL_WORDS = "Hi, this is Robin, an AI assistant. Please call 4 1 5. Goodbye."
+MACHINE = CalleeScript([CalleeSays("You have reached the desk. Leave a message after the tone."), Beep()])
+
+
+class MachineAwareAgent(ScriptedAgent):
+    """Answers the greeting with an opening, and a machine's beep with a fixed message and a hang-up."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.left = CallOutcome(OutcomeKind.VOICEMAIL, summary="left a voicemail")
+
+    async def reply(self, event: CallerInput) -> AsyncGenerator[AgentAction, None]:
+        self.inputs.append(event)
+        if isinstance(event, MachineBeep):
+            yield Say(VOICEMAIL_WORDS, first_token_at=time.monotonic())
+            yield Hangup(self.left)
+        elif isinstance(event, CalleeSaid) and len(self.inputs) == 1:
+            yield Say("Hi, this is Robin, an AI assistant calling about a haircut for Alex, thank you.")
+
+
+@pytest.mark.parametrize("answered_by", ["machine_end_beep", "machine_end_silence"])
+async def test_voicemail_message_is_left_after_the_beep_then_hung_up(
+    tmp_path: Path, answered_by: str
+) -> None:
+    h = Harness(tmp_path)
+    h.voicemail_message = True
+    await h.start()
+    try:
+        agent = MachineAwareAgent()
+        h.twilio.program(PHONE, Behavior.VOICEMAIL, MACHINE, amd=answered_by)
+        job = await h.dialing_job(agent)
+        outcome, turns, call = await h.call(job)
+    finally:
+        await h.stop()
+    assert call.recorded == VOICEMAIL_WORDS  # recorded from the beep: all of it, nothing said before
+    assert outcome == replace(agent.left, call_sid=call.sid)
+    assert [type(e) for e in agent.inputs].count(MachineBeep) == 1
+    assert any(t.text == VOICEMAIL_WORDS and not t.interrupted for t in turns)
+    assert hung_up_by_api(h, call.sid) and call.hangup_requested.is_set()
+    amd = [p for url, p, _ in call.callbacks if "/twilio/amd" in url]
+    assert [p["AnsweredBy"] for p in amd] == [answered_by]  # sent once, after the beep
+
+
+async def test_voicemail_message_off_hangs_up_at_the_beep_without_a_message(h: Harness) -> None:
+    agent = MachineAwareAgent()
+    h.twilio.program(PHONE, Behavior.VOICEMAIL, MACHINE)
+    job = await h.dialing_job(agent)
+    outcome, _, call = await h.call(job)
+    assert outcome.kind is OutcomeKind.VOICEMAIL and "machine_end_beep" in outcome.summary
+    assert call.recorded == "" and not any(isinstance(e, MachineBeep) for e in agent.inputs)
+    assert (await h.store.get(job.id)).state is JobState.QUEUED
+    assert hung_up_by_api(h, call.sid)
+
+
+async def test_a_machine_whose_greeting_end_is_unclear_gets_no_message(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.voicemail_message = True
+    await h.start()
+    try:
+        agent = MachineAwareAgent()
+        h.twilio.program(PHONE, Behavior.VOICEMAIL, MACHINE, amd="machine_end_other")
+        job = await h.dialing_job(agent)
+        outcome, _, call = await h.call(job)
+    finally:
+        await h.stop()
+    assert outcome.kind is OutcomeKind.VOICEMAIL and "machine_end_other" in outcome.summary
+    assert call.recorded == "" and hung_up_by_api(h, call.sid)
 
 
 @pytest.mark.parametrize(
