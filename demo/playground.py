@@ -344,7 +344,7 @@ class Playground:
             return
         sc = scenarios.build(self.callee, today=datetime.now(self.zone).date(), tz=str(self.zone))
         a = sc.attempt(attempt)
-        amd = "machine_end_beep" if a.behavior is Behavior.VOICEMAIL else "human"
+        amd = a.amd or ("machine_end_beep" if a.behavior is Behavior.VOICEMAIL else "human")
         self.world.twilio.default_program = Program(a.behavior, a.script, amd=amd)
 
     # ------------------------------------------------------------------ what the page does

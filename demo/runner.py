@@ -125,7 +125,7 @@ async def run_scenario(
     try:
         # The first attempt is programmed before Confirm: when the shop is open the call goes out at once.
         first = scenario.attempt(1)
-        world.twilio.program(PHONE, first.behavior, first.script)
+        world.twilio.program(PHONE, first.behavior, first.script, amd=first.amd)
         job = await _chat_until_queued(world, app, narrator, message)
         job = await _call_until_final(world, app, clock, narrator, scenario, job, timeout)
         await wait_until(lambda: _delivered(app, job.id), 30, "the result to reach the chat thread")
@@ -182,7 +182,7 @@ async def _call_until_final(
             raise TimeoutError(f"errand {job.id} still {job.state} after {timeout:.0f} s")
         if job.state is JobState.QUEUED:
             attempt = scenario.attempt(job.attempts + 1)
-            world.twilio.program(PHONE, attempt.behavior, attempt.script)
+            world.twilio.program(PHONE, attempt.behavior, attempt.script, amd=attempt.amd)
             if job.next_attempt_at > clock.now():
                 local = job.next_attempt_at.astimezone(ZoneInfo(job.request.business_tz))
                 narrator.say(f"⏩ the shop is closed: fast-forwarding to {local:%a %d %b %H:%M} its time")

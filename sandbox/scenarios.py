@@ -33,10 +33,15 @@ GREETING = "Joe's Barbershop, this is Sam speaking. How can I help you?"
 
 @dataclass(frozen=True)
 class Attempt:
-    """How the business handles one call attempt."""
+    """How the business handles one call attempt.
+
+    ``amd`` is what Twilio's answering-machine detection reports (``None``: the sandbox's
+    default for the behaviour, see ``SandboxTwilio.program``).
+    """
 
     behavior: Behavior
     script: CalleeScript | None = None
+    amd: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,9 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
                         Say("You have reached Joe's Barbershop. Please leave a message after the tone."),
                         wps=wps,
                     ),
+                    # A greeting whose end Twilio cannot place: no message is left (that is the
+                    # voicemail_message scenario), the call ends and the errand is retried.
+                    amd="machine_end_other",
                 ),
                 Attempt(Behavior.ANSWER, booking(*greet)),
             ],

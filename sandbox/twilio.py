@@ -128,17 +128,17 @@ class SandboxTwilio:
         script: CalleeScript | None = None,
         *,
         drop_stream_after: float | None = None,
-        amd: str = "human",
+        amd: str | None = None,
     ) -> None:
         """Decide what happens when ``to_number`` is dialled (default: ANSWER with an empty script).
 
-        VOICEMAIL answers, reports ``machine_end_beep`` to async AMD (unless ``amd`` says otherwise)
+        VOICEMAIL answers, reports ``machine_end_beep`` to async AMD (unless ``amd`` names another result)
         and plays ``script`` as the greeting. A script with a ``Beep`` gets the AMD result right
         after the beep, as Twilio's ``DetectMessageEnd`` does, and records what follows it
         (``SandboxCall.recorded``); without one, the result comes just after answering.
         """
-        if behavior is Behavior.VOICEMAIL and amd == "human":
-            amd = "machine_end_beep"
+        if amd is None:
+            amd = "machine_end_beep" if behavior is Behavior.VOICEMAIL else "human"
         self._programs[to_number] = Program(behavior, script, drop_stream_after, amd)
 
     def fail_next_create(self, status: int = 500) -> None:

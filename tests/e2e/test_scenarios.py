@@ -84,6 +84,11 @@ async def test_voicemail_then_booked_on_the_second_call() -> None:
     assert len(result.calls) == 2
     assert len([e for e in result.events if e.get("transactionId") == result.job.id]) == 1
     assert any("retry" in t.lower() or "try again" in t.lower() for t in chat_texts(result))
+    # Twilio could not place the greeting's end (machine_end_other): no message, just hang up
+    machine = result.calls[0]
+    amd = [params for url, params, _ in machine.callbacks if "/twilio/amd" in url]
+    assert [p["AnsweredBy"] for p in amd] == ["machine_end_other"]
+    assert "AI assistant" not in machine.recorded and machine.hangup_requested.is_set()
 
 
 async def test_voicemail_message_is_left_after_the_beep_and_the_errand_retried() -> None:
