@@ -76,6 +76,11 @@ class Hangup:
     outcome: CallOutcome
 
 
+@dataclass(frozen=True)
+class Hold:
+    """The callee put the call on hold: wait silently for their voice (the session's hold mode)."""
+
+
 AgentAction = Say | SendDigits | Hangup
 
 
@@ -93,7 +98,8 @@ class Agent(ABC):
     Agents subclass this: ``reply``, ``interrupted`` and ``outcome`` are theirs to write, while
     ``prepare``, ``discard_prepared``, ``aclose``, ``fixed_phrases`` and ``prepared_counts`` are
     inherited defaults that an agent overrides only if it starts work ahead of time, owns
-    background work or says fixed words, so the session calls them all unconditionally.
+    background work or says fixed words (``holds`` likewise, if it can wait on hold), so the
+    session calls them all unconditionally.
     """
 
     @abstractmethod
@@ -111,6 +117,15 @@ class Agent(ABC):
     @abstractmethod
     def outcome(self) -> CallOutcome | None:
         """The result so far (e.g. booked once a slot was confirmed), or None."""
+
+    @property
+    def holds(self) -> int:
+        """How many times the agent has agreed to hold so far; the session waits silently after each.
+
+        A count rather than a flag, so the session notices each new hold once and alone decides
+        when it ends (at the callee's next words), with no race against the agent's next reply.
+        """
+        return 0
 
     def prepare(self, event: CallerInput) -> None:  # noqa: B027  (a deliberate no-op default)
         """``event`` has probably ended the callee's turn (Flux eager end of turn): the agent may

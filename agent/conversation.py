@@ -55,6 +55,7 @@ from agent.base import (
     CallerInput,
     DigitsHeard,
     Hangup,
+    Hold,
     MachineBeep,
     PreparedCounts,
     Say,
@@ -66,7 +67,7 @@ from agent.history import Message, add_user, drop_empty, prefix_text, set_text, 
 from agent.limits import CallLimits
 from agent.llm import MODEL_RETRY, from_transport_error, to_provider_error
 from agent.prompts import DEFAULT_TEMPLATE, build_system_prompt
-from agent.tools import DEFAULT_MIN_LEAD, BookingTools, FreeBusy
+from agent.tools import DEFAULT_MIN_LEAD, BookingTools, FreeBusy, ToolResult
 from agent.voicemail import voicemail_body
 from storage.errors import user_message
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
@@ -259,8 +260,13 @@ class ClaudeAgent(Agent):
         # for a filler that is not in history, its text).
         self._spoken: list[tuple[Message | None, str]] = []
         self._early: EarlyRound | None = None  # a first round started on an eager end of turn
+        self._holds = 0  # times the model agreed to hold (wait_on_hold)
 
     # -- Agent interface ----------------------------------------------------------------------------
+
+    @property
+    def holds(self) -> int:
+        return self._holds
 
     def outcome(self) -> CallOutcome | None:
         if self._outcome is not None:
@@ -385,7 +391,7 @@ class ClaudeAgent(Agent):
                     yield action
                 return
             try:
-                results, actions = await self._run_tools(uses)
+                results, actions, ran = await self._run_tools(uses)
             except BaseException:
                 # Cancelled while a tool ran: keep what was said, without the unanswered tool_use.
                 set_text(assistant, text_of(assistant))
@@ -397,6 +403,7 @@ class ClaudeAgent(Agent):
             # Both appended in one step: a cancellation can never separate tool_use from tool_result.
             self.messages.append(assistant)
             add_user(self.messages, results)
+            held = any(isinstance(r.action, Hold) for r in ran)
             for action in actions:
                 if isinstance(action, SendDigits):
                     self._dtmf_presses += len(action.digits)
@@ -410,6 +417,10 @@ class ClaudeAgent(Agent):
                 yield action
                 if isinstance(action, Hangup):
                     return
+            if held:
+                # On hold nothing more is said: no further model round until the callee speaks.
+                self._holds += 1
+                return
 
     def interrupted(self, heard: str) -> None:
         """Trim the last reply in history to exactly what the callee heard (``heard``).
@@ -625,9 +636,12 @@ class ClaudeAgent(Agent):
                 self.messages.append(message)
                 self._spoken.append((message, " ".join(said)))
 
-    async def _run_tools(self, uses: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[AgentAction]]:
+    async def _run_tools(
+        self, uses: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[AgentAction], list[ToolResult]]:
         results: list[dict[str, Any]] = []
         actions: list[AgentAction] = []
+        ran: list[ToolResult] = []
         for use in uses:
             before = self.tools.booking
             result = await self.tools.run(use["name"], use.get("input") or {})
@@ -641,9 +655,10 @@ class ClaudeAgent(Agent):
             if result.is_error:
                 block["is_error"] = True
             results.append(block)
+            ran.append(result)
             if isinstance(result.action, SendDigits | Hangup):
                 actions.append(result.action)
-        return results, actions
+        return results, actions, ran
 
     async def _booking_confirmed(self, booking: Booking) -> None:
         """Tell the owner at once (it is made durable), so a crash before the goodbye keeps it."""

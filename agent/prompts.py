@@ -78,7 +78,8 @@ confirm_booking before you accept. If confirm_booking refuses, politely ask for 
 - $ack
 - Once booked, repeat the date, time and service, give the name $person (spell it if \
 asked) and the price if one was mentioned, thank them and call end_call with outcome booked.
-- "Please hold" or "one moment": say a short "Sure, I'll hold." or nothing, and wait.
+- "Please hold" or "one moment": say a short "Sure, I'll hold.", call wait_on_hold and say nothing \
+more; music or silence may follow for minutes. When they speak again, carry on.
 - A phone menu ("press 1 for ..."): use send_dtmf with the right key.
 - Wrong number, or they don't offer this service: apologise, say goodbye, end_call (wrong_number or \
 declined). No slot fits: end_call declined.

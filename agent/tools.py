@@ -26,7 +26,7 @@ from datetime import time as tod
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-from agent.base import Hangup, SendDigits
+from agent.base import Hangup, Hold, SendDigits
 from storage import text
 from storage.errors import user_message
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
@@ -61,7 +61,7 @@ class ToolResult:
 
     content: str
     is_error: bool = False
-    action: SendDigits | Hangup | None = None
+    action: SendDigits | Hangup | Hold | None = None
 
 
 def tool(func: Callable[..., Awaitable[ToolResult]]) -> Callable[..., Awaitable[ToolResult]]:
@@ -394,6 +394,14 @@ class BookingTools:
         if not re.fullmatch(r"[0-9*#]{1,20}", digits):
             raise ToolInputError("digits must be 1-20 characters from 0-9, * and #")
         return ToolResult(f"Pressed {digits}.", action=SendDigits(digits))
+
+    @tool
+    async def wait_on_hold(self) -> ToolResult:
+        """The callee asked you to hold (or music or silence follows "please hold"): after saying
+        "Sure, I'll hold.", call this and say nothing more. The line is kept silently until they
+        speak again; their next words come to you as usual.
+        """
+        return ToolResult("Holding silently until they speak again.", action=Hold())
 
     @tool
     async def end_call(

@@ -199,7 +199,9 @@ class Concierge:
         )
         self.flow.desk = self.dispatcher
         self.session_config = SessionConfig(
-            silence_timeout=s.silence_timeout_seconds, max_call_seconds=float(s.max_call_seconds)
+            silence_timeout=s.silence_timeout_seconds,
+            hold_max=s.hold_max,
+            max_call_seconds=float(s.max_call_seconds),
         )
         self.webhooks = TwilioWebhooks(
             self.store,

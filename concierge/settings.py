@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     retry_backoff_minutes: int = 30
     silence_timeout_seconds: float = 8.0
+    #: Seconds a call is kept on hold (the assistant agreed to wait) without the callee's voice.
+    hold_max: float = 300.0
     lease_seconds: int = 900
     blocked_numbers: CommaList = Field(default_factory=list)
     max_queued_per_user: int = 10
@@ -221,6 +223,8 @@ class Settings(BaseSettings):
             out["SILENCE_TIMEOUT_SECONDS"] = (
                 f"SILENCE_TIMEOUT_SECONDS must be above 0 (got {self.silence_timeout_seconds})"
             )
+        if self.hold_max <= 0:
+            out["HOLD_MAX"] = f"HOLD_MAX must be above 0 (got {self.hold_max})"
         if self.lease_seconds <= self.max_call_seconds and "LEASE_SECONDS" not in out:
             out["LEASE_SECONDS"] = (
                 f"LEASE_SECONDS ({self.lease_seconds}) must exceed MAX_CALL_SECONDS"

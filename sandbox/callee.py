@@ -15,7 +15,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from sandbox.dtmf import DtmfDetector
-from sandbox.speech import SpeechDecoder, WordHeard, encode_speech, is_silent
+from sandbox.speech import SpeechDecoder, WordHeard, encode_speech, hold_music, is_silent
 
 with warnings.catch_warnings():  # deprecated on 3.11/3.12; audioop-lts provides it on 3.13+
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -74,6 +74,13 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Music:
+    """Play hold music (real audio that is not speech) for ``seconds``; next step once it played."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Press:
     """The callee presses keys on its phone: Twilio reports each as a ``dtmf`` stream event."""
 
@@ -104,7 +111,7 @@ def tone(hz: float, seconds: float, amplitude: int = 8000) -> bytes:
     return audioop.lin2ulaw(pcm.tobytes(), 2)
 
 
-CalleeStep = Say | WaitTurn | Interrupt | WaitDigits | Pause | Press | HangUp | Beep
+CalleeStep = Say | WaitTurn | Interrupt | WaitDigits | Pause | Music | Press | HangUp | Beep
 _INTERRUPT_TIMEOUT = 20.0
 
 
@@ -301,6 +308,10 @@ class Callee:
                 return False
             self.recording = self._beeped = True
             return True
+        if isinstance(step, Music):
+            if first:
+                self._out += hold_music(step.seconds)
+            return not self._out
         if isinstance(step, Press):
             self.pressed += list(step.digits)
             return True

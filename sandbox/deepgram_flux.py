@@ -23,6 +23,8 @@ Sandbox timing (AUDIO time from the bytes received, 8000 B = 1 s; deterministic)
 - ``EndOfTurn`` trigger "timeout" after ``eot_timeout_ms`` of silence, with or without words (so a
   turn that had voice but no words ends with an empty transcript, and the barge-in is released).
 - Voice again while AwaitingEnd -> ``TurnResumed``; new words then extend the same transcript.
+- Sound that is not speech (hold music) is silence to the turn machine (``SpeechGate``): Flux's
+  turn detection is part of its speech model, so music opens no turn and ends none.
 - ``ForceEndTurn`` -> ``EndOfTurn`` trigger "manual" at the current offset if a turn is open.
 - ``CloseStream`` -> a last ``Update`` covering the audio not reported yet, and NO ``EndOfTurn``:
   real Flux documents that CloseStream does not finalize the active turn.
@@ -37,7 +39,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sandbox.speech import SAMPLE_RATE, SpeechDecoder, VoiceEnd, VoiceStart, WordHeard
+from sandbox.speech import SAMPLE_RATE, SpeechDecoder, SpeechGate, VoiceEnd, VoiceStart, WordHeard
 
 UPDATE_EVERY = 2000  # bytes: 0.25 s
 FULL_CONFIDENCE = 3200  # bytes of silence (400 ms) for end_of_turn_confidence 1.0
@@ -88,6 +90,7 @@ class FluxTranscriber:
             query, 0.7, None, 5000
         )
         self.decoder = SpeechDecoder()
+        self.gate = SpeechGate()  # VAD: music and other non-speech sound carry no voice, no words
         self.sequence = 0
         self.turn_index = 0
         self.state = _INITIAL
@@ -116,7 +119,7 @@ class FluxTranscriber:
     def feed(self, audio: bytes) -> list[Message]:
         """Consume audio; return the TurnInfo messages it implies, in audio order."""
         out: list[Message] = []
-        for event in self.decoder.feed(audio):
+        for event in self.decoder.feed(self.gate.feed(audio)):
             out += self._advance_to(event.offset)
             if isinstance(event, VoiceStart):
                 self.in_voice = True

@@ -2,7 +2,9 @@
 
 Why separate: the socket plumbing (``sandbox.deepgram``) and the transcription rules (VAD,
 interim results, endpointing, utterance end; all in AUDIO time from the bytes received) are
-easier to read and test apart. Pure: no I/O; it returns the JSON messages Deepgram would send.
+easier to read and test apart. Sound that is not speech (hold music) yields no words and no
+``SpeechStarted`` (``sandbox.speech.SpeechGate``). Pure: no I/O; it returns the JSON messages
+Deepgram would send.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import string
 import uuid
 from typing import Any
 
-from sandbox.speech import SAMPLE_RATE, SpeechDecoder, VoiceEnd, VoiceStart, WordHeard
+from sandbox.speech import SAMPLE_RATE, SpeechDecoder, SpeechGate, VoiceEnd, VoiceStart, WordHeard
 
 _INTERIM_EVERY = 2
 _MODEL_INFO = {"name": "general-nova-3", "version": "2024-01-01.0", "arch": "nova-3"}
@@ -47,6 +49,7 @@ class Transcriber:
         self.endpointing = int_or_none(query.get("endpointing"), 10)
         self.utterance_end_ms = int_or_none(query.get("utterance_end_ms"), None)
         self.decoder = SpeechDecoder()
+        self.gate = SpeechGate()  # VAD: music and other non-speech sound carry no voice, no words
         self.in_voice = False
         self.voice_end_at: int | None = None
         self.word_start = 0
@@ -61,7 +64,7 @@ class Transcriber:
 
     def feed(self, audio: bytes) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for event in self.decoder.feed(audio):
+        for event in self.decoder.feed(self.gate.feed(audio)):
             out += self._advance_to(event.offset)
             if isinstance(event, VoiceStart):
                 self.in_voice = True

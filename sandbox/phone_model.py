@@ -233,7 +233,7 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
     if _NAME.search(said):
         return [_text(f"It's for {person}. That's spelled {_spell(person)}.")]
     if _HOLD.search(said):
-        return [_text("Sure, I'll hold.")]
+        return [_text("Sure, I'll hold."), _tool("wait_on_hold", {})]
     if _DONE.search(said) and _booked(messages):
         return [_text("Thank you, goodbye!")]
     if "?" in said and _NEEDS_USER.search(said):

@@ -21,6 +21,7 @@ from sandbox.callee import (
     CalleeStep,
     HangUp,
     Interrupt,
+    Music,
     Pause,
     Say,
     WaitDigits,
@@ -28,6 +29,8 @@ from sandbox.callee import (
 )
 from sandbox.twilio import Behavior
 
+#: Audio seconds of hold music in ``long_hold`` (longer than any silence timeout, shorter than HOLD_MAX).
+LONG_HOLD_SECONDS = 120.0
 GREETING = "Joe's Barbershop, this is Sam speaking. How can I help you?"
 
 
@@ -174,6 +177,25 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
                         WaitTurn(),
                         Pause(4.0),
                         Say("Thanks for holding. How can I help you?"),
+                        WaitTurn(contains="haircut"),
+                    ),
+                )
+            ],
+            busy=busy,
+            expect_start=free,
+        ),
+        "long_hold": lambda: Scenario(
+            "long_hold",
+            "put on hold with two minutes of hold music; the assistant waits silently, then books",
+            [
+                Attempt(
+                    Behavior.ANSWER,
+                    booking(
+                        Say("Joe's Barbershop, please hold."),
+                        WaitTurn(),
+                        Music(LONG_HOLD_SECONDS),
+                        Pause(0.5),
+                        Say("Thanks for holding, sorry about the wait. How can I help you?"),
                         WaitTurn(contains="haircut"),
                     ),
                 )
@@ -359,6 +381,7 @@ NAMES = (
     "interrupt",
     "menu",
     "hold",
+    "long_hold",
     "voicemail",
     "voicemail_message",
     "no_answer",

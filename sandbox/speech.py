@@ -17,6 +17,7 @@ heard. Silence is 0xFF (µ-law zero); 0x7F (negative zero) is also treated as si
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import unicodedata
@@ -98,6 +99,41 @@ def iter_speech(text: str, *, words_per_second: float = 3.0) -> Iterator[bytes]:
         yield b"".join((rng.randbytes(filler_len).translate(_FILLER_TABLE), _START_BYTE, encoded, _END_BYTE))
 
 
+def hold_music(seconds: float, *, level: float = 6000.0) -> bytes:
+    """``seconds`` of hold music: a slow cycle of three-note chords as real µ-law audio.
+
+    It carries no words (no START marker: its loudest samples stay far from µ-law 0x01) and has
+    negative samples from its first millisecond, so ``SpeechGate`` hears it as sound that is not
+    speech. A sample that would encode as µ-law zero is nudged one step, so the music has no
+    silent byte in it and is one continuous sound, as music on a line is.
+    """
+    chords = (
+        (261.63, 329.63, 392.0),  # C major
+        (220.0, 261.63, 329.63),  # A minor
+        (174.61, 220.0, 261.63),  # F major
+        (196.0, 246.94, 293.66),  # G major
+    )
+    out = bytearray()
+    for n in range(max(0, round(seconds * SAMPLE_RATE))):
+        chord = chords[(n // SAMPLE_RATE) % len(chords)]  # one chord a second
+        t = n / SAMPLE_RATE
+        # starts on the negative half-wave: -sin
+        x = -sum(math.sin(2 * math.pi * f * t) for f in chord) / len(chord) * level
+        out.append(_linear_to_ulaw(round(x)))
+    return bytes(out)
+
+
+def _linear_to_ulaw(sample: int) -> int:
+    """G.711 µ-law of one 16-bit sample (never 0xFF/0x7F: those read as silence here)."""
+    bias, clip = 0x84, 32635
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), clip) + bias
+    exponent = max(0, magnitude.bit_length() - 8)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    byte = ~(sign | (exponent << 4) | mantissa) & 0xFF
+    return {0xFF: 0xFE, 0x7F: 0x7E}.get(byte, byte)
+
+
 def silence(seconds: float) -> bytes:
     """Return ``seconds`` of µ-law silence (0xFF bytes)."""
     return bytes([SILENCE_BYTE]) * max(0, round(seconds * SAMPLE_RATE))
@@ -174,6 +210,56 @@ class SpeechDecoder:
                     events.append(WordHeard(self._text.decode("ascii"), base + pos))
             else:
                 self._reading = False
+
+
+_NOT_SPEECH = re.compile(rb"[\x00-\x7e]")
+
+
+class SpeechGate:
+    """The sandbox Deepgram's voice activity detection: sound that is not speech becomes silence.
+
+    Deepgram's VAD tells speech from other sound (music on hold, tones) by its tonal qualities, and
+    transcribes no words from music. Sandbox speech begins every sound with filler made only of
+    positive µ-law samples (``_MIN_FILLER`` of them at least); any other sound has negative samples
+    in its first bytes. So the first ``_MIN_FILLER`` bytes of each sound after silence decide it,
+    and a sound that is not speech is passed on as silence until the next silence: the decoder
+    then sees no voice, no words, no turn. Output has the same length as input, at most
+    ``_MIN_FILLER - 1`` bytes later (while a sound's first bytes straddle two chunks).
+    """
+
+    def __init__(self) -> None:
+        self._speech: bool | None = None  # the current sound: speech, not speech, or None in silence
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Pass ``chunk`` on, with sound that is not speech replaced by silence."""
+        data = self._held + chunk
+        self._held = b""
+        if self._speech is None and is_silent(data):
+            return data
+        out = bytearray()
+        pos = 0
+        for quiet in _SILENCE_RUN.finditer(data):
+            if quiet.start() > pos:
+                self._sound(data, pos, quiet.start(), out, ended=True)
+            out += data[quiet.start() : quiet.end()]
+            self._speech = None
+            pos = quiet.end()
+        if pos < len(data):
+            self._sound(data, pos, len(data), out, ended=False)
+        return bytes(out)
+
+    def _sound(self, data: bytes, pos: int, end: int, out: bytearray, *, ended: bool) -> None:
+        if self._speech is None:
+            head = data[pos : pos + _MIN_FILLER]
+            if _NOT_SPEECH.search(head):
+                self._speech = False
+            elif len(head) == _MIN_FILLER or ended:
+                self._speech = True
+            else:
+                self._held = data[pos:end]  # too little of the sound yet to tell
+                return
+        out += data[pos:end] if self._speech else bytes([SILENCE_BYTE]) * (end - pos)
 
 
 def decode_text(audio: bytes) -> str:

@@ -8,9 +8,11 @@ small frozen events; ending the call cancels and awaits all of them. The session
 tasks, the media websocket and the inbound side (audio to STT, the callee's turns, the timers);
 everything the assistant says (replies, playback, DTMF, barge-in) is ``telephony.replies.ReplyRunner``'s.
 
-Timers (greeting, silence) count *audio* time — bytes received from Twilio,
+Timers (greeting, silence, hold) count *audio* time — bytes received from Twilio,
 which arrive in real time on a real call — so behaviour does not depend on how
-fast a sandbox replays a conversation; the hard cap also has a wall-clock guard.
+fast a sandbox replays a conversation; the hard cap also has a wall-clock guard. When the agent
+agrees to hold (``Agent.holds``), the session waits silently — no prompt, no give-up on silence —
+for up to ``SessionConfig.hold_max``, until the callee's next words.
 """
 
 from __future__ import annotations
@@ -105,7 +107,12 @@ class CallSession:
         self._end_outcome: CallOutcome | None = None
         self._hang_up_at_end = False
         self._error: BaseException | None = None
-        self._timers = Timers(greet_after=self._cfg.greet_after, silence_timeout=self._cfg.silence_timeout)
+        self._timers = Timers(
+            greet_after=self._cfg.greet_after,
+            silence_timeout=self._cfg.silence_timeout,
+            hold_max=self._cfg.hold_max,
+        )
+        self._holds_seen = 0  # the agent's hold count already turned into hold mode
         self._utterance: list[str] = []
         self._utterance_at: float | None = None
         self._speech_started_at: float | None = None
@@ -336,6 +343,11 @@ class CallSession:
             return
         if self._replies.busy or self._replies.hangup_pending or self._utterance:
             return
+        holds = self._agent.holds
+        if holds != self._holds_seen:  # the agent agreed to hold and its words have played
+            self._holds_seen = holds
+            self._timers.hold(now)
+            log.info("call %s on hold", self.call_sid)
         due = self._timers.due(now)
         if due == "greet":
             self._start_reply(CallConnected())
@@ -343,6 +355,8 @@ class CallSession:
             self._start_reply(CalleeSilent(round(self._timers.quiet(now), 1)))
         elif due == "give_up":
             self.end("callee silent", hang_up=True)
+        elif due == "hold_over":
+            self.end("on hold too long", hang_up=True)
 
     async def _on_listen(self, ev: ListenEvent) -> None:
         if self._machine:
@@ -356,7 +370,9 @@ class CallSession:
                 await self._replies.barge_in(ev.t)  # reaction is measured from the event's receipt
         elif isinstance(ev, SttTranscript):
             if ev.text.strip():
-                self._timers.callee_active(self._audio_s)
+                # Words, not just sound: a hold ends at the callee's voice (music carries none).
+                self._timers.resume(self._audio_s)
+                self._holds_seen = self._agent.holds
                 if self._utterance_at is None:
                     self._utterance_at = self._log.since_start(ev.t)
                 if not ev.is_final and self._replies.busy:

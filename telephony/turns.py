@@ -31,6 +31,8 @@ class SessionConfig:
     """Conversation timing (seconds)."""
 
     silence_timeout: float = 8.0
+    #: On hold (the agent agreed to wait), how long the line is kept without the callee's voice.
+    hold_max: float = 300.0
     max_call_seconds: float = 600.0
     greet_after: float = 1.5
     attach_timeout: float = 120.0  # ringing + answering, until the media stream connects
@@ -87,9 +89,13 @@ class Timers:
     faster in a sandbox replay, so timing behaviour never depends on replay speed.
     """
 
-    def __init__(self, *, greet_after: float, silence_timeout: float) -> None:
+    def __init__(self, *, greet_after: float, silence_timeout: float, hold_max: float = 300.0) -> None:
         self.greet_after = greet_after
         self.silence_timeout = silence_timeout
+        self.hold_max = hold_max
+        #: Audio time the call went on hold, or None. On hold nobody is prompted and silence (or
+        #: music) ends nothing until ``hold_max``; the callee's next words end the hold.
+        self.on_hold_since: float | None = None
         self.greeted = False
         self.callee_spoke = False
         self.last_callee_activity = 0.0
@@ -101,8 +107,20 @@ class Timers:
         self.silence_prompted = False
         self.last_callee_activity = now
 
+    def hold(self, now: float) -> None:
+        """The call is on hold from ``now``: the silence prompt and give-up wait for the callee."""
+        self.on_hold_since = now
+
+    def resume(self, now: float) -> None:
+        """The callee spoke: the hold is over and silence counts from ``now`` again."""
+        self.on_hold_since = None
+        self.callee_active(now)
+
     def due(self, now: float) -> str | None:
-        """Call while the assistant is idle: "greet", "prompt" (with ``quiet``), "give_up" or None."""
+        """Call while the assistant is idle: "greet", "prompt" (with ``quiet``), "give_up",
+        "hold_over" (on hold for ``hold_max``) or None."""
+        if self.on_hold_since is not None:
+            return "hold_over" if now - self.on_hold_since >= self.hold_max else None
         if not self.greeted and not self.callee_spoke:
             if now >= self.greet_after:
                 self.greeted = True

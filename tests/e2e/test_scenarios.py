@@ -77,6 +77,29 @@ async def test_booking_scenarios(name: str) -> None:
         assert result.calls[0].digits_heard.startswith("1")
 
 
+async def test_long_hold_waits_silently_through_two_minutes_of_music_then_books() -> None:
+    result = await run("long_hold")
+    assert_common(result)
+    job = result.job
+    assert job.state is JobState.BOOKED and job.outcome is not None and job.outcome.event_link
+    assert len(result.calls) == 1
+    callee = result.calls[0].callee
+    assert callee.seconds >= scenarios.LONG_HOLD_SECONDS  # the line was kept through the music
+    heard = callee.heard
+    held = next(i for i, t in enumerate(heard) if "I'll hold" in t)
+    # Nothing was said during the music (no "are you still there?"): the next turn the callee heard
+    # is the answer to "Thanks for holding".
+    assert "haircut" in heard[held + 1], heard
+    assert not any("still there" in t.lower() for t in heard), heard
+    # Music carried no words: the callee's turns are exactly what it said, and the booking went on.
+    callee_turns = [t.text for t in result.turns if t.speaker is Speaker.CALLEE]
+    assert callee_turns[:2] == [
+        "Joe's Barbershop, please hold.",
+        "Thanks for holding, sorry about the wait. How can I help you?",
+    ], callee_turns
+    assert any("Wednesday" in t for t in callee_turns)
+
+
 async def test_voicemail_then_booked_on_the_second_call() -> None:
     result = await run("voicemail")
     assert_common(result)
@@ -175,7 +198,7 @@ async def test_opt_out_end_to_end() -> None:
 @pytest.fixture(autouse=True)
 def _names_cover_every_scenario() -> AsyncIterator[None] | None:
     assert set(scenarios.NAMES) == {
-        "happy", "clash", "interrupt", "menu", "hold", "voicemail", "voicemail_message", "no_answer",
-        "fully_booked", "wrong_number", "needs_user", "opt_out",
+        "happy", "clash", "interrupt", "menu", "hold", "long_hold", "voicemail", "voicemail_message",
+        "no_answer", "fully_booked", "wrong_number", "needs_user", "opt_out",
     }  # fmt: skip
     return None
