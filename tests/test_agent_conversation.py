@@ -100,6 +100,7 @@ async def test_booking_negotiated_over_three_callee_turns(sandbox: SandboxAnthro
         "confirm_booking",
         "end_call",
         "send_dtmf",
+        "wait_on_hold",
     }
     tools_called = [
         b["name"]
@@ -293,6 +294,23 @@ async def test_phone_menu_presses_a_key_and_hold_is_polite(sandbox: SandboxAnthr
         agent, CalleeSaid("Thanks for calling. For store hours, press 1. For appointments, press 2.")
     )
     assert actions == [SendDigits("2")]
+    check_history(agent.messages)
+
+
+async def test_asked_to_hold_it_says_so_then_holds_with_no_further_round(
+    sandbox: SandboxAnthropic, client: Any
+) -> None:
+    agent = make_agent(client, FakeCalendar())
+    assert agent.holds == 0
+    actions = await run(agent, CalleeSaid("Joe's Barbershop, please hold."))
+    assert "Sure, I'll hold." in says(actions)
+    assert agent.holds == 1 and agent.outcome() is None
+    assert len(sandbox.requests) == 1  # the tool result gets no model round: nothing more is said
+    check_history(agent.messages)
+    assert agent.messages[-1]["content"][0]["type"] == "tool_result"
+    # the callee's next words continue the conversation, after the hold's tool result
+    actions = await run(agent, CalleeSaid("Thanks for holding. How can I help you?"))
+    assert "haircut" in says(actions).lower() and agent.holds == 1
     check_history(agent.messages)
 
 

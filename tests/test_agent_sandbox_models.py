@@ -59,7 +59,9 @@ def test_name_is_spelled_and_hold_is_polite() -> None:
         ask("Can you spell the name for the booking?")[0]["text"]
         == "It's for Alex Doe. That's spelled A-L-E-X, D-O-E."
     )
-    assert ask("One moment please.")[0]["text"] == "Sure, I'll hold."
+    said, hold = ask("One moment please.")
+    assert said["text"] == "Sure, I'll hold."
+    assert hold["type"] == "tool_use" and hold["name"] == "wait_on_hold"
 
 
 def test_opening_introduces_an_ai_assistant() -> None:

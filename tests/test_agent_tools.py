@@ -39,7 +39,8 @@ def request(person_tz: str = "Europe/London") -> CallRequest:
 
 def test_schemas_come_from_signatures_and_docstrings() -> None:
     tools = {t["name"]: t for t in BookingTools(request(), Calendar([]), clock=lambda: NOW).schemas()}
-    assert sorted(tools) == ["check_availability", "confirm_booking", "end_call", "send_dtmf"]
+    assert sorted(tools) == ["check_availability", "confirm_booking", "end_call", "send_dtmf", "wait_on_hold"]
+    assert tools["wait_on_hold"]["input_schema"] == {"type": "object", "properties": {}, "required": []}
     end = tools["end_call"]
     assert end["description"].startswith("Hang up after saying goodbye")
     props = end["input_schema"]["properties"]

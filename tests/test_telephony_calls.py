@@ -25,7 +25,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from agent.base import Agent, AgentAction, CalleeSaid, CallerInput, Hangup, MachineBeep, Say, SendDigits
-from sandbox.callee import Beep, CalleeScript, HangUp, Interrupt, Pause, WaitDigits, WaitTurn
+from sandbox.callee import Beep, CalleeScript, HangUp, Interrupt, Music, Pause, WaitDigits, WaitTurn
 from sandbox.callee import Say as CalleeSays
 from sandbox.deepgram import SandboxDeepgram
 from sandbox.twilio import Behavior, SandboxTwilio
@@ -612,4 +612,72 @@ async def test_a_barge_in_on_a_pre_rendered_clause_keeps_only_what_was_heard(h: 
     assert heard == _words(call.heard[0])[: len(heard)]  # never more than the callee heard
     assert [t.text for t in turns if t.interrupted] == [agent.heard[0]]
     await h.webhooks.join()
+    assert_clean(h)
+
+
+class HoldingAgent(ScriptedAgent):
+    """A scripted agent that agrees to hold (``Agent.holds``) when asked to, as ClaudeAgent's
+    ``wait_on_hold`` tool does."""
+
+    def __init__(self, replies: list[list[AgentAction]], outcome: CallOutcome | None = None) -> None:
+        super().__init__(replies, outcome)
+        self._holds = 0
+
+    @property
+    def holds(self) -> int:
+        return self._holds
+
+    async def reply(self, event: CallerInput) -> AsyncGenerator[AgentAction, None]:
+        async for action in super().reply(event):
+            yield action
+        if isinstance(event, CalleeSaid) and "hold" in event.text.lower() and "holding" not in event.text:
+            self._holds += 1
+
+
+async def test_on_hold_the_call_waits_silently_through_music_and_goes_on_at_the_callees_words(
+    h: Harness,
+) -> None:
+    h.config = SessionConfig(silence_timeout=1.0, hold_max=30.0, max_call_seconds=120.0)
+    agent = HoldingAgent(
+        [
+            [Say("Sure, I'll hold.")],
+            [Say("Thanks, goodbye."), Hangup(CallOutcome(OutcomeKind.DECLINED, summary="done"))],
+        ]
+    )
+    h.twilio.program(
+        PHONE,
+        script=CalleeScript(
+            [
+                CalleeSays("Please hold."),
+                WaitTurn(contains="hold"),
+                Music(8.0),  # eight times the silence timeout
+                Pause(0.3),
+                CalleeSays("Thanks for holding."),
+                WaitTurn(contains="goodbye"),
+            ]
+        ),
+    )
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+    # no "are you still there?" (CalleeSilent) and no words or turn from the music
+    assert agent.inputs == [CalleeSaid("Please hold."), CalleeSaid("Thanks for holding.")]
+    assert h.sessions[0].end_reason == "assistant hung up" and outcome.kind is OutcomeKind.DECLINED
+    assert call.callee.seconds > 8.0 and not call.callee.errors
+    assert [t.text for t in turns if t.speaker is Speaker.CALLEE] == ["Please hold.", "Thanks for holding."]
+    assert call.clears == 0  # music never barged in
+    assert_clean(h)
+
+
+async def test_a_hold_longer_than_hold_max_ends_the_call(h: Harness) -> None:
+    h.config = SessionConfig(silence_timeout=1.0, hold_max=3.0, max_call_seconds=120.0)
+    agent = HoldingAgent([[Say("Sure, I'll hold.")]])
+    h.twilio.program(
+        PHONE, script=CalleeScript([CalleeSays("Please hold."), WaitTurn(contains="hold"), Music(30.0)])
+    )
+    job = await h.dialing_job(agent)
+    outcome, _, call = await h.call(job)
+    assert agent.inputs == [CalleeSaid("Please hold.")]
+    assert h.sessions[0].end_reason == "on hold too long" and outcome.kind is OutcomeKind.ERROR
+    assert 3.0 < call.callee.seconds < 10.0
+    assert hung_up_by_api(h, call.sid)
     assert_clean(h)
