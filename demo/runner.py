@@ -127,7 +127,8 @@ async def run_scenario(
         first = scenario.attempt(1)
         world.twilio.program(PHONE, first.behavior, first.script, amd=first.amd)
         job = await _chat_until_queued(world, app, narrator, message)
-        job = await _call_until_final(world, app, clock, narrator, scenario, job, timeout)
+        limit = timeout + scenario.waits / world.pace  # a long hold is part of the call, not a stall
+        job = await _call_until_final(world, app, clock, narrator, scenario, job, limit)
         await wait_until(lambda: _delivered(app, job.id), 30, "the result to reach the chat thread")
         narrator.poll()
     finally:

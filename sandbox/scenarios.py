@@ -60,6 +60,8 @@ class Scenario:
         expect_start: start of the booked slot, when ``expect_state`` is booked.
         max_attempts: attempts allowed for this errand.
         expect_outcome: the call's outcome kind, when it says more than the state (``opted_out``).
+        waits: audio seconds the business keeps the caller waiting (hold music), beyond a usual
+            call: a runner's time limit grows by it (divided by the audio pace).
     """
 
     name: str
@@ -70,6 +72,7 @@ class Scenario:
     expect_start: datetime | None = None
     max_attempts: int = 3
     expect_outcome: str | None = None
+    waits: float = 0.0
 
     def attempt(self, n: int) -> Attempt:
         """Behaviour for the n-th call (1-based); the last listed one repeats."""
@@ -202,6 +205,7 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
             ],
             busy=busy,
             expect_start=free,
+            waits=LONG_HOLD_SECONDS,
         ),
         "voicemail": lambda: Scenario(
             "voicemail",
