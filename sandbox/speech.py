@@ -221,7 +221,8 @@ class SpeechGate:
     Deepgram's VAD tells speech from other sound (music on hold, tones) by its tonal qualities, and
     transcribes no words from music. Sandbox speech begins every sound with filler made only of
     positive µ-law samples (``_MIN_FILLER`` of them at least); any other sound has negative samples
-    in its first bytes. So the first ``_MIN_FILLER`` bytes of each sound after silence decide it,
+    in its first bytes, and a sound shorter than that (a tone's half-wave between two samples that
+    are exactly zero) is no word either. So the first ``_MIN_FILLER`` bytes of each sound decide it,
     and a sound that is not speech is passed on as silence until the next silence: the decoder
     then sees no voice, no words, no turn. Output has the same length as input, at most
     ``_MIN_FILLER - 1`` bytes later (while a sound's first bytes straddle two chunks).
@@ -252,9 +253,9 @@ class SpeechGate:
     def _sound(self, data: bytes, pos: int, end: int, out: bytearray, *, ended: bool) -> None:
         if self._speech is None:
             head = data[pos : pos + _MIN_FILLER]
-            if _NOT_SPEECH.search(head):
-                self._speech = False
-            elif len(head) == _MIN_FILLER or ended:
+            if _NOT_SPEECH.search(head) or (ended and len(head) < _MIN_FILLER):
+                self._speech = False  # a click or a tone's half-wave between zero samples
+            elif len(head) == _MIN_FILLER:
                 self._speech = True
             else:
                 self._held = data[pos:end]  # too little of the sound yet to tell

@@ -3,12 +3,13 @@ hears as Deepgram documents it: no words, no ``SpeechStarted``, no turn started 
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
 from sandbox.deepgram_flux import FluxTranscriber
 from sandbox.deepgram_stt import Transcriber
-from sandbox.speech import SpeechGate, encode_speech, hold_music, is_silent, silence
+from sandbox.speech import SAMPLE_RATE, SpeechGate, encode_speech, hold_music, is_silent, silence
 
 Message = dict[str, Any]
 NOVA_QUERY = {
@@ -54,6 +55,23 @@ def test_gate_passes_speech_unchanged_and_turns_music_into_silence() -> None:
     assert len(out) == len(audio)
     assert is_silent(out[:music_end])
     assert out[music_end:] == audio[music_end:]
+
+
+def test_a_pure_tone_with_exact_zero_samples_is_not_speech_either() -> None:
+    """A 1 kHz sine has a µ-law zero every half-wave: its sounds are 3-byte runs, none a word."""
+    pcm = [round(8000 * math.sin(2 * math.pi * 1000 * i / SAMPLE_RATE)) for i in range(4000)]
+    beep = bytes(_ulaw(x) for x in pcm)
+    assert beep.count(0xFF) > 100  # the zeros really split it into short sounds
+    gate = SpeechGate()
+    assert is_silent(b"".join(gate.feed(c) for c in chunks(beep, random.Random(3), max_size=160)))
+
+
+def _ulaw(sample: int) -> int:
+    """µ-law without the sandbox music's zero nudge (as audioop.lin2ulaw encodes)."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 0x84
+    exponent = max(0, magnitude.bit_length() - 8)
+    return ~(sign | (exponent << 4) | ((magnitude >> (exponent + 3)) & 0x0F)) & 0xFF
 
 
 def test_nova_transcribes_nothing_from_music_then_the_callee_as_usual() -> None:
