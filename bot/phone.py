@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import phonenumbers
-from phonenumbers import PhoneNumberType, geocoder, shortnumberinfo
+from phonenumbers import PhoneNumberType, shortnumberinfo
 from phonenumbers import timezone as phone_tz
 
 from bot import render
@@ -199,6 +199,10 @@ def _policy_refusal(num: phonenumbers.PhoneNumber, e164: str, policy: Destinatio
 
 
 def _country_name(region: str) -> str:
+    # Imported here, on a refusal only: the geocoder loads ~100 MB of place names, which every
+    # server process would otherwise carry for the sake of this one sentence.
+    from phonenumbers import geocoder
+
     example = phonenumbers.example_number(region)
     name = geocoder.country_name_for_number(example, "en") if example else ""
     return f"{name} ({region})" if name else region
