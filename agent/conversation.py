@@ -67,6 +67,7 @@ from agent.history import Message, add_user, drop_empty, prefix_text, set_text, 
 from agent.limits import CallLimits
 from agent.llm import MODEL_RETRY, from_transport_error, to_provider_error
 from agent.prompts import DEFAULT_TEMPLATE, build_system_prompt
+from agent.spoken import days_phrase, service_phrase
 from agent.tools import DEFAULT_MIN_LEAD, BookingTools, FreeBusy, ToolResult
 from agent.voicemail import voicemail_body
 from storage.errors import user_message
@@ -108,15 +109,7 @@ def opening_line(request: CallRequest) -> str:
     Only the service and the dates: times are in the person's zone, which need not be the
     business's, so the model (which is told about both zones) talks about times.
     """
-    service = request.service.strip().rstrip(".")
-    first = service.split(" ", 1)[0].lower()
-    if first not in {"a", "an", "the", "my", "our", "some", "two", "three"}:
-        service = f"{'an' if service[:1].lower() in 'aeiou' else 'a'} {service}"
-    w = request.window
-    if w.start_date == w.end_date:
-        days = f"on {w.start_date:%A, %B} {w.start_date.day}"
-    else:
-        days = f"between {w.start_date:%A, %B} {w.start_date.day} and {w.end_date:%A, %B} {w.end_date.day}"
+    service, days = service_phrase(request), days_phrase(request.window)
     return f"I'd like to book {service}, {days}. Do you have anything available?"
 
 

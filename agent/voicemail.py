@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import phonenumbers
 
+from agent.spoken import days_phrase, service_phrase
 from storage.models import CallRequest
 
 
@@ -39,14 +40,7 @@ def spoken_number(number: str, *, callee_phone: str | None = None) -> str:
 
 def voicemail_body(request: CallRequest, callback_number: str) -> str:
     """What follows the disclosure on a voicemail: the errand in one sentence and the call-back number."""
-    service = request.service.strip().rstrip(".")
-    if service.split(" ", 1)[0].lower() not in {"a", "an", "the", "my", "our", "some", "two", "three"}:
-        service = f"{'an' if service[:1].lower() in 'aeiou' else 'a'} {service}"
-    w = request.window
-    if w.start_date == w.end_date:
-        days = f"on {w.start_date:%A, %B} {w.start_date.day}"
-    else:
-        days = f"between {w.start_date:%A, %B} {w.start_date.day} and {w.end_date:%A, %B} {w.end_date.day}"
+    service, days = service_phrase(request), days_phrase(request.window)
     number = spoken_number(callback_number, callee_phone=request.phone)
     call_back = f"Please call us back at {number}. " if number else ""
     return (
