@@ -4,7 +4,11 @@ Each variant answers the same scripted receptionist (``bench.sandbox_proc``'s ``
 callee), the same number of calls started over the same ramp, against fresh sandbox children
 with the same provider delays:
 
-* ``concierge``: the product, in this process, exactly as ``bench.latency`` runs it;
+* ``concierge``: the product, in this process, exactly as ``bench.latency`` runs it, with its
+  defaults: the fixed opening (disclosure + errand, pre-rendered, no model round) and the cached
+  acknowledgements on;
+* ``concierge_plain`` (only when named in ``--variants``): the same with ``FIXED_OPENING`` and
+  ``ACKNOWLEDGEMENTS`` off, so the model words every turn as Pipecat's does (not in the ratios);
 * ``pipecat``: ``bench/peers/pipecat_bot.py`` in ``.venv-peer`` (Deepgram Nova STT, Silero VAD,
   smart-turn), dialled by the sandbox Twilio as Pipecat's outbound example dials;
 * ``pipecat_flux``: the same bot with Pipecat's Deepgram Flux STT service.
@@ -51,6 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 PEER_BOT = ROOT / "bench" / "peers" / "pipecat_bot.py"
 VARIANTS = ("concierge", "pipecat", "pipecat_flux")
+#: Optional variants (``--variants``): Concierge with the settings Pipecat has no counterpart for off.
+CONCIERGE_PLAIN = {"fixed_opening": False, "acknowledgements": False}
 #: A ladder step holds when its heard gap p95 stays within this (plus the replayed provider delays).
 MAX_GAP_P95_MS = 1500.0
 
@@ -132,7 +138,7 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | No
     ours = results.get("concierge")
     out: dict[str, dict[str, float | None]] = {}
     for name, theirs in results.items():
-        if name == "concierge" or ours is None or "error" in theirs:
+        if name.startswith("concierge") or ours is None or "error" in theirs:
             continue
         out[f"concierge/{name}"] = {k: ratio(_get(ours, p), _get(theirs, p)) for k, p in RATIO_KEYS}
     return out
@@ -180,10 +186,12 @@ def table(result: dict[str, Any]) -> str:
 # -- running the variants ----------------------------------------------------------------------
 
 
-async def run_concierge(args: argparse.Namespace, n: int) -> Measure:
-    """One round of the product, as ``bench.latency`` runs it."""
+async def run_concierge(
+    args: argparse.Namespace, n: int, *, settings: dict[str, Any] | None = None
+) -> Measure:
+    """One round of the product, as ``bench.latency`` runs it (``settings``: overrides of its defaults)."""
     latencies = PUBLISHED if args.provider_latency == "published" else {}
-    async with Bench(numbers=n, latencies=latencies) as bench:
+    async with Bench(numbers=n, latencies=latencies, settings=settings) as bench:
         r = await bench.round(n, ramp=args.ramp)
         booked = sum(1 for j in r.jobs if "booked" in str(j.outcome).lower())
         return Measure(
@@ -322,6 +330,8 @@ async def _pipecat_round(
 async def measure(args: argparse.Namespace, variant: str, n: int) -> Measure:
     if variant == "concierge":
         return await run_concierge(args, n)
+    if variant == "concierge_plain":
+        return await run_concierge(args, n, settings=CONCIERGE_PLAIN)
     return await run_pipecat(args, n, stt="flux" if variant == "pipecat_flux" else "nova")
 
 
@@ -362,7 +372,7 @@ def versions() -> dict[str, str | None]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for variant in args.variants:
-        if variant != "concierge" and not PEER_PYTHON.exists():
+        if not variant.startswith("concierge") and not PEER_PYTHON.exists():
             results[variant] = {"error": "no .venv-peer: run `make bench-peer`"}
             continue
         try:
@@ -394,10 +404,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--max-gap-p95-ms", type=float, default=MAX_GAP_P95_MS,
                    help="ladder: heard gap p95 budget (plus replayed delays with 'published')")  # fmt: skip
-    p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+    p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
+                   help="comma-separated, of concierge, concierge_plain, pipecat, pipecat_flux")  # fmt: skip
     p.add_argument("--peer-log", default="WARNING", help="the Pipecat bot's log level (its stderr)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds a round may take")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = set(args.variants) - {*VARIANTS, "concierge_plain"}
+    if unknown:
+        p.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from bench.compare import PEER_PYTHON, ROOT, Measure, holds, ratio, ratios, summarize, table
+from bench.compare import PEER_PYTHON, ROOT, Measure, holds, parse_args, ratio, ratios, summarize, table
 
 
 def _turn(kind: str, gap: float, content: float | None) -> dict[str, object]:
@@ -30,11 +30,12 @@ def _variant(gap: float, cpu: float, rss: float, max_calls: int) -> dict[str, ob
 def test_ratios_are_concierge_over_each_peer() -> None:
     results = {
         "concierge": _variant(300.0, 10.0, 200.0, 20),
+        "concierge_plain": _variant(900.0, 10.0, 200.0, 20),
         "pipecat": _variant(600.0, 40.0, 400.0, 10),
         "pipecat_flux": {"error": "no .venv-peer"},
     }
     out = ratios(results)
-    assert set(out) == {"concierge/pipecat"}  # a failed variant has no ratio
+    assert set(out) == {"concierge/pipecat"}  # a failed variant, or our own other variant, has no ratio
     r = out["concierge/pipecat"]
     assert r["heard_gap_p50"] == 0.5 and r["heard_gap_p95"] == 0.5
     assert r["heard_content_gap_p50"] == 0.5
@@ -44,11 +45,18 @@ def test_ratios_are_concierge_over_each_peer() -> None:
 
     text = table({"variants": results, "ratios": out})
     lines = text.splitlines()
-    assert lines[0].split() == ["concierge", "pipecat", "pipecat_flux"]
-    assert lines[1].split() == ["calls", "/", "booked", "2", "/", "2", "2", "/", "2", "error"]
+    assert lines[0].split() == ["concierge", "concierge_plain", "pipecat", "pipecat_flux"]
+    assert lines[1].split() == ["calls", "/", "booked", "2", "/", "2", "2", "/", "2", "2", "/", "2", "error"]
     assert any(line.split()[:4] == ["heard", "gap", "p50", "ms"] and "300.0" in line for line in lines)
     cpu = [line.split() for line in lines if line.strip().startswith("cpu_ms_per_call_second")]
     assert cpu == [["cpu_ms_per_call_second", "0.2"]]
+
+
+def test_variants_are_checked_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--variants", "concierge_plain,pipecat"]).variants == ["concierge_plain", "pipecat"]
+    with pytest.raises(SystemExit):
+        parse_args(["--variants", "concierge,livekit"])
+    assert "unknown variants: livekit" in capsys.readouterr().err
 
 
 def test_summary_and_holding_rule_come_from_the_ear() -> None:
