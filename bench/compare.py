@@ -71,6 +71,8 @@ class Measure:
     cpu_ms: float = 0.0
     rss_mb: float = 0.0
     seconds: float = 0.0
+    #: calls still not over when the round's ``--timeout`` ran out (their turns so far are counted)
+    unfinished: int = 0
 
     @property
     def call_seconds(self) -> float:
@@ -86,6 +88,7 @@ def summarize(m: Measure) -> dict[str, Any]:
     return {
         "calls": m.calls,
         "booked": m.booked,
+        "unfinished": m.unfinished,
         "turns_heard": sum(m.turns_per_call()),
         "heard_gap_ms": heard(r, "gap_ms"),
         "heard_content_gap_ms": heard(r, "content_gap_ms"),
@@ -101,6 +104,7 @@ def holds(d: dict[str, Any], *, turns_per_call: int, max_gap_p95_ms: float) -> b
     p95 = d["heard_gap_ms"]["p95"]
     return (
         d["booked"] == d["calls"]
+        and not d.get("unfinished")
         and d["turns_heard"] >= turns_per_call * d["calls"]
         and p95 is not None
         and p95 <= max_gap_p95_ms
@@ -157,6 +161,7 @@ def table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, list[str]]] = [("", names)]
     for label, path in (
         ("calls / booked", None),
+        ("calls unfinished", ("unfinished",)),
         ("heard gap p50 ms", ("heard_gap_ms", "p50")),
         ("heard gap p95 ms", ("heard_gap_ms", "p95")),
         ("content gap p50 ms", ("heard_content_gap_ms", "p50")),
@@ -311,10 +316,16 @@ async def _pipecat_round(
         deadline = t0 + args.timeout
         while True:
             states = [(await client.calls(sid).fetch_async()).status for sid in sids]
-            if all(s in ("completed", "busy", "failed", "no-answer", "canceled") for s in states):
+            unfinished = sum(
+                s not in ("completed", "busy", "failed", "no-answer", "canceled") for s in states
+            )
+            if not unfinished:
                 break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Pipecat round of {n} calls still running after {args.timeout:.0f} s")
+            if time.monotonic() > deadline:  # reported, not raised: what was heard still counts
+                logging.warning(
+                    "Pipecat: %d of %d calls still running after %.0f s", unfinished, n, args.timeout
+                )
+                break
             await asyncio.sleep(1.0)
     finally:
         await http.close()
@@ -324,7 +335,9 @@ async def _pipecat_round(
     answers = await asyncio.gather(*(c.command("heard") for c in shards.children))
     calls = [c for a in answers for c in a["calls"]]
     booked = sum(a.get("booked", 0) for a in answers)
-    return Measure(calls=n, heard=calls, booked=booked, cpu_ms=cpu, rss_mb=rss, seconds=seconds)
+    return Measure(
+        calls=n, heard=calls, booked=booked, cpu_ms=cpu, rss_mb=rss, seconds=seconds, unfinished=unfinished
+    )
 
 
 async def measure(args: argparse.Namespace, variant: str, n: int) -> Measure:

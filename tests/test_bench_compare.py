@@ -75,6 +75,7 @@ def test_summary_and_holding_rule_come_from_the_ear() -> None:
     assert not holds(d, turns_per_call=2, max_gap_p95_ms=600.0)  # a call answered fewer turns
     assert not holds(d, turns_per_call=1, max_gap_p95_ms=450.0)  # the gap is over budget
     assert not holds({**d, "booked": 1}, turns_per_call=1, max_gap_p95_ms=600.0)
+    assert not holds({**d, "unfinished": 1}, turns_per_call=1, max_gap_p95_ms=600.0)  # timed out
 
 
 @pytest.mark.slow
@@ -86,7 +87,7 @@ def test_one_call_each_against_pipecat() -> None:
     assert set(result["variants"]) == {"concierge", "pipecat", "pipecat_flux"}
     for name, v in result["variants"].items():
         assert "error" not in v, (name, v, done.stderr[-2000:])
-        assert v["calls"] == 1 and v["booked"] == 1, (name, v)
+        assert v["calls"] == 1 and v["booked"] == 1 and v["unfinished"] == 0, (name, v)
         for key in ("heard_gap_ms", "heard_content_gap_ms"):
             assert v[key]["n"] >= 2 and v[key]["p50"] is not None, (name, key)
         assert v["cpu_ms_per_call_second"] > 0 and v["peak_rss_mb"] > 0 and v["max_calls"] == 1

@@ -74,7 +74,7 @@ class Tools:
         self.headers = {"Authorization": f"Bearer {spec['graph_token']}"}
         self.tz = spec["business_tz"]
         self.http = http
-        self.booked = False
+        self.booking: dict[str, Any] | None = None
 
     async def _busy(self, start: str, end: str) -> bool:
         body = {
@@ -98,21 +98,27 @@ class Tools:
 
     async def confirm_booking(self, params: FunctionCallParams) -> None:
         a = params.arguments
-        if self.booked or await self._busy(a["start"], a["end"]):
+        if self.booking is not None or await self._busy(a["start"], a["end"]):
             await params.result_callback("REFUSED: the person is busy then. Ask for another time.")
             return
-        event = {
+        # Recorded now, written to the calendar when the call ends, as our dispatcher does: the
+        # bench's concurrent calls share one sandbox calendar and are all offered the same slot.
+        self.booking = {
             "subject": a.get("service", "appointment"),
             "start": {"dateTime": a["start"], "timeZone": self.tz},
             "end": {"dateTime": a["end"], "timeZone": self.tz},
         }
-        async with self.http.post(f"{self.graph}/events", json=event, headers=self.headers) as r:
-            r.raise_for_status()
-        self.booked = True
         await params.result_callback(
             f"CONFIRMED: {a.get('service')} on {a['start']}–{a['end'][-5:]} ({self.tz}). "
             "Confirm the details with the callee, then end the call as booked."
         )
+
+    async def write_booking(self) -> None:
+        """The confirmed booking as a calendar event, once (at end_call, or when the call drops)."""
+        event, self.booking = self.booking, None
+        if event is not None:
+            async with self.http.post(f"{self.graph}/events", json=event, headers=self.headers) as r:
+                r.raise_for_status()
 
     async def send_dtmf(self, params: FunctionCallParams) -> None:
         await params.result_callback(f"Pressed {params.arguments.get('digits', '')}.")
@@ -120,6 +126,7 @@ class Tools:
     async def end_call(self, params: FunctionCallParams) -> None:
         # Pipecat's way to hang up from a tool: end the pipeline after what is queued has played;
         # the serializer's auto hang-up then ends the call over Twilio's REST API.
+        await self.write_booking()  # before the hang-up, so the bench finds it when the call is over
         await params.result_callback("Call ended.")
         await params.llm.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
 
@@ -195,7 +202,10 @@ async def run_bot(websocket: WebSocket, spec: dict[str, Any], http: aiohttp.Clie
 
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
-    await runner.run()
+    try:
+        await runner.run()
+    finally:
+        await tools.write_booking()
 
 
 def build_app(spec: dict[str, Any], port_box: list[int], http: aiohttp.ClientSession) -> FastAPI:
