@@ -280,7 +280,7 @@ async def run_pipecat(args: argparse.Namespace, n: int, *, stt: str) -> Measure:
                 raise RuntimeError("the Pipecat bot exited before listening (see its stderr)")
             port = json.loads(line)["port"]
             await shards.command("reset")
-            return await _pipecat_round(args, n, hello, port, bot.pid, shards)
+            return await _pipecat_round(args, n, hello, port, bot, shards)
         finally:
             if bot is not None:
                 if bot.stdin is not None:
@@ -295,8 +295,15 @@ async def run_pipecat(args: argparse.Namespace, n: int, *, stt: str) -> Measure:
 
 
 async def _pipecat_round(
-    args: argparse.Namespace, n: int, hello: dict[str, Any], port: int, pid: int, shards: SandboxShards
+    args: argparse.Namespace,
+    n: int,
+    hello: dict[str, Any],
+    port: int,
+    bot: asyncio.subprocess.Process,
+    shards: SandboxShards,
 ) -> Measure:
+    pid = bot.pid
+    assert bot.stdout is not None
     creds = hello["creds"]
     http = AsyncTwilioHttpClient()
     client = Client(creds["twilio_account_sid"], creds["twilio_auth_token"], http_client=http)
@@ -327,6 +334,12 @@ async def _pipecat_round(
                 )
                 break
             await asyncio.sleep(1.0)
+        # The bot writes a call's booking once the call is over (as our dispatcher does), then says so.
+        ended = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                while ended < n - unfinished and (line := await bot.stdout.readline()):
+                    ended += "ended" in json.loads(line)
     finally:
         await http.close()
     seconds = time.monotonic() - t0

@@ -3,7 +3,8 @@
 Runs in ``.venv-peer`` (``make bench-peer``), never in ours: it imports nothing from this repository.
 The bench gives it a JSON spec (``--spec``): the sandbox's base URLs and keys, the system prompt
 and tool schemas our product would use for the same errand, and which STT to run (``nova`` or
-``flux``). It prints ``{"port": N}`` on stdout once it listens and stops at end of stdin.
+``flux``). It prints ``{"port": N}`` on stdout once it listens, ``{"ended": CALL_SID}`` when a
+call is over and its booking written, and stops at end of stdin.
 
 Shape (Pipecat's ``twilio-chatbot/outbound`` example): a FastAPI app with ``POST /twiml``
 (answers ``<Connect><Stream url=.../ws>``) and ``/ws`` (the media stream); per call one pipeline
@@ -101,7 +102,7 @@ class Tools:
         if self.booking is not None or await self._busy(a["start"], a["end"]):
             await params.result_callback("REFUSED: the person is busy then. Ask for another time.")
             return
-        # Recorded now, written to the calendar when the call ends, as our dispatcher does: the
+        # Recorded now, written to the calendar once the call is over, as our dispatcher does: the
         # bench's concurrent calls share one sandbox calendar and are all offered the same slot.
         self.booking = {
             "subject": a.get("service", "appointment"),
@@ -114,7 +115,7 @@ class Tools:
         )
 
     async def write_booking(self) -> None:
-        """The confirmed booking as a calendar event, once (at end_call, or when the call drops)."""
+        """The confirmed booking as a calendar event, once, when the call is over."""
         event, self.booking = self.booking, None
         if event is not None:
             async with self.http.post(f"{self.graph}/events", json=event, headers=self.headers) as r:
@@ -126,7 +127,6 @@ class Tools:
     async def end_call(self, params: FunctionCallParams) -> None:
         # Pipecat's way to hang up from a tool: end the pipeline after what is queued has played;
         # the serializer's auto hang-up then ends the call over Twilio's REST API.
-        await self.write_booking()  # before the hang-up, so the bench finds it when the call is over
         await params.result_callback("Call ended.")
         await params.llm.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
 
@@ -206,6 +206,7 @@ async def run_bot(websocket: WebSocket, spec: dict[str, Any], http: aiohttp.Clie
         await runner.run()
     finally:
         await tools.write_booking()
+        print(json.dumps({"ended": call_data["call_id"]}), flush=True)  # the bench counts these
 
 
 def build_app(spec: dict[str, Any], port_box: list[int], http: aiohttp.ClientSession) -> FastAPI:
