@@ -103,6 +103,31 @@ def disclosure_sentence(assistant_name: str, person_name: str, *, transcript_not
     return words
 
 
+def called_back_disclosure(
+    assistant_name: str, person_name: str, service: str, *, transcript_notice: bool
+) -> str:
+    """The disclosure when the business called us back (an errand's call back, not our call).
+
+    Still the first words the caller hears, and still fixed: who we are, that we are an AI,
+    whom we act for, and which errand their call is about.
+    """
+    words = (
+        f"Hi, this is {assistant_name}, the AI assistant for {person_name},"
+        f" thanks for calling back about the {service.strip().rstrip('.')}."
+    )
+    if transcript_notice:
+        words += f" This call is transcribed for {person_name}."
+    return words
+
+
+def unknown_caller_message(assistant_name: str) -> str:
+    """What a caller hears whose number has no open errand: the disclosure, then goodbye."""
+    return (
+        f"Hi, this is {assistant_name}, an AI assistant. Thanks for calling back, but I have"
+        " nothing open with this number right now, so there is nothing to follow up. Goodbye."
+    )
+
+
 def opening_line(request: CallRequest) -> str:
     """The errand in one sentence, said right after the disclosure without asking the model.
 
@@ -175,6 +200,8 @@ class ClaudeAgent(Agent):
             eval measures another version, see AGENT_PROMPT_FILE).
         callback_number: our number, read out in the message left after a machine's beep
             (``MachineBeep``, ``voicemail_message``); None leaves no message, only hangs up.
+        called_back: the business called us (a call back about this errand): the disclosure
+            thanks them for calling back (``called_back_disclosure``).
     """
 
     def __init__(
@@ -202,6 +229,7 @@ class ClaudeAgent(Agent):
         acknowledgements: bool = False,
         prompt_template: str = DEFAULT_TEMPLATE,
         callback_number: str | None = None,
+        called_back: bool = False,
     ) -> None:
         self._client = client
         self._model = model
@@ -211,9 +239,14 @@ class ClaudeAgent(Agent):
         self._max_tool_rounds = max_tool_rounds
         self._max_tokens = max_tokens
         self._first_clause_words = first_clause_words
-        self.disclosure = disclosure_sentence(
-            assistant_name, request.person_name, transcript_notice=transcript_notice
-        )
+        if called_back:
+            self.disclosure = called_back_disclosure(
+                assistant_name, request.person_name, request.service, transcript_notice=transcript_notice
+            )
+        else:
+            self.disclosure = disclosure_sentence(
+                assistant_name, request.person_name, transcript_notice=transcript_notice
+            )
         self.opening = opening_line(request)
         # After a machine's beep: the disclosure (through ``_say``), then this. None: leave nothing.
         self.voicemail = voicemail_body(request, callback_number) if callback_number else None

@@ -174,6 +174,8 @@ def progress(job: Job, event: str, person_tz: str) -> str:
         return f"{head}\nCalling {r.business_name} now… (attempt {job.attempts} of {job.max_attempts})"
     if event == "in_call":
         return f"{head}\nOn the phone with {r.business_name}…"
+    if event == "called_back":
+        return f"{head}\nThey called back — on the phone with {r.business_name}…"
     if event == "retry_planned":
         why = job.outcome.summary if job.outcome and job.outcome.summary else "No luck this time"
         why = _AGAIN.sub("", why).rstrip(" .;,") or "No luck this time"

@@ -26,7 +26,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from slack_bolt.async_app import AsyncApp
 
 from agent.calendar import GraphCalendar, build_graph_client
-from agent.conversation import ClaudeAgent
+from agent.conversation import ClaudeAgent, unknown_caller_message
 from agent.limits import CallLimits
 from agent.llm import build_anthropic
 from agent.prompts import DEFAULT_TEMPLATE, load_prompt_template
@@ -211,6 +211,8 @@ class Concierge:
             session_factory=self._new_session,
             placer=self.placer,
             voicemail_message=s.voicemail_message,
+            receiver=self.dispatcher,
+            unknown_caller_message=unknown_caller_message(s.assistant_name),
         )
         self._add_routes()
         # Before the site listens: the SDKs' first-use costs (msgraph's ~1,000 lazy model imports,
@@ -321,6 +323,7 @@ class Concierge:
             acknowledgements=self.settings.acknowledgements,
             prompt_template=self._prompt_template,
             callback_number=self.settings.twilio_from_number if self.settings.voicemail_message else None,
+            called_back=job.meta.inbound_call_sid == call_sid,
         )
         return CallSession(
             job,

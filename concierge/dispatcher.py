@@ -212,6 +212,24 @@ class Dispatcher:
             job = await self.store.transition(job_id, JobState.IN_CALL, reason="call answered")
         await self.notifier.notify(job, JobEvent.IN_CALL)
 
+    async def call_received(self, phone: str, call_sid: str, token_sha256: str) -> Job | None:
+        """The business at ``phone`` called us back: its open errand (if any) is now in this call.
+
+        The errand moves to in_call under this dispatcher's lease (``JobStore.receive_call``),
+        so it is never dialled while the call is live, and the outcome is settled like an
+        outbound call's. Callee-local hours and do-not-call do not apply: they govern calls we
+        place, and this one the business placed. ``None``: no open errand to that number.
+        """
+        job = await self.store.receive_call(
+            phone, call_sid, owner=self.owner, lease_seconds=self.lease_seconds, token_sha256=token_sha256
+        )
+        if job is None:
+            return None
+        log.info("errand %s: %s called back (call %s)", job.id, phone, call_sid)
+        await self.notifier.notify(job, JobEvent.CALLED_BACK)
+        self.wake()  # the lease expiry is a deadline the loop must know
+        return job
+
     async def booking_confirmed(self, job_id: str, booking: Booking) -> None:
         """The business confirmed ``booking`` on the phone: store it before the call ends.
 

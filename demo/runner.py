@@ -28,6 +28,8 @@ from sandbox import scenarios
 from sandbox.telegram import Sent
 from sandbox.twilio import SandboxCall
 from storage.models import Job, JobState, Speaker, Turn
+from storage.rows import HistoryEntry
+from telephony.twilio_rest import INCOMING_PATH
 
 MESSAGE = "Book a haircut at Joe's Barbershop +1 415 555 0100 next week, afternoons"
 PHONE = "+14155550100"
@@ -45,6 +47,7 @@ class ErrandRun:
     turns: list[Turn]
     seconds: float
     problems: list[str] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)  # the errand's state changes, in order
 
     @property
     def ok(self) -> bool:
@@ -144,6 +147,7 @@ async def run_scenario(
         events=list(world.graph.events),
         turns=await app.store.turns(job.id),
         seconds=time.monotonic() - t0,
+        history=await app.store.history(job.id),
     )
     _check(run)
     return run
@@ -178,10 +182,22 @@ async def _call_until_final(
     timeout: float,  # noqa: ASYNC109
 ) -> Job:
     deadline = time.monotonic() + timeout
+    called_back = scenario.call_back is None
     while not (job := await app.store.get(job.id)).state.is_final:
         if time.monotonic() > deadline:
             raise TimeoutError(f"errand {job.id} still {job.state} after {timeout:.0f} s")
-        if job.state is JobState.QUEUED:
+        if job.state is JobState.QUEUED and job.attempts >= 1 and not called_back:
+            called_back, n = True, job.attempts
+            narrator.say(f"{PHONE} calls back")
+            voice_url = app.settings.public_base_url.rstrip("/") + INCOMING_PATH
+            world.twilio.call_in(PHONE, app.settings.twilio_from_number, voice_url, scenario.call_back)
+
+            async def call_back_done(n: int = n) -> bool:
+                j = await app.store.get(job.id)
+                return j.state.is_final or (j.state is JobState.QUEUED and j.attempts > n)
+
+            await wait_until(call_back_done, max(1.0, deadline - time.monotonic()), "the call back to end")
+        elif job.state is JobState.QUEUED:
             attempt = scenario.attempt(job.attempts + 1)
             world.twilio.program(PHONE, attempt.behavior, attempt.script, amd=attempt.amd)
             if job.next_attempt_at > clock.now():

@@ -62,6 +62,8 @@ class Scenario:
         expect_outcome: the call's outcome kind, when it says more than the state (``opted_out``).
         waits: audio seconds the business keeps the caller waiting (hold music), beyond a usual
             call: a runner's time limit grows by it (divided by the audio pace).
+        call_back: after the first attempt, the business calls our number back and this script
+            is the caller (``SandboxTwilio.call_in``) instead of waiting for the next attempt.
     """
 
     name: str
@@ -73,6 +75,7 @@ class Scenario:
     max_attempts: int = 3
     expect_outcome: str | None = None
     waits: float = 0.0
+    call_back: CalleeScript | None = None
 
     def attempt(self, n: int) -> Attempt:
         """Behaviour for the n-th call (1-based); the last listed one repeats."""
@@ -206,6 +209,17 @@ def build(name: str, *, today: date, tz: str = "America/Los_Angeles", wps: float
             busy=busy,
             expect_start=free,
             waits=LONG_HOLD_SECONDS,
+        ),
+        "callback": lambda: Scenario(
+            "callback",
+            "nobody answers; then the business calls back and the call back books it",
+            [Attempt(Behavior.NO_ANSWER)],
+            busy=busy,
+            expect_start=free,
+            call_back=booking(
+                Say("Hi, this is Sam from Joe's Barbershop, I missed a call from this number."),
+                WaitTurn(contains="haircut"),
+            ),
         ),
         "voicemail": lambda: Scenario(
             "voicemail",
@@ -388,6 +402,7 @@ NAMES = (
     "long_hold",
     "voicemail",
     "voicemail_message",
+    "callback",
     "no_answer",
     "fully_booked",
     "wrong_number",

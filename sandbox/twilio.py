@@ -153,6 +153,35 @@ class SandboxTwilio:
         """
         self._lose_next.append(how)
 
+    def call_in(
+        self, from_number: str, to_number: str, voice_url: str, script: CalleeScript | None = None
+    ) -> SandboxCall:
+        """``from_number`` calls ``to_number`` (ours): as Twilio does, POST the number's signed Voice
+        URL (``CallStatus=ringing``, ``Direction=inbound``) and run the TwiML it answers, the
+        stream's far end being ``script`` (the caller). Await ``call.done`` for the end."""
+        call = SandboxCall(
+            sid=new_sid("CA"),
+            account_sid=self.account_sid,
+            to=to_number,
+            from_=from_number,
+            params={"Url": [voice_url]},
+            program=Program(Behavior.ANSWER, script),
+            direction="inbound",
+        )
+        self.calls[call.sid] = call
+        self._start(call)
+        return call
+
+    def _start(self, call: SandboxCall) -> None:
+        assert self._http is not None
+        runner = CallRunner(
+            call, http=self._http, auth_token=self.auth_token, pace=self.pace, ring_seconds=self.ring_seconds,
+            clock=self._clock,
+        )  # fmt: skip
+        task = asyncio.get_running_loop().create_task(runner.run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def wait_for_call(self, timeout: float = 10) -> SandboxCall:  # noqa: ASYNC109 (contract)
         """The next created call (in creation order)."""
         async with asyncio.timeout(timeout):
@@ -206,14 +235,7 @@ class SandboxTwilio:
             twiml=form["Twiml"][0] if form.get("Twiml") else None,
         )
         self.calls[call.sid] = call
-        assert self._http is not None
-        runner = CallRunner(
-            call, http=self._http, auth_token=self.auth_token, pace=self.pace, ring_seconds=self.ring_seconds,
-            clock=self._clock,
-        )  # fmt: skip
-        task = asyncio.get_running_loop().create_task(runner.run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(call)
         self._new_calls.put_nowait(call)
         if self._lose_next:
             return await self._lose_answer(request, form, call, self._lose_next.pop(0))

@@ -87,6 +87,10 @@ class SandboxCall:
     callee: Callee = field(init=False)
     #: How the callee heard each assistant turn, timed by the sandbox (``sandbox.ear``).
     ear: Ear = field(default_factory=Ear)
+    #: "inbound": the callee called our number (``SandboxTwilio.call_in``); else we dialled it.
+    direction: str = "outbound-api"
+    #: The words of ``<Say>`` verbs in the call's TwiML (Twilio's own text-to-speech).
+    twiml_said: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         script = self.program.script
@@ -131,7 +135,7 @@ class SandboxCall:
         return {
             "sid": self.sid, "account_sid": self.account_sid, "to": self.to, "to_formatted": self.to,
             "from": self.from_, "from_formatted": self.from_, "status": self.status,
-            "direction": "outbound-api", "api_version": "2010-04-01", "date_created": stamp,
+            "direction": self.direction, "api_version": "2010-04-01", "date_created": stamp,
             "date_updated": _rfc2822_now(), "start_time": started, "end_time": None,
             "duration": str(self.duration) if self.status in FINAL_STATUSES else None,
             "price": None, "price_unit": "USD", "answered_by": None, "forwarded_from": None,
@@ -185,7 +189,7 @@ class CallRunner:
         c = self.call
         return {
             "AccountSid": c.account_sid, "ApiVersion": "2010-04-01", "CallSid": c.sid,
-            "CallStatus": c.status, "Called": c.to, "Caller": c.from_, "Direction": "outbound-api",
+            "CallStatus": c.status, "Called": c.to, "Caller": c.from_, "Direction": c.direction,
             "From": c.from_, "To": c.to,
         }  # fmt: skip
 
@@ -243,7 +247,30 @@ class CallRunner:
                 await self.call.hangup_requested.wait()
         return self.call.hangup_requested.is_set()
 
+    async def _ring_in(self) -> None:
+        """An inbound call: POST the number's Voice URL (ringing), then run the TwiML it answers."""
+        call = self.call
+        call.started_at = datetime.now(UTC)
+        call.status = "ringing"
+        call.twiml = await self.post_signed(str(call.param("Url")), self._base_params())
+        call.status = "in-progress"
+        await self._run_twiml()
+
+    async def _run_twiml(self) -> None:
+        call = self.call
+        call.twiml_said += _says(call.twiml or "")
+        stream = _parse_stream(call.twiml or "")
+        if stream is None:
+            call.ended_by = call.ended_by or "twiml"
+        else:
+            call.stream_params = stream[1]
+            await self._media(stream[0])
+        call.duration = max(1, round(call.callee.seconds))
+        await self._finish("completed")
+
     async def _dial(self) -> None:
+        if self.call.direction == "inbound":
+            return await self._ring_in()
         call, behavior = self.call, self.call.program.behavior
         call.started_at = datetime.now(UTC)
         await self._status_callback("initiated", "initiated")
@@ -272,14 +299,7 @@ class CallRunner:
             if detection and not asynchronous:
                 params["AnsweredBy"] = call.program.amd
             call.twiml = await self.post_signed(str(call.param("Url")), params)
-        stream = _parse_stream(call.twiml or "")
-        if stream is None:
-            call.ended_by = call.ended_by or "twiml"
-        else:
-            call.stream_params = stream[1]
-            await self._media(stream[0])
-        call.duration = max(1, round(call.callee.seconds))
-        await self._finish("completed")
+        await self._run_twiml()
 
     # ----------------------------------------------------------------- media
 
@@ -306,6 +326,15 @@ class CallRunner:
         finally:
             if not ws.closed:
                 await ws.close()
+
+
+def _says(twiml: str) -> list[str]:
+    """The text of each ``<Say>`` verb, in order."""
+    try:
+        root = ET.fromstring(twiml)
+    except ET.ParseError:
+        return []
+    return [(say.text or "").strip() for say in root.iter("Say")]
 
 
 def _parse_stream(twiml: str) -> tuple[str, dict[str, str]] | None:

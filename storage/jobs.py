@@ -506,6 +506,47 @@ class JobStore:
             await tx.execute("DELETE FROM calls WHERE job_id = ? AND attempt = ?", (job_id, job.attempts))
             return await load_job(tx, job_id)
 
+    async def receive_call(
+        self, phone: str, call_sid: str, *, owner: str, lease_seconds: float, token_sha256: str
+    ) -> Job | None:
+        """The business at ``phone`` is calling us: its open errand goes straight to in_call.
+
+        The errand is the most recently created one to ``phone`` that is queued or
+        needs_user (ties on the creation time: the later inserted). Errands being
+        dialled or in a call right now are left alone: that number is already on the
+        line with us. In one transaction the errand moves to in_call under ``owner``'s
+        lease (so no claim dials it while the call is live, and recovery sees whose call
+        it is), counts a new attempt that does not use up the retry budget (we placed no
+        call) and is not put in the number's call ledger, and records the call's CallSid
+        and stream token. ``None``: no open errand to that number.
+        """
+        now = self._now()
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT id FROM jobs WHERE phone = ? AND state IN ('queued', 'needs_user')"
+                " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                (phone,),
+            )
+            if row is None:
+                return None
+            job = await load_job(tx, row["id"])
+            meta = job.meta.changed(
+                uncounted_attempts=job.meta.uncounted_attempts + 1,
+                call_sid_attempt=job.attempts + 1,
+                stream_token_sha256=token_sha256,
+                inbound_call_sid=call_sid,
+                waiting_for=None,
+            )
+            await tx.execute(
+                "UPDATE jobs SET state = 'in_call', attempts = attempts + 1, lease_owner = ?,"
+                " lease_expires_at = ?, call_sid = ?, meta = ?, updated_at = ? WHERE id = ?",
+                (owner, self._later(lease_seconds), call_sid, dump_json(meta.to_dict()), now, job.id),
+            )
+            await record_history(
+                tx, job.id, now, job.state, JobState.IN_CALL, "the business called back", owner
+            )
+            return await load_job(tx, job.id)
+
     async def set_call_sid(self, job_id: str, call_sid: str) -> Job:
         """Remember the Twilio call placed for the job's *current* attempt (``Job.current_call_sid``).
 

@@ -166,10 +166,13 @@ FINAL_STATES = frozenset(
 )
 
 #: Legal transitions (docs/ARCHITECTURE.md, "The errand's states"). ``needs_user`` may be
-#: re-queued once the person answers the question.
+#: re-queued once the person answers the question. queued / needs_user → in_call: the business
+#: called us back (``JobStore.receive_call``); no dial happens, so dialing is skipped.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # → DECLINED: the number opted out on another errand (``OPTED_OUT_STATE``).
-    JobState.QUEUED: frozenset({JobState.DIALING, JobState.CANCELLED, JobState.FAILED, JobState.DECLINED}),
+    JobState.QUEUED: frozenset(
+        {JobState.DIALING, JobState.IN_CALL, JobState.CANCELLED, JobState.FAILED, JobState.DECLINED}
+    ),
     JobState.DIALING: frozenset(
         {JobState.IN_CALL, JobState.QUEUED, JobState.FAILED, JobState.GAVE_UP, JobState.CANCELLED}
     ),
@@ -183,7 +186,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.GAVE_UP,
         }
     ),
-    JobState.NEEDS_USER: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.DECLINED}),
+    JobState.NEEDS_USER: frozenset(
+        {JobState.QUEUED, JobState.IN_CALL, JobState.CANCELLED, JobState.DECLINED}
+    ),
     JobState.BOOKED: frozenset(),
     JobState.DECLINED: frozenset(),
     JobState.FAILED: frozenset(),
@@ -389,6 +394,8 @@ class JobMeta:
             lost create answer can be looked up in the provider's calls list.
         waiting_for: why the errand was put back past its due time by a per-number limit
             (set by the claim that deferred it, cleared by the claim that dials it).
+        inbound_call_sid: the call the business placed to us (a call back) that took up the
+            errand's current attempt; the agent then opens with "thanks for calling back".
         extra: keys written by another version of Concierge; kept untouched on every write.
     """
 
@@ -405,6 +412,7 @@ class JobMeta:
     call_nonce_attempt: int | None = None
     dial_started_at: datetime | None = None
     waiting_for: WaitReason | None = None
+    inbound_call_sid: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -414,7 +422,7 @@ class JobMeta:
             d["uncounted_attempts"] = self.uncounted_attempts
         for name in ("call_sid_attempt", "confirmed_attempt", "progress_message", "result_delivered",
                      "transcript_delivered", "stream_token_sha256", "call_nonce",
-                     "call_nonce_attempt", "waiting_for"):  # fmt: skip
+                     "call_nonce_attempt", "waiting_for", "inbound_call_sid"):  # fmt: skip
             if (value := getattr(self, name)) is not None:
                 d[name] = str(value) if isinstance(value, WaitReason) else value
         if self.dial_started_at is not None:
@@ -451,6 +459,7 @@ class JobMeta:
             call_nonce_attempt=_opt_int(d.get("call_nonce_attempt")),
             dial_started_at=datetime.fromisoformat(started) if isinstance(started, str) else None,
             waiting_for=WaitReason(waiting) if waiting in set(WaitReason) else None,
+            inbound_call_sid=d.get("inbound_call_sid"),
             extra={k: v for k, v in d.items() if k not in known},
         )
 

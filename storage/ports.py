@@ -77,6 +77,7 @@ class JobEvent(StrEnum):
     QUEUED = "queued"  # accepted; job.next_attempt_at is the planned call time
     CALLING = "calling"  # dialling now
     IN_CALL = "in_call"  # the business picked up
+    CALLED_BACK = "called_back"  # the business called us back; the errand is in that call
     RETRY_PLANNED = "retry_planned"  # attempt failed retryably; job.next_attempt_at is the next try
     FINISHED = "finished"  # final state; job.outcome has the details
     CANCELLED = "cancelled"

@@ -36,6 +36,8 @@ PROVIDER = "twilio"
 STREAM_PATH = "/twilio/stream"
 STATUS_PATH = "/twilio/status"
 AMD_PATH = "/twilio/amd"
+#: The number's Voice URL (set by the operator in Twilio's console): calls *to* our number.
+INCOMING_PATH = "/twilio/incoming"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 #: Twilio error code for "Call is not in-progress" (hanging up an ended call).
 _NOT_IN_PROGRESS = 21220
@@ -70,6 +72,14 @@ def stream_twiml(public_base_url: str, job_id: str, token: str) -> str:
     stream.parameter(name="job", value=job_id)
     stream.parameter(name="token", value=token)
     response.append(connect)
+    return str(response)
+
+
+def say_and_hang_up_twiml(words: str) -> str:
+    """``<Say>`` then ``<Hangup>``: a short fixed answer to a call we cannot take up."""
+    response = VoiceResponse()
+    response.say(words)
+    response.hangup()
     return str(response)
 
 

@@ -6,6 +6,13 @@ placed with the one-time token from the TwiML (refused with a policy close
 otherwise). Status callbacks arrive in any order and may repeat, so every
 handler is idempotent and each call reports exactly one outcome.
 
+A call *to* our number (the business calling back) reaches ``INCOMING_PATH``, the
+number's Voice URL, which the operator sets in Twilio's console. The caller's
+``From`` is matched to its open errand (``receiver``), which moves straight to
+in_call; the answer is the same ``<Connect><Stream>`` TwiML as an outbound call's,
+and the call goes on like one. A caller with no open errand hears a short fixed
+message (with the disclosure) and the call ends.
+
 A call's ``CallSession`` is created at the first callback (``initiated`` —
 while the phone rings), so its Deepgram sockets are open before the callee
 answers; the websocket is attached to it when Twilio connects the stream.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -37,9 +45,13 @@ from telephony import media_stream
 from telephony.security import SIGNATURE_HEADER, TwilioSignatures, token_matches
 from telephony.twilio_rest import (
     AMD_PATH,
+    INCOMING_PATH,
     STATUS_PATH,
     STREAM_PATH,
+    say_and_hang_up_twiml,
+    stream_twiml,
     stream_url,
+    token_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -77,6 +89,12 @@ class _Store(Protocol):
     async def set_call_sid(self, job_id: str, call_sid: str) -> Job: ...
 
 
+class CallReceiver(Protocol):
+    """Takes up a call back (``concierge.dispatcher.Dispatcher.call_received``)."""
+
+    async def call_received(self, phone: str, call_sid: str, token_sha256: str) -> Job | None: ...
+
+
 class _HangUpper(Protocol):
     async def hang_up(self, call_sid: str) -> None: ...
 
@@ -111,6 +129,9 @@ class TwilioWebhooks:
         voicemail_message: on a machine that has finished its greeting (``LEAVE_MESSAGE_AFTER``)
             the session's agent leaves its message before hanging up; off: hang up at once.
         max_body_bytes: larger callbacks are refused with 413.
+        receiver: matches a call to our number to its errand; None answers every such call with
+            ``unknown_caller_message``.
+        unknown_caller_message: said (``<Say>``) to a caller with no open errand before hanging up.
     """
 
     def __init__(
@@ -124,6 +145,8 @@ class TwilioWebhooks:
         placer: _HangUpper | None = None,
         voicemail_message: bool = False,
         max_body_bytes: int = MAX_BODY_BYTES,
+        receiver: CallReceiver | None = None,
+        unknown_caller_message: str = "Sorry, there is nothing to follow up for this number. Goodbye.",
     ) -> None:
         self._store = store
         self._sink = sink
@@ -134,6 +157,8 @@ class TwilioWebhooks:
         self._placer = placer
         self._max_body = max_body_bytes
         self._voicemail_message = voicemail_message
+        self._receiver = receiver
+        self._unknown_caller = unknown_caller_message
         self._calls: dict[str, _Call] = {}
         self._token_lock = asyncio.Lock()
         self._closing = False
@@ -141,6 +166,7 @@ class TwilioWebhooks:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(STATUS_PATH, self.status)
         app.router.add_post(AMD_PATH, self.amd)
+        app.router.add_post(INCOMING_PATH, self.incoming)
         app.router.add_get(STREAM_PATH, self.stream)
         app.on_shutdown.append(self._on_shutdown)
 
@@ -320,6 +346,26 @@ class TwilioWebhooks:
                         await self._placer.hang_up(call_sid)
                 await self._report(call, outcome)
         return web.Response(status=204)
+
+    async def incoming(self, request: web.Request) -> web.StreamResponse:
+        """A call to our number (the Voice URL): take up the caller's open errand, or say goodbye.
+
+        Callee-local hours and do-not-call do not apply: they restrict calls we place.
+        """
+        params = await self._signed_form(request)
+        if isinstance(params, web.Response):
+            return params
+        call_sid, caller = params.get("CallSid", ""), params.get("From", "")
+        job: Job | None = None
+        token = secrets.token_urlsafe(32)
+        if self._receiver is not None and call_sid and caller and not self._closing:
+            job = await self._receiver.call_received(caller, call_sid, token_sha256(token))
+        if job is None:
+            log.info("call %s from %s: no open errand for that number", call_sid, caller)
+            return web.Response(text=say_and_hang_up_twiml(self._unknown_caller), content_type="text/xml")
+        call = self._calls.setdefault(call_sid, _Call(job.id, call_sid, answered=True))
+        self._ensure_session(call, job)
+        return web.Response(text=stream_twiml(self._public, job.id, token), content_type="text/xml")
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """The bidirectional media stream of one call."""

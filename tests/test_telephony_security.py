@@ -21,7 +21,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning"),
 ]
 
-ROUTES = ["/twilio/status", "/twilio/amd"]
+ROUTES = ["/twilio/status", "/twilio/amd", "/twilio/incoming"]
 
 
 async def snapshot(h: Harness, job: Job) -> tuple[Any, ...]:

@@ -195,10 +195,42 @@ async def test_opt_out_end_to_end() -> None:
     assert any(OPT_OUT_WORDS in t and "asked not to be called again" in t for t in texts), texts
 
 
+async def test_callback_the_business_calls_back_and_the_call_back_books() -> None:
+    result = await run("callback")
+    assert_common(result)
+    job = result.job
+    assert job.state is JobState.BOOKED and job.outcome is not None and job.outcome.event_link
+    dialled, received = result.calls
+    assert dialled.direction == "outbound-api" and dialled.status == "no-answer"
+    assert received.direction == "inbound" and received.to == dialled.from_ and received.from_ == dialled.to
+    assert job.outcome.call_sid == received.sid
+    # the Voice URL was POSTed signed (accepted), the TwiML streamed the errand with its token
+    (url, params, status), *_ = received.callbacks
+    assert url.endswith("/twilio/incoming") and params["Direction"] == "inbound" and status == 200
+    assert received.stream_params["job"] == job.id
+    first = next(t for t in result.turns if t.speaker is Speaker.ASSISTANT)
+    opening = "Hi, this is Robin, the AI assistant for Alex Doe, thanks for calling back about the haircut."
+    assert first.text.startswith(opening), first.text
+    texts = chat_texts(result)
+    assert any("They called back" in t for t in texts), texts
+    assert any(job.outcome.event_link in t for t in texts), texts
+    events = [e for e in result.events if e.get("transactionId") == job.id]
+    assert len(events) == 1
+    # every state change recorded: queued → dialing → queued (no answer) → in_call (called back) → booked
+    app_history = [(h.from_state, h.to_state) for h in result.history]
+    assert app_history == [
+        (None, JobState.QUEUED),
+        (JobState.QUEUED, JobState.DIALING),
+        (JobState.DIALING, JobState.QUEUED),
+        (JobState.QUEUED, JobState.IN_CALL),
+        (JobState.IN_CALL, JobState.BOOKED),
+    ], app_history
+
+
 @pytest.fixture(autouse=True)
 def _names_cover_every_scenario() -> AsyncIterator[None] | None:
     assert set(scenarios.NAMES) == {
         "happy", "clash", "interrupt", "menu", "hold", "long_hold", "voicemail", "voicemail_message",
-        "no_answer", "fully_booked", "wrong_number", "needs_user", "opt_out",
+        "callback", "no_answer", "fully_booked", "wrong_number", "needs_user", "opt_out",
     }  # fmt: skip
     return None

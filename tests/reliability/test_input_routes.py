@@ -40,7 +40,7 @@ pytestmark = [
 ]
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-TWILIO_ROUTES = ["/twilio/status", "/twilio/amd"]
+TWILIO_ROUTES = ["/twilio/status", "/twilio/amd", "/twilio/incoming"]
 CONTENT_TYPES = [
     None,
     "application/x-www-form-urlencoded",
