@@ -68,7 +68,7 @@ from agent.limits import CallLimits
 from agent.llm import MODEL_RETRY, from_transport_error, to_provider_error
 from agent.prompts import DEFAULT_TEMPLATE, build_system_prompt
 from agent.spoken import days_phrase, service_phrase
-from agent.tools import DEFAULT_MIN_LEAD, BookingTools, FreeBusy, ToolResult
+from agent.tools import DEFAULT_MIN_LEAD, AskPerson, BookingTools, FreeBusy, ToolResult
 from agent.voicemail import voicemail_body
 from storage.errors import user_message
 from storage.models import Booking, CallOutcome, CallRequest, OutcomeKind, utcnow
@@ -85,6 +85,10 @@ ACKS = {"check_availability": "Let me check.", "confirm_booking": "Sure."}
 _NOT_FOR_OPENING = re.compile(
     r"\bpress(ing)?\b|\bdial\b|\bhold\b|one moment|just a moment|one sec|bear with", re.I
 )
+#: Said while the person is asked over chat (``ask_person``), about every ``ask_every`` seconds.
+STILL_CHECKING = "Still checking, thanks for waiting."
+#: Puts a question to the person over chat and waits for the answer: None when none came in time.
+Ask = Callable[[str, Sequence[str]], Awaitable[str | None]]
 #: Times the fixed opening is said at most (a disclosure cut off early brings it back once).
 _MAX_OPENINGS = 2
 
@@ -202,6 +206,12 @@ class ClaudeAgent(Agent):
             (``MachineBeep``, ``voicemail_message``); None leaves no message, only hangs up.
         called_back: the business called us (a call back about this errand): the disclosure
             thanks them for calling back (``called_back_disclosure``).
+        ask: puts a question to the person over chat and returns their answer, or None when none
+            came in time (it owns the timeout). Given, the model may call ``ask_person``: the
+            callee hears "One moment, let me check with <person>." and, while the answer is
+            awaited, ``STILL_CHECKING`` every ``ask_every`` seconds; the reply is busy meanwhile,
+            so the call's silence timers do not run. No answer ends the call as needs_user.
+        ask_every: seconds between the "still checking" lines (counted with ``sleep``).
     """
 
     def __init__(
@@ -230,8 +240,14 @@ class ClaudeAgent(Agent):
         prompt_template: str = DEFAULT_TEMPLATE,
         callback_number: str | None = None,
         called_back: bool = False,
+        ask: Ask | None = None,
+        ask_every: float = 15.0,
     ) -> None:
         self._client = client
+        self._ask = ask
+        self._ask_every = ask_every
+        self._person_first = request.person_name.split()[0] if request.person_name.split() else "them"
+        self.checking = f"One moment, let me check with {self._person_first}."
         self._model = model
         self._monotonic = monotonic
         self._sleep = sleep
@@ -266,7 +282,12 @@ class ClaudeAgent(Agent):
         self._filler_said = False
         self._on_booking = on_booking
         self.tools = BookingTools(
-            request, calendar, prefetch=prefetch_calendar, clock=clock, min_lead=min_lead
+            request,
+            calendar,
+            prefetch=prefetch_calendar,
+            clock=clock,
+            min_lead=min_lead,
+            live_ask=ask is not None,
         )
         today: date = clock().astimezone(ZoneInfo(request.business_tz)).date()
         self.system_prompt = build_system_prompt(
@@ -426,9 +447,33 @@ class ClaudeAgent(Agent):
                     self.messages.append(assistant)
                     drop_empty(self.messages)
                 raise
+            unanswered: CallOutcome | None = None
+            asked = next((i for i, r in enumerate(ran) if isinstance(r.action, AskPerson)), None)
+            if asked is not None:
+                ask = ran[asked].action
+                assert isinstance(ask, AskPerson)
+                answer: list[str | None] = []
+                try:
+                    async for say in self._ask_person(ask, answer):
+                        yield say
+                except BaseException:
+                    # The callee spoke (or the call ended) first: history stays well-formed.
+                    results[asked]["content"] = (
+                        "Interrupted before the person answered: you have no answer from them."
+                    )
+                    self.messages.append(assistant)
+                    add_user(self.messages, results)
+                    raise
+                results[asked]["content"], unanswered = self._person_answered(ask, answer[0])
             # Both appended in one step: a cancellation can never separate tool_use from tool_result.
             self.messages.append(assistant)
             add_user(self.messages, results)
+            if unanswered is not None:  # no answer in time: today's needs_user, a call back later
+                self._outcome = self.tools.keep_booking(unanswered)
+                for say in self._say(self._no_answer_goodbye()):
+                    yield say
+                yield Hangup(self._outcome)
+                return
             held = any(isinstance(r.action, Hold) for r in ran)
             for action in actions:
                 if isinstance(action, SendDigits):
@@ -480,6 +525,63 @@ class ClaudeAgent(Agent):
         self.messages.append(message)
         self._spoken.append((message, self.opening))
         return says
+
+    async def _ask_person(self, ask: AskPerson, answer: list[str | None]) -> AsyncGenerator[Say, None]:
+        """Say we are checking, ask the person (``ask``) and keep the line while waiting.
+
+        The answer (None: none in time, or asking failed) is appended to ``answer``.
+        """
+        assert self._ask is not None, "ask_person is offered only with an ask callable"
+        for say in self._say(self.checking):
+            yield say
+        self._spoken.append((None, self.checking))
+        pending = asyncio.ensure_future(self._ask(ask.question, ask.options))
+        try:
+            while True:
+                tick = asyncio.ensure_future(self._sleep(self._ask_every))
+                try:
+                    await asyncio.wait({pending, tick}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    tick.cancel()
+                    await asyncio.gather(tick, return_exceptions=True)
+                if pending.done():
+                    break
+                for say in self._say(STILL_CHECKING):
+                    yield say
+                self._spoken.append((None, STILL_CHECKING))
+        finally:
+            if not pending.done():
+                pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        try:
+            answer.append(pending.result())
+        except Exception:  # a chat that cannot be reached is no answer: the call goes on as needs_user
+            log.exception("asking the person failed")
+            answer.append(None)
+
+    def _person_answered(self, ask: AskPerson, answer: str | None) -> tuple[str, CallOutcome | None]:
+        """The tool result for the model and, without an answer, the needs_user outcome."""
+        person = self._person_first
+        said = f'You said "{self.checking}" and the callee waited.'
+        if answer is not None and answer.strip():
+            words = answer.strip()
+            return (
+                f"{said} ANSWER FROM {person.upper()} (the person you call for, over chat; not the "
+                f"callee's words): “{words}”. Pass it on to the callee and carry on.",
+                None,
+            )
+        outcome = CallOutcome(
+            kind=OutcomeKind.NEEDS_USER,
+            summary=f"They asked something only {person} can answer; no answer came during the call.",
+            question=ask.question,
+        )
+        return f"{said} NO ANSWER from {person} in time: the call ends and they will be called back.", outcome
+
+    def _no_answer_goodbye(self) -> str:
+        return (
+            f"I'm sorry, I couldn't reach {self._person_first} just now. "
+            "I'll call you back with the answer. Thank you, goodbye."
+        )
 
     def _leave_voicemail(self) -> list[AgentAction]:
         """The fixed voicemail message (if any), then hang up: VOICEMAIL, so the errand is retried.

@@ -56,12 +56,20 @@ class ToolInputError(ValueError):
 
 
 @dataclass(frozen=True)
+class AskPerson:
+    """Put the callee's question to the person over chat while the line is held (``ClaudeAgent``)."""
+
+    question: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ToolResult:
     """What a tool call produced: text for the model, and maybe an action for the call."""
 
     content: str
     is_error: bool = False
-    action: SendDigits | Hangup | Hold | None = None
+    action: SendDigits | Hangup | Hold | AskPerson | None = None
 
 
 def tool(func: Callable[..., Awaitable[ToolResult]]) -> Callable[..., Awaitable[ToolResult]]:
@@ -162,6 +170,7 @@ class BookingTools:
         monotonic: clock for the age of a live check.
         clock: aware-UTC wall clock ("not in the past", ``min_lead``).
         min_lead: how soon after now a booking may start at the earliest.
+        live_ask: offer ``ask_person`` (the person can be asked over chat during the call).
     """
 
     def __init__(
@@ -173,6 +182,7 @@ class BookingTools:
         monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], datetime] = utcnow,
         min_lead: timedelta = DEFAULT_MIN_LEAD,
+        live_ask: bool = False,
     ) -> None:
         self.request = request
         self._clock = clock
@@ -194,6 +204,8 @@ class BookingTools:
             for name, fn in inspect.getmembers(self, inspect.ismethod)
             if getattr(fn, "__tool__", False)
         }
+        if not live_ask:
+            del self._handlers["ask_person"]
         if prefetch:
             self._snapshot = self._spawn(self.calendar.busy(*self.snapshot_span), "calendar snapshot")
 
@@ -402,6 +414,25 @@ class BookingTools:
         speak again; their next words come to you as usual.
         """
         return ToolResult("Holding silently until they speak again.", action=Hold())
+
+    @tool
+    async def ask_person(self, question: str, options: str = "") -> ToolResult:
+        """The callee asked something only the person can decide (an extra service, a preference,
+        a detail you do not know): ask the person over chat while the callee waits on the line.
+        Call it with no words first; the assistant tells the callee it is checking. The result
+        is the person's own answer (or that none came in time).
+
+        Args:
+            question: the callee's question, in their words.
+            options: the clear answer choices, separated by "|" (e.g. "30 minutes|60 minutes"),
+                or empty when the answer is open.
+        """
+        if not question.strip():
+            raise ToolInputError("ask_person needs the callee's question")
+        choices = tuple(c for c in (text.bounded(o, text.NAME).strip() for o in options.split("|")) if c)
+        return ToolResult(
+            "Asking the person.", action=AskPerson(text.bounded(question, text.QUESTION), choices[:4])
+        )
 
     @tool
     async def end_call(

@@ -29,7 +29,7 @@ from bot.intake import Intake, IntakeDraft, IntakeReply
 from storage.drafts import DraftStore
 from storage.errors import IllegalTransition, IntakeError, JobNotFound, ProviderError
 from storage.models import ChatOrigin, utcnow
-from storage.ports import ErrandDesk
+from storage.ports import ErrandDesk, LiveAnswer, LiveQuestions
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,14 @@ def needs_you_buttons(job_id: str) -> tuple[Button, ...]:
     )
 
 
+def live_ask_buttons(job_id: str, options: tuple[str, ...]) -> tuple[Button, ...]:
+    """Quick replies to a question asked during a call (the same ``ans:`` data as ``needs_you_buttons``,
+    so a press after the question expired still reaches the next call). Options too long for a
+    button's 64 bytes are left out: free text answers them."""
+    buttons = (Button(o, f"ans:{job_id}:{o}") for o in options)
+    return tuple(b for b in buttons if len(b.data.encode()) <= 64)
+
+
 class ChatFlow:
     """Ask back, confirm, edit, cancel and list errands for one person's chats.
 
@@ -88,6 +96,8 @@ class ChatFlow:
         desk: where confirmed errands go (the dispatcher).
         drafts: where drafts are kept between messages.
         clock: aware UTC ``now`` for "they open … — I'll call then".
+        live: questions a call is waiting on right now (``storage.ports.LiveQuestions``); an
+            owner's answer goes there first, to the call, and otherwise to ``desk.answer``.
     """
 
     def __init__(
@@ -97,7 +107,9 @@ class ChatFlow:
         desk: ErrandDesk,
         drafts: DraftStore,
         clock: Callable[[], datetime] = utcnow,
+        live: LiveQuestions | None = None,
     ) -> None:
+        self.live = live
         self.intake = intake
         self.desk = desk
         self.drafts = drafts
@@ -143,6 +155,9 @@ class ChatFlow:
         Only the draft's owner changes it; anyone else gets a private note and the draft
         stays as it was.
         """
+        live = self._live_answer(origin.user_id, text)
+        if live is not None:
+            return live
         async with self._thread(key):
             stored = await self.drafts.for_key(key)
             if stored is None:
@@ -187,6 +202,11 @@ class ChatFlow:
             return await self._press_draft(kind, rest, user_id)
         if kind == "ans":
             job_id, _, answer = rest.partition(":")
+            taken = self.live.answer(job_id, user_id, answer) if self.live else LiveAnswer.NONE_OPEN
+            if taken is LiveAnswer.NOT_OWNER:
+                return Pressed(notice=render.NOT_YOUR_QUESTION)
+            if taken is LiveAnswer.TAKEN:
+                return Pressed(edit=Out(render.live_answered(answer)))
             try:
                 await self.desk.answer(job_id, user_id, answer)
             except (JobNotFound, IllegalTransition) as e:
@@ -195,6 +215,15 @@ class ChatFlow:
         if kind == "jx":
             return Pressed(edit=await self.cancel(user_id, rest))
         return Pressed()
+
+    def _live_answer(self, user_id: str, text: str) -> Out | None:
+        """A message from someone whose call is waiting on their answer: it is the answer."""
+        job_id = self.live.open_for(user_id) if self.live else None
+        if job_id is None or self.live is None:
+            return None
+        if self.live.answer(job_id, user_id, text) is not LiveAnswer.TAKEN:
+            return None
+        return Out(render.live_answered(text))
 
     async def _press_draft(self, kind: str, shown_id: str, user_id: str) -> Pressed:
         stored = await self.drafts.current(shown_id)

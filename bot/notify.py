@@ -30,7 +30,7 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, Tele
 from telegram.warnings import PTBDeprecationWarning
 
 from bot import render
-from bot.flow import Button, Out, needs_you_buttons
+from bot.flow import Button, Out, live_ask_buttons, needs_you_buttons
 from bot.slack import blocks
 from bot.telegram import markup
 from storage.errors import (
@@ -185,8 +185,6 @@ class _SlackSender:
         return True
 
 
-
-
 class ChatNotifier:
     """Tells the person, in the errand's origin thread, what is happening.
 
@@ -238,6 +236,19 @@ class ChatNotifier:
                 await self._progress(sender, job, meta, render.progress(job, event.value, self.person_tz))
         if event in (JobEvent.FINISHED, JobEvent.CANCELLED) and not lock.locked():
             self._locks.pop(job.id, None)
+
+    async def ask(self, job: Job, question: str, options: Sequence[str] = ()) -> bool:
+        """Post a question the business asked on a live call into the errand's thread, quoted as
+        theirs, with a quick reply per option; whether it was posted (never raises)."""
+        sender = self._senders.get(job.request.origin.platform)
+        if sender is None:
+            return False
+        text = render.asking_you(job.request.business_name, question)
+        buttons = live_ask_buttons(job.id, tuple(options))
+        sent = await self._retry(
+            f"ask about {job.id}", lambda: sender.send(job.request.origin, text, buttons)
+        )
+        return sent is not None
 
     async def _progress(self, sender: _Sender, job: Job, meta: JobMeta, text: str) -> None:
         origin = job.request.origin

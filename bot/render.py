@@ -188,8 +188,24 @@ def progress(job: Job, event: str, person_tz: str) -> str:
 
 def business_question(business_name: str, question: str) -> str:
     """A needs-user question, shown as the business's own words (quoted, bounded), never as ours."""
-    q = bounds.bounded(question, bounds.QUESTION).strip("“”\"")
+    q = bounds.bounded(question, bounds.QUESTION).strip('“”"')
     return f"{bounds.bounded(business_name, bounds.NAME)} asked on the phone (their words): “{q}”"
+
+
+NOT_YOUR_QUESTION = "Only the person who sent this errand can answer its question."
+
+
+def asking_you(business_name: str, question: str) -> str:
+    """The question a business asked during a live call, quoted as theirs, while the line is held."""
+    return (
+        f"Asking you: {business_question(business_name, question)}\n"
+        "I'm holding the line: tap an answer or just reply here."
+    )
+
+
+def live_answered(answer: str) -> str:
+    """Shown once the person's answer reached the call still on the line."""
+    return f"You answered “{bounds.bounded(answer, bounds.QUESTION)}”. I'm passing it on now."
 
 
 def result(job: Job, person_tz: str) -> str:

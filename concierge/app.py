@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -40,6 +41,7 @@ from bot.phone import blocked_e164
 from concierge import warmup
 from concierge.clock import Clock, SystemClock
 from concierge.dispatcher import Dispatcher
+from concierge.live_ask import PendingQuestions
 from concierge.settings import REQUIRED, Settings
 from storage import text
 from storage.db import Database
@@ -169,6 +171,7 @@ class Concierge:
             eot_threshold=s.deepgram_eot_threshold,
             eager_eot_threshold=s.deepgram_eager_eot_threshold,
         )
+        self.questions = PendingQuestions(self._post_question, timeout=s.live_ask_timeout)
         self.flow = self._build_flow()
         self.tg_app = self._build_telegram() if s.configured("telegram") else None
         self.bolt: AsyncApp | None = self._build_slack() if s.configured("slack") else None
@@ -269,7 +272,13 @@ class Concierge:
             clock=self.clock.now,
         )
         self.drafts = DraftStore(self.db, clock=self.clock.now)
-        return ChatFlow(intake=intake, desk=_LateDesk(), drafts=self.drafts, clock=self.clock.now)
+        return ChatFlow(
+            intake=intake, desk=_LateDesk(), drafts=self.drafts, clock=self.clock.now, live=self.questions
+        )
+
+    async def _post_question(self, job: Job, question: str, options: Sequence[str]) -> bool:
+        """A live call's question into the errand's thread (the notifier exists by the first call)."""
+        return await self.notifier.ask(job, question, options)
 
     @property
     def allow(self) -> AllowList:
@@ -324,6 +333,7 @@ class Concierge:
             prompt_template=self._prompt_template,
             callback_number=self.settings.twilio_from_number if self.settings.voicemail_message else None,
             called_back=job.meta.inbound_call_sid == call_sid,
+            ask=self.questions.asker(job) if self.settings.live_ask_timeout > 0 else None,
         )
         return CallSession(
             job,

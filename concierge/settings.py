@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     silence_timeout_seconds: float = 8.0
     #: Seconds a call is kept on hold (the assistant agreed to wait) without the callee's voice.
     hold_max: float = 300.0
+    #: Seconds the line is held while the person is asked a callee's question over chat (0: off).
+    live_ask_timeout: float = 60.0
     lease_seconds: int = 900
     blocked_numbers: CommaList = Field(default_factory=list)
     max_queued_per_user: int = 10
@@ -225,6 +227,8 @@ class Settings(BaseSettings):
             )
         if self.hold_max <= 0:
             out["HOLD_MAX"] = f"HOLD_MAX must be above 0 (got {self.hold_max})"
+        if self.live_ask_timeout < 0:
+            out["LIVE_ASK_TIMEOUT"] = f"LIVE_ASK_TIMEOUT must not be negative (got {self.live_ask_timeout})"
         if self.lease_seconds <= self.max_call_seconds and "LEASE_SECONDS" not in out:
             out["LEASE_SECONDS"] = (
                 f"LEASE_SECONDS ({self.lease_seconds}) must exceed MAX_CALL_SECONDS"

@@ -126,3 +126,23 @@ class ErrandDesk(Protocol):
     async def jobs_for(self, user_id: str, *, limit: int = 10) -> list[Job]:
         """The person's most recent errands, newest first."""
         ...
+
+
+class LiveAnswer(StrEnum):
+    """What became of a person's answer to a question asked during a live call."""
+
+    TAKEN = "taken"  # the call was waiting for it: the assistant has it now
+    NOT_OWNER = "not_owner"  # only the errand's owner may answer
+    NONE_OPEN = "none_open"  # no call is waiting (expired or never asked): the answer is for the next call
+
+
+class LiveQuestions(Protocol):
+    """Questions a live call is waiting on (the app implements it; the chat flow answers them)."""
+
+    def answer(self, job_id: str, user_id: str, answer: str) -> LiveAnswer:
+        """Hand ``answer`` to the call waiting on errand ``job_id``, if ``user_id`` owns it."""
+        ...
+
+    def open_for(self, user_id: str) -> str | None:
+        """The errand id whose live call waits on this person's answer, if any (for free text)."""
+        ...
