@@ -117,8 +117,13 @@ async def run_scenario(
     out: TextIO | None = None,
     timeout: float = 120.0,  # noqa: ASYNC109
     message: str = MESSAGE,
+    answer_questions: bool = True,
 ) -> ErrandRun:
-    """Drive one errand from the chat message to its final chat reply."""
+    """Drive one errand from the chat message to its final chat reply.
+
+    With ``answer_questions`` the person presses the scenario's quick reply
+    (``Scenario.person_answers``) when the assistant asks them during the call.
+    """
     t0 = time.monotonic()
     person_tz = ZoneInfo(app.settings.person_timezone)
     scenario = scenarios.build(name, today=datetime.now(person_tz).date(), tz="America/Los_Angeles")
@@ -131,7 +136,15 @@ async def run_scenario(
         world.twilio.program(PHONE, first.behavior, first.script, amd=first.amd)
         job = await _chat_until_queued(world, app, narrator, message)
         limit = timeout + scenario.waits / world.pace  # a long hold is part of the call, not a stall
-        job = await _call_until_final(world, app, clock, narrator, scenario, job, limit)
+        answering = None
+        if answer_questions and scenario.person_answers:
+            answering = asyncio.create_task(_answer_question(world, narrator, scenario.person_answers))
+        try:
+            job = await _call_until_final(world, app, clock, narrator, scenario, job, limit)
+        finally:
+            if answering is not None:
+                answering.cancel()
+                await asyncio.gather(answering, return_exceptions=True)
         await wait_until(lambda: _delivered(app, job.id), 30, "the result to reach the chat thread")
         narrator.poll()
     finally:
@@ -170,6 +183,16 @@ async def _chat_until_queued(world: SandboxWorld, app: Concierge, narrator: Narr
 
     await wait_until(queued, 30, "the errand to be queued")
     return (await app.store.list(user_id=user, limit=1))[0]
+
+
+async def _answer_question(world: SandboxWorld, narrator: Narrator, label: str) -> None:
+    """Press the quick reply ``label`` once the assistant asks the person a question in the chat."""
+    tg = world.telegram
+    shown = await tg.wait_for(lambda s: any(text == label for text, _ in s.buttons), 120)
+    data = next(d for text, d in shown.buttons if text == label)
+    narrator.poll()
+    narrator.say(f"person presses {label}")
+    tg.press_button(DEMO_TELEGRAM_USER, DEMO_TELEGRAM_USER, shown.message_id, data)
 
 
 async def _call_until_final(

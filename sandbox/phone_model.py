@@ -89,7 +89,8 @@ def respond(body: dict[str, Any]) -> list[Block]:
     said = " ".join(spoken or texts).strip()
     if results and not said:  # words after the tool results are newer: answer those
         return _after_tools(errand, messages, results)
-    return _answer(errand, system, messages, said)
+    tools = {t.get("name") for t in body.get("tools") or []}
+    return _answer(errand, system, messages, said, live_ask="ask_person" in tools)
 
 
 # -- reading the request ------------------------------------------------------------------------------
@@ -149,6 +150,11 @@ def _after_tools(errand: dict[str, Any], messages: list[dict[str, Any]], results
             return [
                 _text(f"I'm sorry, that time doesn't work for {_first(errand)}. Do you have anything else?")
             ]
+        if name == "ask_person":
+            answer = re.search(r"ANSWER FROM [^“]*“(.*)”", text)
+            if answer is None:
+                return []  # no answer in time: the agent has ended the call itself
+            return [_text(f"Thanks for waiting. {_first(errand)}'s answer is: {answer.group(1)}.")]
         if name == "confirm_booking":
             if text.startswith("CONFIRMED"):
                 when = _spoken_time(args["start"])
@@ -164,7 +170,9 @@ def _after_tools(errand: dict[str, Any], messages: list[dict[str, Any]], results
     return []  # after send_dtmf / end_call: nothing to add, listen
 
 
-def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]], said: str) -> list[Block]:
+def _answer(
+    errand: dict[str, Any], system: str, messages: list[dict[str, Any]], said: str, *, live_ask: bool = False
+) -> list[Block]:
     person, service = errand["person_name"], errand["service"]
     if said.startswith("[call connected"):
         ask = f"I'd like to book a {service}, {_window_words(errand)}. Do you have anything available?"
@@ -238,6 +246,8 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
         return [_text("Thank you, goodbye!")]
     if "?" in said and _NEEDS_USER.search(said):
         question = next((q.strip() for q in re.findall(r"[^.?!]*\?", said) if _NEEDS_USER.search(q)), said)
+        if live_ask:  # ask the person while the callee holds (the agent says it is checking)
+            return [_tool("ask_person", {"question": question, "options": "|".join(_choices(question))})]
         return [
             _text(f"Good question. I'll check with {_first(errand)} and call you back. Thank you!"),
             _tool(
@@ -250,6 +260,17 @@ def _answer(errand: dict[str, Any], system: str, messages: list[dict[str, Any]],
             ),
         ]
     return [_text(f"I'm calling to book a {service} for {person}, {_window_words(errand)}. Is there a time?")]
+
+
+def _choices(question: str) -> list[str]:
+    """The answers a question offers ("the 30 or 60 minute cut?" → "30 minute", "60 minute")."""
+    m = re.search(r"\b(\w+) or (\w+)((?:[ -]\w+)?)", question)
+    if m is None:
+        return []
+    tail = m.group(3).replace("-", " ")
+    word = tail.strip().lower()
+    tail = " minutes" if word == "minute" else "" if word in ("one", "cut") else tail
+    return [f"{m.group(1)}{tail}", f"{m.group(2)}{tail}"]
 
 
 def _menu_choice(said: str) -> str | None:

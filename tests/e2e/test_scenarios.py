@@ -165,6 +165,48 @@ async def test_unbooked_endings(name: str, state: JobState, kind: OutcomeKind) -
         assert asked and any(label == "Yes" for label, _ in asked[-1].buttons)
 
 
+def asked_in_chat(result: ErrandRun) -> list[str]:
+    return [t for t in chat_texts(result) if t.startswith("Asking you:")]
+
+
+async def test_live_ask_asks_the_person_in_chat_holds_the_line_and_books_with_the_answer() -> None:
+    result = await run("live_ask")
+    assert_common(result)
+    job = result.job
+    assert job.state is JobState.BOOKED and len(result.calls) == 1
+    # the business's question, quoted as theirs, with the quick replies the person pressed
+    asked = [s for s in result.chat if (s.text or "").startswith("Asking you:")]
+    assert len(asked) == 1, chat_texts(result)
+    assert "(their words): “Would Alex prefer the 30 or 60 minute cut?”" in (asked[0].text or "")
+    assert [label for label, _ in asked[0].buttons] == ["30 minutes", "60 minutes"]
+    assistant = [t.text for t in result.turns if t.speaker is Speaker.ASSISTANT]
+    assert any("One moment, let me check with Alex." in t for t in assistant), assistant
+    # the person's answer reached the model as theirs and the conversation went on
+    assert any("answer is: 60 minutes" in t for t in assistant), assistant
+    assert job.outcome is not None and job.outcome.booking is not None
+
+
+async def test_live_ask_without_an_answer_ends_as_needs_user_with_the_question() -> None:
+    # 2 s of wall time at 4x pace is 8 s of audio: past the 6 s silence give-up, which must not fire.
+    world, app, clock = await start_stack(pace=4.0, silence_timeout_seconds=6.0, live_ask_timeout=2.0)
+    try:
+        result = await run_scenario(world, app, clock, "live_ask", timeout=90, answer_questions=False)
+    finally:
+        await app.stop(grace=5)
+        await world.stop()
+    job = result.job
+    assert job.state is JobState.NEEDS_USER and job.outcome is not None
+    assert job.outcome.kind is OutcomeKind.NEEDS_USER
+    assert "30 or 60 minute cut" in (job.outcome.question or "")
+    assert len(result.calls) == 1 and len(asked_in_chat(result)) == 1
+    # today's needs-you message, with its answer buttons, for the call back
+    question = job.outcome.question or ""
+    final = [s for s in result.chat if question in (s.text or "") and not (s.text or "").startswith("Asking")]
+    assert final and any(label == "Yes" for label, _ in final[-1].buttons)
+    assistant = [t.text for t in result.turns if t.speaker is Speaker.ASSISTANT]
+    assert any("I'll call you back with the answer" in t for t in assistant), assistant
+
+
 OPT_OUT_WORDS = "Please don't call this number again."
 
 
@@ -231,6 +273,6 @@ async def test_callback_the_business_calls_back_and_the_call_back_books() -> Non
 def _names_cover_every_scenario() -> AsyncIterator[None] | None:
     assert set(scenarios.NAMES) == {
         "happy", "clash", "interrupt", "menu", "hold", "long_hold", "voicemail", "voicemail_message",
-        "callback", "no_answer", "fully_booked", "wrong_number", "needs_user", "opt_out",
+        "callback", "no_answer", "fully_booked", "wrong_number", "needs_user", "live_ask", "opt_out",
     }  # fmt: skip
     return None
