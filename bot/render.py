@@ -89,10 +89,15 @@ def ask_missing(missing: Sequence[str], so_far: dict[str, Any]) -> str:
     return f"{head}I still need {need}. Reply here and I'll pick it up."
 
 
+def fmt_time(at: datetime, tz: str) -> str:
+    """'9:00' or '14:02' in ``tz`` (the clock time alone, for today's events)."""
+    local = at.astimezone(ZoneInfo(tz))
+    return f"{local.hour}:{local:%M}"
+
+
 def fmt_when(at: datetime, tz: str) -> str:
     """'Tue 14 Jan 9:00' in ``tz``."""
-    local = at.astimezone(ZoneInfo(tz))
-    return f"{local:%a %d %b} {local.hour}:{local:%M}"
+    return f"{at.astimezone(ZoneInfo(tz)):%a %d %b} {fmt_time(at, tz)}"
 
 
 def request_summary(r: CallRequest) -> str:
@@ -176,6 +181,10 @@ def progress(job: Job, event: str, person_tz: str) -> str:
         return f"{head}\nOn the phone with {r.business_name}…"
     if event == "called_back":
         return f"{head}\nThey called back — on the phone with {r.business_name}…"
+    if event == "on_hold":
+        since = job.meta.on_hold_since
+        at = f" since {fmt_time(since, person_tz)} your time" if since is not None else ""
+        return f"{head}\nOn hold{at} — I'm staying on the line until {r.business_name} is back."
     if event == "retry_planned":
         why = job.outcome.summary if job.outcome and job.outcome.summary else "No luck this time"
         why = _AGAIN.sub("", why).rstrip(" .;,") or "No luck this time"

@@ -396,6 +396,9 @@ class JobMeta:
             (set by the claim that deferred it, cleared by the claim that dials it).
         inbound_call_sid: the call the business placed to us (a call back) that took up the
             errand's current attempt; the agent then opens with "thanks for calling back".
+        on_hold_since: when the live call went on hold (the business's "please hold"), for the
+            chat's "On hold since 14:02"; cleared when the business comes back, and when a call is
+            answered (a call that ended on hold leaves it behind).
         extra: keys written by another version of Concierge; kept untouched on every write.
     """
 
@@ -413,6 +416,7 @@ class JobMeta:
     dial_started_at: datetime | None = None
     waiting_for: WaitReason | None = None
     inbound_call_sid: str | None = None
+    on_hold_since: datetime | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -425,8 +429,9 @@ class JobMeta:
                      "call_nonce_attempt", "waiting_for", "inbound_call_sid"):  # fmt: skip
             if (value := getattr(self, name)) is not None:
                 d[name] = str(value) if isinstance(value, WaitReason) else value
-        if self.dial_started_at is not None:
-            d["dial_started_at"] = self.dial_started_at.isoformat()
+        for stamp in ("dial_started_at", "on_hold_since"):
+            if (at := getattr(self, stamp)) is not None:
+                d[stamp] = at.isoformat()
         if self.confirmed_booking is not None:
             d["confirmed_booking"] = self.confirmed_booking.to_dict()
         if self.user_answers:
@@ -441,6 +446,7 @@ class JobMeta:
         progress = d.get("progress_message")
         started = d.get("dial_started_at")
         waiting = d.get("waiting_for")
+        held = d.get("on_hold_since")
         return cls(
             uncounted_attempts=int(d.get("uncounted_attempts") or 0),
             call_sid_attempt=_opt_int(d.get("call_sid_attempt")),
@@ -460,6 +466,7 @@ class JobMeta:
             dial_started_at=datetime.fromisoformat(started) if isinstance(started, str) else None,
             waiting_for=WaitReason(waiting) if waiting in set(WaitReason) else None,
             inbound_call_sid=d.get("inbound_call_sid"),
+            on_hold_since=datetime.fromisoformat(held) if isinstance(held, str) else None,
             extra={k: v for k, v in d.items() if k not in known},
         )
 

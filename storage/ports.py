@@ -76,8 +76,9 @@ class JobEvent(StrEnum):
 
     QUEUED = "queued"  # accepted; job.next_attempt_at is the planned call time
     CALLING = "calling"  # dialling now
-    IN_CALL = "in_call"  # the business picked up
+    IN_CALL = "in_call"  # the business picked up (or came back after a hold)
     CALLED_BACK = "called_back"  # the business called us back; the errand is in that call
+    ON_HOLD = "on_hold"  # the business put the call on hold; job.meta.on_hold_since is when
     RETRY_PLANNED = "retry_planned"  # attempt failed retryably; job.next_attempt_at is the next try
     FINISHED = "finished"  # final state; job.outcome has the details
     CANCELLED = "cancelled"
