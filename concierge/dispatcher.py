@@ -209,6 +209,8 @@ class Dispatcher:
                 return
             if job.current_call_sid is None:  # the callback beat set_call_sid
                 await self.store.set_call_sid(job_id, call_sid)
+            if job.meta.on_hold_since is not None:  # an earlier call ended on hold
+                await self.store.update_meta(job_id, on_hold_since=None)
             job = await self.store.transition(job_id, JobState.IN_CALL, reason="call answered")
         await self.notifier.notify(job, JobEvent.IN_CALL)
 
@@ -225,10 +227,32 @@ class Dispatcher:
         )
         if job is None:
             return None
+        if job.meta.on_hold_since is not None:  # an earlier call ended on hold
+            job = await self.store.update_meta(job.id, on_hold_since=None)
         log.info("errand %s: %s called back (call %s)", job.id, phone, call_sid)
         await self.notifier.notify(job, JobEvent.CALLED_BACK)
         self.wake()  # the lease expiry is a deadline the loop must know
         return job
+
+    async def call_on_hold(self, job_id: str, on_hold: bool) -> None:
+        """The live call went on hold (``True``) or the business came back (``False``).
+
+        The chat's progress message says "On hold since 14:02" (this clock's time, shown in the
+        person's zone), then goes back to the in-call text. Only a change is shown — a repeat
+        changes nothing, so each hold costs two edits at most — and only while the errand is
+        in a call. The person is told with the errand's lock held, so a call that ends meanwhile
+        posts its result after this edit, never under it.
+        """
+        async with self.locks.hold(job_id):
+            try:
+                job = await self.store.get(job_id)
+            except JobNotFound:
+                log.warning("hold report for unknown errand %s", job_id)
+                return
+            if job.state is not JobState.IN_CALL or (job.meta.on_hold_since is not None) == on_hold:
+                return
+            job = await self.store.update_meta(job_id, on_hold_since=self.clock.now() if on_hold else None)
+            await self.notifier.notify(job, JobEvent.ON_HOLD if on_hold else JobEvent.IN_CALL)
 
     async def booking_confirmed(self, job_id: str, booking: Booking) -> None:
         """The business confirmed ``booking`` on the phone: store it before the call ends.

@@ -249,6 +249,48 @@ async def test_call_answered_only_from_dialing(tmp_path: Path) -> None:
         assert (await h.store.get(job.id)).state is JobState.IN_CALL
 
 
+async def test_a_hold_is_shown_once_from_its_start_and_the_call_again_when_it_ends(tmp_path: Path) -> None:
+    async with harness(tmp_path / "q.db", MONDAY_10) as h:
+        job = await h.dispatcher.submit(request())
+        await h.idle()
+        await h.dispatcher.call_on_hold(job.id, True)  # still ringing: nothing to show
+        assert JobEvent.ON_HOLD not in h.notifier.events(job.id)
+        await h.dispatcher.call_answered(job.id, h.placer.calls[0].call_sid)
+
+        h.clock.advance(timedelta(minutes=2))
+        held_at = h.clock.now()
+        await h.dispatcher.call_on_hold(job.id, True)
+        await h.dispatcher.call_on_hold(job.id, True)  # a repeat edits nothing
+        assert (await h.store.get(job.id)).meta.on_hold_since == held_at
+        h.clock.advance(timedelta(minutes=3))
+        await h.dispatcher.call_on_hold(job.id, False)
+        await h.dispatcher.call_on_hold(job.id, False)
+        assert (await h.store.get(job.id)).meta.on_hold_since is None
+        assert h.notifier.events(job.id)[-3:] == [JobEvent.IN_CALL, JobEvent.ON_HOLD, JobEvent.IN_CALL]
+
+        await h.dispatcher.call_on_hold(job.id, True)
+        await h.dispatcher.report_outcome(job.id, CallOutcome(OutcomeKind.DECLINED, summary="Fully booked."))
+        await h.dispatcher.call_on_hold(job.id, False)  # the call is over: the result stays shown
+        await h.dispatcher.call_on_hold("nope", True)
+        assert h.notifier.events(job.id)[-2:] == [JobEvent.ON_HOLD, JobEvent.FINISHED]
+
+
+async def test_a_call_that_ended_on_hold_leaves_no_hold_for_the_next_call(tmp_path: Path) -> None:
+    async with harness(tmp_path / "q.db", MONDAY_10, retry_backoff=timedelta(minutes=1)) as h:
+        job = await h.dispatcher.submit(request())
+        await h.idle()
+        await h.dispatcher.call_answered(job.id, h.placer.calls[0].call_sid)
+        await h.dispatcher.call_on_hold(job.id, True)
+        await h.dispatcher.report_outcome(job.id, CallOutcome(OutcomeKind.ERROR, summary="On hold too long."))
+        h.clock.advance(timedelta(minutes=5))
+        await h.idle()
+        assert len(h.placer.calls) == 2
+        await h.dispatcher.call_answered(job.id, h.placer.calls[1].call_sid)
+        assert (await h.store.get(job.id)).meta.on_hold_since is None
+        await h.dispatcher.call_on_hold(job.id, True)  # the second call's hold is shown
+        assert h.notifier.events(job.id)[-2:] == [JobEvent.IN_CALL, JobEvent.ON_HOLD]
+
+
 @pytest.mark.parametrize(("retryable", "state"), [(True, JobState.QUEUED), (False, JobState.FAILED)])
 async def test_place_call_provider_error(tmp_path: Path, retryable: bool, state: JobState) -> None:
     async with harness(tmp_path / "q.db", MONDAY_10) as h:
