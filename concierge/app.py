@@ -343,6 +343,7 @@ class Concierge:
             placer=self.placer,
             config=self.session_config,
             metrics=self._call_metrics,
+            on_hold=functools.partial(self.dispatcher.call_on_hold, job.id),
         )
 
     async def _create_event(self, job: Job, outcome: CallOutcome) -> CallOutcome:

@@ -12,7 +12,8 @@ Timers (greeting, silence, hold) count *audio* time — bytes received from Twil
 which arrive in real time on a real call — so behaviour does not depend on how
 fast a sandbox replays a conversation; the hard cap also has a wall-clock guard. When the agent
 agrees to hold (``Agent.holds``), the session waits silently — no prompt, no give-up on silence —
-for up to ``SessionConfig.hold_max``, until the callee's next words.
+for up to ``SessionConfig.hold_max``, until the callee's next words. Entering and leaving that
+wait is reported to an injected ``on_hold`` callback (the chat shows "On hold since 14:02").
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -70,6 +71,9 @@ class CallSession:
         config: timing.
         clock: monotonic clock for latency figures.
         metrics: receives the call's ``CallMetrics`` once it has ended (the benchmark's figures).
+        on_hold: told ``True`` when the call goes on hold and ``False`` when the callee is back
+            (the dispatcher's ``call_on_hold``, bound to the errand). Called only on a change,
+            one call at a time and in order; a call that ends on hold is not told ``False``.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class CallSession:
         config: SessionConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: MetricsSink | None = None,
+        on_hold: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.job = job
         self.call_sid = call_sid
@@ -113,6 +118,8 @@ class CallSession:
             hold_max=self._cfg.hold_max,
         )
         self._holds_seen = 0  # the agent's hold count already turned into hold mode
+        self._on_hold = on_hold
+        self._hold_changed = asyncio.Event()  # wakes _report_holds
         self._utterance: list[str] = []
         self._utterance_at: float | None = None
         self._speech_started_at: float | None = None
@@ -190,6 +197,8 @@ class CallSession:
                 self._spawn(self._prerender())
                 self._spawn(self._call())
                 self._spawn(self._wall_clock_cap())
+                if self._on_hold is not None:
+                    self._spawn(self._report_holds())
                 await self._ended.wait()
                 await self.listener.close()
                 await self.speaker.close()
@@ -284,6 +293,25 @@ class CallSession:
         """
         await asyncio.gather(*(self._phrases.audio(text) for text in self._agent.fixed_phrases()))
 
+    async def _report_holds(self) -> None:
+        """Tell ``on_hold`` each change of the hold state, one at a time, from one owned task.
+
+        Entering and leaving hold happen on the audio path, which must not wait for the chat;
+        here a slow report is simply followed by the latest state (a hold that began and ended
+        meanwhile costs no edits at all).
+        """
+        assert self._on_hold is not None
+        told = False
+        while True:
+            await self._hold_changed.wait()
+            self._hold_changed.clear()
+            while (on_hold := self._timers.on_hold_since is not None) != told:
+                told = on_hold
+                try:
+                    await self._on_hold(on_hold)
+                except Exception:  # the chat (or its database) failing must not cost the call
+                    log.exception("call %s: reporting the hold failed", self.call_sid)
+
     async def _wall_clock_cap(self) -> None:
         await asyncio.sleep(self._cfg.max_call_seconds)
         self.end("call time limit", hang_up=True)
@@ -347,6 +375,7 @@ class CallSession:
         if holds != self._holds_seen:  # the agent agreed to hold and its words have played
             self._holds_seen = holds
             self._timers.hold(now)
+            self._hold_changed.set()
             log.info("call %s on hold", self.call_sid)
         due = self._timers.due(now)
         if due == "greet":
@@ -371,6 +400,9 @@ class CallSession:
         elif isinstance(ev, SttTranscript):
             if ev.text.strip():
                 # Words, not just sound: a hold ends at the callee's voice (music carries none).
+                if self._timers.on_hold_since is not None:
+                    self._hold_changed.set()
+                    log.info("call %s back from hold", self.call_sid)
                 self._timers.resume(self._audio_s)
                 self._holds_seen = self._agent.holds
                 if self._utterance_at is None:

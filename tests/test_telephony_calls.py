@@ -9,6 +9,7 @@ for the conversation model.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import socket
 import time
@@ -105,6 +106,7 @@ class RecordingSink:
     outcomes: dict[str, tuple[CallOutcome, list[Turn]]] = field(default_factory=dict)
     reports: int = 0
     done: dict[str, asyncio.Event] = field(default_factory=dict)
+    holds: list[tuple[str, bool]] = field(default_factory=list)  # the sessions' on_hold reports
 
     def event(self, job_id: str) -> asyncio.Event:
         return self.done.setdefault(job_id, asyncio.Event())
@@ -114,6 +116,9 @@ class RecordingSink:
         job = await self.store.get(job_id)
         if job.state is JobState.DIALING:
             await self.store.transition(job_id, JobState.IN_CALL, reason="answered")
+
+    async def call_on_hold(self, job_id: str, on_hold: bool) -> None:
+        self.holds.append((job_id, on_hold))
 
     async def report_outcome(self, job_id: str, outcome: CallOutcome, transcript: Any = ()) -> None:
         self.reports += 1
@@ -195,6 +200,7 @@ class Harness:
         session = CallSession(
             job, call_sid, agent=self.agents[job.id], speech=self.speech, placer=self.placer,
             config=self.config, metrics=self.metrics.append,
+            on_hold=functools.partial(self.sink.call_on_hold, job.id),
         )  # fmt: skip
         self.sessions.append(session)
         return session
@@ -669,6 +675,8 @@ async def test_on_hold_the_call_waits_silently_through_music_and_goes_on_at_the_
     assert call.callee.seconds > 8.0 and not call.callee.errors
     assert [t.text for t in turns if t.speaker is Speaker.CALLEE] == ["Please hold.", "Thanks for holding."]
     assert call.clears == 0  # music never barged in
+    # the chat was told once that the call went on hold and once that the callee was back
+    assert h.sink.holds == [(job.id, True), (job.id, False)]
     assert_clean(h)
 
 
@@ -682,6 +690,7 @@ async def test_a_hold_longer_than_hold_max_ends_the_call(h: Harness) -> None:
     outcome, _, call = await h.call(job)
     assert agent.inputs == [CalleeSaid("Please hold.")]
     assert h.sessions[0].end_reason == "on hold too long" and outcome.kind is OutcomeKind.ERROR
+    assert h.sink.holds == [(job.id, True)]  # the call ended on hold: its result tells the rest
     assert 3.0 < call.callee.seconds < 10.0
     assert hung_up_by_api(h, call.sid)
     assert_clean(h)

@@ -98,6 +98,14 @@ async def test_long_hold_waits_silently_through_two_minutes_of_music_then_books(
         "Thanks for holding, sorry about the wait. How can I help you?",
     ], callee_turns
     assert any("Wednesday" in t for t in callee_turns)
+    # The chat showed the hold while it lasted, then the call again, then the result.
+    texts = chat_texts(result)
+    held_at = next((i for i, t in enumerate(texts) if "On hold since" in t), None)
+    assert held_at is not None, texts
+    assert result.chat[held_at].method == "editMessageText"
+    back = [i for i, t in enumerate(texts) if "On the phone with" in t]
+    assert back and back[-1] > held_at, texts
+    assert sum("On hold since" in t for t in texts) == 1, texts  # one edit for the hold, not one per check
 
 
 async def test_voicemail_then_booked_on_the_second_call() -> None:
