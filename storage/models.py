@@ -397,8 +397,8 @@ class JobMeta:
         inbound_call_sid: the call the business placed to us (a call back) that took up the
             errand's current attempt; the agent then opens with "thanks for calling back".
         on_hold_since: when the live call went on hold (the business's "please hold"), for the
-            chat's "On hold since 14:02"; cleared when the business comes back, and when a call is
-            answered (a call that ended on hold leaves it behind).
+            chat's "On hold since 14:02"; cleared when the business comes back, and when a new call
+            begins (answered or received: a call that ended on hold leaves it behind).
         extra: keys written by another version of Concierge; kept untouched on every write.
     """
 

@@ -282,12 +282,18 @@ async def test_a_call_that_ended_on_hold_leaves_no_hold_for_the_next_call(tmp_pa
         await h.dispatcher.call_answered(job.id, h.placer.calls[0].call_sid)
         await h.dispatcher.call_on_hold(job.id, True)
         await h.dispatcher.report_outcome(job.id, CallOutcome(OutcomeKind.ERROR, summary="On hold too long."))
+        assert (await h.store.get(job.id)).meta.on_hold_since is not None
+        # the business calls back before the retry: that call starts with no hold
+        assert await h.dispatcher.call_received(job.request.phone, "CA" + "9" * 32, "token-hash")
+        assert (await h.store.get(job.id)).meta.on_hold_since is None
+        await h.dispatcher.call_on_hold(job.id, True)
+        await h.dispatcher.report_outcome(job.id, CallOutcome(OutcomeKind.ERROR, summary="On hold too long."))
+        # and so does the next call we place
         h.clock.advance(timedelta(minutes=5))
         await h.idle()
-        assert len(h.placer.calls) == 2
-        await h.dispatcher.call_answered(job.id, h.placer.calls[1].call_sid)
+        await h.dispatcher.call_answered(job.id, h.placer.calls[-1].call_sid)
         assert (await h.store.get(job.id)).meta.on_hold_since is None
-        await h.dispatcher.call_on_hold(job.id, True)  # the second call's hold is shown
+        await h.dispatcher.call_on_hold(job.id, True)  # the new call's hold is shown
         assert h.notifier.events(job.id)[-2:] == [JobEvent.IN_CALL, JobEvent.ON_HOLD]
 
 
