@@ -262,6 +262,8 @@ def ends_with_end_call(r: Record) -> Verdict:
         return NOT_APPLICABLE
     if "end_call" in finished[-1].tools():
         return PASS
+    if "ask_person" in finished[-1].tools() and r.outcome == "needs_user":
+        return PASS  # the person did not answer in time: the agent ended it politely itself
     last = finished[-1]
     what = ", ".join(last.tools()) or " ".join(b.get("text", "") for b in last.blocks)[:60] or "nothing"
     return Verdict(False, f"the last answer was {what!r}, not end_call")

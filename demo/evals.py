@@ -159,7 +159,7 @@ async def run_one(
 
     from concierge.app import Concierge, bind
     from concierge.clock import OffsetClock
-    from demo.runner import MESSAGE, run_scenario
+    from demo.runner import MESSAGE, SCRIPTED_PERSON_WAIT, run_scenario
     from demo.world import SandboxWorld, sandbox_graph_credential
 
     t0 = time.monotonic()
@@ -174,6 +174,7 @@ async def run_one(
             port=port,
             anthropic_base_url=tap.base_url,
             silence_timeout_seconds=6.0,
+            live_ask_timeout=SCRIPTED_PERSON_WAIT,
         )
         clock = OffsetClock()
         app = Concierge(

@@ -295,6 +295,11 @@ def summary(run: ErrandRun) -> str:
     return "\n".join(lines)
 
 
+#: How long a live question waits in a scripted run: the scripted person answers at once (the
+#: scenario's ``person_answers``) or never, so the product's 60 s would only slow the run.
+SCRIPTED_PERSON_WAIT = 10.0
+
+
 async def start_stack(
     *, pace: float = 1.0, base: Settings | None = None, **overrides: Any
 ) -> tuple[SandboxWorld, Concierge, OffsetClock]:
@@ -302,6 +307,7 @@ async def start_stack(
     world = await SandboxWorld(pace=pace, base=base or Settings(_env_file=None)).start()  # type: ignore[call-arg]
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
+    overrides.setdefault("live_ask_timeout", SCRIPTED_PERSON_WAIT)
     settings = world.settings(public_base_url=f"http://127.0.0.1:{port}", port=port, **overrides)
     clock = OffsetClock()
     app = Concierge(settings, clock=clock, graph_credential=sandbox_graph_credential(), owner=f"demo:{port}")

@@ -172,6 +172,10 @@ def test_ends_with_end_call() -> None:
     cancelled = replace(GOOD, rounds=[*GOOD.rounds, Round("Bye!", [text("Th")], complete=False)])
     assert ends_with_end_call(cancelled).ok is True  # a cancelled round is not the last answer
     assert ends_with_end_call(replace(GOOD, rounds=[])).ok is None
+    asked = replace(GOOD, rounds=[*GOOD.rounds, Round("Which length?", [tool("ask_person")])])
+    # the person did not answer in time and the agent ended the call itself, as needs_user
+    assert ends_with_end_call(replace(asked, outcome="needs_user")).ok is True
+    assert ends_with_end_call(replace(asked, outcome="booked")).ok is False
 
 
 def test_within_bounds() -> None:
