@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pg_server import PostgresServer, PostgresUnavailable, missing_server_outcome
 
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.deepgram import SandboxDeepgram
@@ -48,3 +50,43 @@ async def anthropic_sandbox() -> AsyncIterator[SandboxAnthropic]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for this worker (started on first use, stopped at the end).
+
+    No server binaries: skipped with the reason, except in CI (``CI=true``), where it fails.
+    """
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as e:
+        unavailable = str(e)
+    else:
+        unavailable = ""
+    if unavailable and missing_server_outcome(os.environ) == "fail":
+        pytest.fail(f"{unavailable} (CI is set: PostgreSQL tests must run, not skip)", pytrace=False)
+    if unavailable:
+        pytest.skip(unavailable)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def pg_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """The URL of a fresh, empty PostgreSQL database of its own, dropped after the test."""
+    url = await postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        await postgres_server.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL on each backend in turn (ids ``sqlite`` / ``postgresql``): for storage tests."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'q.db'}"
+    return str(request.getfixturevalue("pg_url"))
