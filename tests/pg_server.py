@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -143,7 +144,9 @@ class _RunAs:
         if self.setpriv is None:
             return list(argv)
         prefix = [self.setpriv]
-        if die_with_parent:
+        # The kernel sends it when the *thread* that forked exits: only the main thread lives as
+        # long as the process.
+        if die_with_parent and threading.current_thread() is threading.main_thread():
             prefix += ["--pdeathsig", "INT"]  # SIGINT = fast shutdown
         if self.uid != os.geteuid():
             prefix += [f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
@@ -201,11 +204,20 @@ def scratch_root() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def _postmaster_running(pid_file: Path) -> bool:
+    try:
+        return _pid_alive(int(pid_file.read_text().split("\n", 1)[0]))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # unreadable or half-written: leave it alone
+
+
 def sweep_stale_dirs(tmp_root: Path | None = None) -> list[Path]:
     """Delete the directories of servers whose owning process died without stopping them.
 
-    Only directories whose owner is gone and whose postmaster has exited (no ``postmaster.pid``)
-    are removed, so a running server of a live worker is never touched.
+    Only directories whose owner is gone and whose postmaster is not running are removed, so a
+    running server of a live worker is never touched.
 
     Returns:
         The directories removed.
@@ -217,7 +229,7 @@ def sweep_stale_dirs(tmp_root: Path | None = None) -> list[Path]:
             owner = int((path / "owner.pid").read_text())
         except (OSError, ValueError):
             continue
-        if _pid_alive(owner) or (path / "data" / "postmaster.pid").exists():
+        if _pid_alive(owner) or _postmaster_running(path / "data" / "postmaster.pid"):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

@@ -113,6 +113,11 @@ def test_db_url_names_each_backend(request: pytest.FixtureRequest, db_url: str) 
         assert db_url.endswith("/q.db")
 
 
+def test_the_sweep_leaves_a_live_server_alone(postgres_server: PostgresServer) -> None:
+    assert postgres_server.root not in sweep_stale_dirs(postgres_server.root.parent)
+    assert (postgres_server.root / "data" / "postmaster.pid").exists()
+
+
 # A worker killed outright runs no teardown and no atexit: the kernel's parent-death signal stops
 # the server, and the next start sweeps the directory.
 _CHILD = """
