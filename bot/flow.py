@@ -155,7 +155,7 @@ class ChatFlow:
         Only the draft's owner changes it; anyone else gets a private note and the draft
         stays as it was.
         """
-        live = self._live_answer(origin.user_id, text)
+        live = await self._live_answer(origin.user_id, text)
         if live is not None:
             return live
         async with self._thread(key):
@@ -202,7 +202,7 @@ class ChatFlow:
             return await self._press_draft(kind, rest, user_id)
         if kind == "ans":
             job_id, _, answer = rest.partition(":")
-            taken = self.live.answer(job_id, user_id, answer) if self.live else LiveAnswer.NONE_OPEN
+            taken = await self.live.answer(job_id, user_id, answer) if self.live else LiveAnswer.NONE_OPEN
             if taken is LiveAnswer.NOT_OWNER:
                 return Pressed(notice=render.NOT_YOUR_QUESTION)
             if taken is LiveAnswer.TAKEN:
@@ -216,12 +216,14 @@ class ChatFlow:
             return Pressed(edit=await self.cancel(user_id, rest))
         return Pressed()
 
-    def _live_answer(self, user_id: str, text: str) -> Out | None:
-        """A message from someone whose call is waiting on their answer: it is the answer."""
-        job_id = self.live.open_for(user_id) if self.live else None
-        if job_id is None or self.live is None:
+    async def _live_answer(self, user_id: str, text: str) -> Out | None:
+        """A message from someone whose call (on any node) is waiting on their answer: it is the answer."""
+        if self.live is None:
             return None
-        if self.live.answer(job_id, user_id, text) is not LiveAnswer.TAKEN:
+        job_id = await self.live.open_for(user_id)
+        if job_id is None:
+            return None
+        if await self.live.answer(job_id, user_id, text) is not LiveAnswer.TAKEN:
             return None
         return Out(render.live_answered(text))
 

@@ -7,6 +7,11 @@ errand — questions, confirmation, progress and result — threaded under its
 Bolt's aiohttp adapter, which checks the ``v0`` signature and its 5-minute
 timestamp window before any listener runs. Socket Mode is offered for
 installs without a public URL.
+
+Every node of a cluster can take Slack's requests: what a listener touches is in the
+database, and an event Slack delivers again (its retry after 3 seconds without an ack
+may reach another node) is acknowledged and dropped when any node has seen its
+``event_id`` (``seen``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +27,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -75,11 +82,33 @@ def build_slack_app(
     flow: ChatFlow,
     allow: AllowList,
     api_base_url: str = "https://slack.com/api/",
+    seen: Callable[[str], Awaitable[bool]] | None = None,
 ) -> AsyncApp:
-    """The Bolt app with the ``/call`` command, thread replies and button actions."""
+    """The Bolt app with the ``/call`` command, thread replies and button actions.
+
+    Args:
+        seen: when given, marks an event id seen and says whether it is the first time on any
+            node; an event seen before is acknowledged without running a listener.
+    """
     client = AsyncWebClient(token=bot_token, base_url=api_base_url)
     app = AsyncApp(signing_secret=signing_secret, client=client)
     _VERIFIERS[app] = SignatureVerifier(signing_secret)
+
+    if seen is not None:
+        first_time = seen
+
+        @app.middleware
+        async def once(
+            body: dict[str, Any],
+            response: BoltResponse,
+            next: Callable[[], Awaitable[None]],  # noqa: A002 (Bolt passes arguments by name)
+        ) -> BoltResponse:
+            event_id = body.get("event_id") if body.get("type") == "event_callback" else None
+            if isinstance(event_id, str) and event_id and not await first_time(f"sl:{event_id}"):
+                log.info("slack event %s already handled", event_id)
+                return BoltResponse(status=200, body="")
+            await next()
+            return response  # what the request gets if no listener matches, as without this middleware
 
     async def post(client: AsyncWebClient, channel: str, thread_ts: str, out: Out) -> None:
         await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=out.text, blocks=blocks(out))

@@ -6,22 +6,35 @@ become replies in the same chat and forum topic (``do_quote`` keeps the
 default because it needs no public URL; webhook mode puts
 ``POST /telegram/webhook`` into our own aiohttp application, guarded by the
 secret-token header.
+
+With several nodes on one database, webhook mode works on every node (each update is
+handled by the node it reaches; everything it touches is in the database), while long
+polling runs on exactly one node: Telegram allows one ``getUpdates`` at a time, so
+:class:`Poller` polls only while this node holds a cluster-wide lock and the others
+retry until the holder dies. An update already handled by any node (a webhook
+redelivery, or the last unconfirmed batch after a takeover) is skipped (``seen``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.ext import (
     Application,
+    ApplicationHandlerStop,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
@@ -142,14 +155,26 @@ class _Handlers:
         log.error("telegram handler failed", exc_info=context.error)
 
 
+#: Marks an update key seen; whether it is the first time on any node (``storage.chat_updates``).
+Seen = Callable[[str], Awaitable[bool]]
+
+
 def build_application(
-    *, token: str, api_base_url: str, flow: ChatFlow, allow: AllowList, webhook: bool = False
+    *,
+    token: str,
+    api_base_url: str,
+    flow: ChatFlow,
+    allow: AllowList,
+    webhook: bool = False,
+    seen: Seen | None = None,
 ) -> TgApp:
     """The python-telegram-bot application with every handler.
 
     Args:
         api_base_url: Bot API root ("https://api.telegram.org" or a sandbox).
         webhook: build without an updater; updates then come from ``add_webhook_route``.
+        seen: when given, an update whose id any node has already seen is dropped before
+            any handler runs.
     """
     root = api_base_url.rstrip("/")
     builder = Application.builder().token(token).base_url(f"{root}/bot").base_file_url(f"{root}/file/bot")
@@ -157,6 +182,14 @@ def build_application(
         builder = builder.updater(None)
     app = builder.build()
     h = _Handlers(flow, allow)
+    if seen is not None:
+
+        async def once(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+            if not await seen(f"tg:{update.update_id}"):
+                log.info("telegram update %s already handled", update.update_id)
+                raise ApplicationHandlerStop
+
+        app.add_handler(TypeHandler(Update, once), group=-1)
     app.add_handler(CommandHandler(["start", "help"], h.help))
     app.add_handler(CommandHandler("call", h.call))
     app.add_handler(CommandHandler("status", h.status))
@@ -173,6 +206,95 @@ async def start_polling(app: TgApp, *, poll_timeout: int = 10) -> None:
     await app.start()
     assert app.updater is not None, "built for webhook mode"
     await app.updater.start_polling(timeout=poll_timeout, poll_interval=0.0)
+
+
+async def start_processing(app: TgApp) -> None:
+    """Initialise and start handling updates (and sending), without polling for them."""
+    await app.initialize()
+    await app.start()
+
+
+class Held(Protocol):
+    """A held cluster-wide lock (``storage`` ``Singleton``): ``lost`` is set if it slips away."""
+
+    lost: asyncio.Event
+
+    async def release(self) -> None: ...
+
+
+class Poller:
+    """Long polling on exactly one node: the one holding the lock ``acquire`` takes.
+
+    A node without the lock tries again every ``retry_every`` seconds, so when the holder
+    dies (its lock is dropped with its database connection) another node takes over within
+    that time. A holder whose lock is ``lost`` stops polling at once.
+
+    Args:
+        app: a started application (:func:`start_processing`) built with an updater.
+        acquire: tries to take the lock; ``None`` when another node holds it.
+        retry_every: seconds between tries while another node polls.
+        poll_timeout: seconds each ``getUpdates`` waits.
+    """
+
+    def __init__(
+        self,
+        app: TgApp,
+        acquire: Callable[[], Awaitable[Held | None]],
+        *,
+        retry_every: float,
+        poll_timeout: int = 10,
+    ) -> None:
+        self._app = app
+        self._acquire = acquire
+        self._retry_every = retry_every
+        self._poll_timeout = poll_timeout
+        self._stopping = asyncio.Event()
+        #: Set while this node long-polls.
+        self.polling = asyncio.Event()
+
+    def stop(self) -> None:
+        """Make :meth:`run` stop polling, release the lock and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Take the lock when free, poll while holding it; until :meth:`stop`."""
+        updater = self._app.updater
+        assert updater is not None, "built for webhook mode"
+        while not self._stopping.is_set():
+            try:
+                held = await self._acquire()
+            except Exception:
+                log.warning("cannot tell whether another node polls Telegram", exc_info=True)
+                held = None
+            if held is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._retry_every):
+                        await self._stopping.wait()
+                continue
+            try:
+                await updater.start_polling(timeout=self._poll_timeout, poll_interval=0.0)
+                self.polling.set()
+                log.info("this node long-polls Telegram")
+                await _first(held.lost, self._stopping)
+                if held.lost.is_set():
+                    log.warning("lost the Telegram polling lock: this node stops polling")
+            finally:
+                self.polling.clear()
+                try:
+                    if updater.running:
+                        await updater.stop()
+                finally:
+                    await held.release()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return when any of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def start_webhook_mode(app: TgApp, *, url: str | None = None, secret: str = "") -> None:

@@ -44,9 +44,11 @@ from concierge.dispatcher import Dispatcher
 from concierge.live_ask import PendingQuestions
 from concierge.settings import REQUIRED, Settings
 from storage import text
+from storage.chat_updates import SeenUpdates
 from storage.db import Database
 from storage.drafts import DraftStore
 from storage.jobs import JobStore
+from storage.live_questions import LiveQuestionStore
 from storage.models import CallOutcome, CallRequest, Job
 from storage.numbers import DoNotCall
 from storage.redact import Redactor, secret_variants
@@ -171,7 +173,10 @@ class Concierge:
             eot_threshold=s.deepgram_eot_threshold,
             eager_eot_threshold=s.deepgram_eager_eot_threshold,
         )
-        self.questions = PendingQuestions(self._post_question, timeout=s.live_ask_timeout)
+        self.questions = PendingQuestions(
+            self._post_question, LiveQuestionStore(self.db), timeout=s.live_ask_timeout, node=self.owner
+        )
+        self.seen_updates = SeenUpdates(self.db)
         self.flow = self._build_flow()
         self.tg_app = self._build_telegram() if s.configured("telegram") else None
         self.bolt: AsyncApp | None = self._build_slack() if s.configured("slack") else None
@@ -240,6 +245,7 @@ class Concierge:
             flow=self.flow,
             allow=self.allow,
             webhook=s.telegram_mode == "webhook",
+            seen=self.seen_updates.first_time,
         )
 
     def _build_slack(self) -> AsyncApp:
@@ -250,6 +256,7 @@ class Concierge:
             flow=self.flow,
             allow=self.allow,
             api_base_url=s.slack_api_base_url,
+            seen=self.seen_updates.first_time,
         )
 
     def _build_flow(self) -> ChatFlow:

@@ -154,6 +154,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX drafts_updated ON drafts (updated_at);
         """,
     ),
+    (
+        5,
+        """
+        -- Chat state shared by every node. The question a live
+        -- call waits on (storage.live_questions): written by the node holding the call, answered
+        -- by whichever node receives the owner's answer.
+        CREATE TABLE live_questions (
+            job_id TEXT PRIMARY KEY,
+            token TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL DEFAULT '',
+            asked_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            answer TEXT,
+            answered_at TEXT
+        );
+        CREATE INDEX live_questions_owner ON live_questions (owner, asked_at);
+
+        -- Chat updates already handled (storage.chat_updates): Telegram update ids, Slack event ids.
+        CREATE TABLE chat_updates (
+            update_key TEXT PRIMARY KEY,
+            seen_at TEXT NOT NULL
+        );
+        CREATE INDEX chat_updates_seen ON chat_updates (seen_at);
+        """,
+    ),
 ]
 
 

@@ -138,12 +138,15 @@ class LiveAnswer(StrEnum):
 
 
 class LiveQuestions(Protocol):
-    """Questions a live call is waiting on (the app implements it; the chat flow answers them)."""
+    """Questions a live call is waiting on (the app implements it; the chat flow answers them).
 
-    def answer(self, job_id: str, user_id: str, answer: str) -> LiveAnswer:
+    Kept in the database: the call may run on another node than the one the answer reaches.
+    """
+
+    async def answer(self, job_id: str, user_id: str, answer: str) -> LiveAnswer:
         """Hand ``answer`` to the call waiting on errand ``job_id``, if ``user_id`` owns it."""
         ...
 
-    def open_for(self, user_id: str) -> str | None:
+    async def open_for(self, user_id: str) -> str | None:
         """The errand id whose live call waits on this person's answer, if any (for free text)."""
         ...

@@ -16,6 +16,7 @@ from bot.intake import Intake
 from concierge.live_ask import PendingQuestions
 from storage.db import Database
 from storage.drafts import DraftStore
+from storage.live_questions import LiveQuestionStore
 from storage.models import ChatOrigin, Job, JobState, Platform
 
 QUESTION = "Would Alex prefer the 30 or 60 minute cut?"
@@ -67,7 +68,7 @@ def make_flow(desk: FakeDesk, db: Database, live: PendingQuestions) -> ChatFlow:
 
 async def test_only_the_owners_press_reaches_the_waiting_call(db: Database) -> None:
     chat, desk = Chat(), FakeDesk()
-    questions = PendingQuestions(chat.post, timeout=30)
+    questions = PendingQuestions(chat.post, LiveQuestionStore(db), timeout=30)
     flow = make_flow(desk, db, questions)
     job = in_call_job()
     waiting = asyncio.create_task(questions.ask(job, QUESTION, ["30 minutes", "60 minutes"]))
@@ -86,7 +87,7 @@ async def test_only_the_owners_press_reaches_the_waiting_call(db: Database) -> N
 
 async def test_free_text_from_the_owner_is_the_answer(db: Database) -> None:
     chat, desk = Chat(), FakeDesk()
-    questions = PendingQuestions(chat.post, timeout=30)
+    questions = PendingQuestions(chat.post, LiveQuestionStore(db), timeout=30)
     flow = make_flow(desk, db, questions)
     waiting = asyncio.create_task(questions.ask(in_call_job(), QUESTION))
     await chat.shown.wait()
@@ -98,12 +99,12 @@ async def test_free_text_from_the_owner_is_the_answer(db: Database) -> None:
 
 async def test_no_answer_in_time_and_a_late_press_goes_to_the_next_call(db: Database) -> None:
     chat, desk = Chat(), FakeDesk()
-    questions = PendingQuestions(chat.post, timeout=0)
+    questions = PendingQuestions(chat.post, LiveQuestionStore(db), timeout=0)
     flow = make_flow(desk, db, questions)
     job = in_call_job()
     desk.jobs[job.id] = job
     assert await questions.ask(job, QUESTION, ["30 minutes"]) is None
-    assert questions.open_for(OWNER) is None
+    assert await questions.open_for(OWNER) is None
     data = live_ask_buttons("j1", ("30 minutes",))[0].data
     pressed = await flow.press(OWNER, data)
     assert desk.answers == [("j1", OWNER, "30 minutes")]  # today's ErrandDesk.answer path
