@@ -97,7 +97,8 @@ class Concierge:
         graph_credential: token source for Microsoft Graph; ``None`` uses the app-only
             client-secret credential from settings. The sandbox's token is injected here
             by whoever starts the sandbox, so the product knows nothing of it.
-        owner: lease name of this server; stable across restarts so a restart adopts
+        owner: lease name of this server; ``None``: ``settings.node`` (``NODE_ID``). Unique
+            among the nodes sharing the database, stable across restarts so a restart adopts
             its own unfinished calls.
         call_metrics: receives each call's ``CallMetrics`` when it ends (the benchmark subscribes).
     """
@@ -120,7 +121,7 @@ class Concierge:
                 raise ConfigError("Telegram webhook mode needs TELEGRAM_WEBHOOK_SECRET")
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.owner = owner or f"{socket.gethostname()}:{settings.port}"
+        self.owner = owner or settings.node
         self._graph_credential = graph_credential
         self._call_metrics = call_metrics
         self.db: Database | None = None
@@ -221,6 +222,7 @@ class Concierge:
             voicemail_message=s.voicemail_message,
             receiver=self.dispatcher,
             unknown_caller_message=unknown_caller_message(s.assistant_name),
+            node=self.owner,
         )
         self._add_routes()
         # Before the site listens: the SDKs' first-use costs (msgraph's ~1,000 lazy model imports,
@@ -234,6 +236,7 @@ class Concierge:
         host, port = sock.getsockname()[:2]
         self.listening = Listening(host, port)
         await self._start_chats()
+        log.info("node %s listening on %s:%d (public %s)", self.owner, host, port, s.public_base_url)
         self._spawn(self.dispatcher.run(), "dispatcher")
         return self.listening
 
@@ -365,7 +368,12 @@ class Concierge:
         assert self.db is not None
         active = await self.store.count_active()
         return web.json_response(
-            {"ok": True, "active_calls": active, "live_sessions": self.webhooks.active_calls()}
+            {
+                "ok": True,
+                "node": self.owner,
+                "active_calls": active,
+                "live_sessions": self.webhooks.active_calls(),
+            }
         )
 
     # -- lifetime ---------------------------------------------------------------------------

@@ -64,7 +64,10 @@ async def serve(settings: Settings, *, environment: Environment | None = None, r
         try:
             listening = await app.start(sock)
             warmup.freeze_heap()  # start-up's objects out of every later full collection
-            ready(f"concierge ready on {listening.url} (public {settings.public_base_url}); Ctrl-C to stop")
+            ready(
+                f"concierge ready on {listening.url} (node {app.owner}, public {settings.public_base_url});"
+                " Ctrl-C to stop"
+            )
             await stop.wait()
             ready("shutting down: no new calls; waiting for live calls to finish")
         finally:
@@ -99,7 +102,9 @@ def serve_main(args: Any, *, environment: Environment | None = None) -> int:
     if args.port is not None:
         update["port"] = args.port
     settings = settings.model_copy(update=update)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Every line names the node: several nodes' logs are read side by side.
+    node = settings.node.replace("%", "%%")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {node} %(name)s: %(message)s")
     quiet_noisy_loggers()
     try:
         asyncio.run(serve(settings, environment=environment, ready=lambda line: print(line, flush=True)))

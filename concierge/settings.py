@@ -9,6 +9,9 @@ instead of deep inside a call.
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+import socket
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -105,6 +108,8 @@ class Settings(BaseSettings):
     # Server and storage
     host: str = "127.0.0.1"
     port: int = 8080
+    #: This node's name among the servers sharing the database (empty: see :attr:`node`).
+    node_id: str = ""
     database_url: str = "sqlite:///./concierge.db"
 
     # Calling policy
@@ -235,6 +240,11 @@ class Settings(BaseSettings):
                 f" ({self.max_call_seconds}): a lease that ran out mid-call would let another"
                 " dispatcher take the errand over"
             )
+        if self.node_id and not NODE_ID_RE.fullmatch(self.node_id):
+            out["NODE_ID"] = (
+                f"NODE_ID must be 1-{NODE_ID_MAX} letters, digits, '.', '_', ':' or '-',"
+                f" starting with a letter or digit (got {self.node_id[:80]!r})"
+            )
         url_problem = _public_url_problem(self.public_base_url)
         if url_problem:
             out["PUBLIC_BASE_URL"] = url_problem
@@ -276,6 +286,19 @@ class Settings(BaseSettings):
         return DailyWindow.parse(self.callee_local_hours)
 
     @property
+    def node(self) -> str:
+        """This node's name: ``NODE_ID``, else ``<hostname>-<port>`` (``<hostname>-<pid>`` on port 0).
+
+        It is the dispatcher's lease owner, so it must differ between the nodes sharing one
+        database (a node treats calls leased under its own name as its own: at start-up it
+        reconciles them as left by its previous run). The default is unique on one machine —
+        two servers cannot listen on one port — and stays the same across restarts of a
+        server on a fixed port, so a restart adopts its own unfinished calls at once instead
+        of after their leases run out.
+        """
+        return self.node_id or default_node_id(self.port)
+
+    @property
     def database_path(self) -> str:
         """Filesystem path of the SQLite database named by ``DATABASE_URL``."""
         prefix = "sqlite:///"
@@ -299,6 +322,18 @@ class Settings(BaseSettings):
         problems = [f"{PURPOSE[c]}: set {', '.join(self.missing(c))}" for c in components if self.missing(c)]
         if problems:
             raise ConfigError("Missing configuration — " + "; ".join(problems))
+
+
+#: Bound on ``NODE_ID``: it is stored with every lease and history row and shown in each log line.
+NODE_ID_MAX = 64
+NODE_ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{NODE_ID_MAX - 1}}}")
+
+
+def default_node_id(port: int) -> str:
+    """``<hostname>-<port>``, or ``<hostname>-<pid>`` for port 0 (the OS picks), within NODE_ID's rules."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("-._") or "node"
+    suffix = f"-{port}" if port else f"-{os.getpid()}"
+    return host[: NODE_ID_MAX - len(suffix)] + suffix
 
 
 def _public_url_problem(url: str) -> str | None:

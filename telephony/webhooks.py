@@ -22,6 +22,17 @@ callback whose nonce is the job's current one records its CallSid for that
 attempt if none is recorded yet: so a call whose create answer was lost
 (timeout, dropped connection, crash) is still known, and the dispatcher adopts
 it instead of dialling a second time.
+
+Several nodes may share one database (``node``: this server's lease name). A
+call's URLs point at the node that placed it, but a callback or stream can still
+reach another node (a shared proxy, a node that restarted under another name).
+A node acts only on calls whose errand's lease it holds: for a call leased to
+another node (live, or dead and waiting for lease recovery, which asks Twilio
+what became of the call before acting) a callback is acknowledged with 204 and
+changes nothing — no session, so no "media stream never connected" hang-up, no
+outcome, no CallSid recorded — and its media stream is refused without using up
+the stream token. A call *to* our number is taken by whichever node receives it
+(``receiver`` leases the errand to that node).
 """
 
 from __future__ import annotations
@@ -132,6 +143,9 @@ class TwilioWebhooks:
         receiver: matches a call to our number to its errand; None answers every such call with
             ``unknown_caller_message``.
         unknown_caller_message: said (``<Say>``) to a caller with no open errand before hanging up.
+        node: this server's lease name (the dispatcher's owner); calls leased to another name are
+            left to their node (see the module docstring). ``None``: a single server that acts
+            on every call.
     """
 
     def __init__(
@@ -147,6 +161,7 @@ class TwilioWebhooks:
         max_body_bytes: int = MAX_BODY_BYTES,
         receiver: CallReceiver | None = None,
         unknown_caller_message: str = "Sorry, there is nothing to follow up for this number. Goodbye.",
+        node: str | None = None,
     ) -> None:
         self._store = store
         self._sink = sink
@@ -159,6 +174,7 @@ class TwilioWebhooks:
         self._voicemail_message = voicemail_message
         self._receiver = receiver
         self._unknown_caller = unknown_caller_message
+        self._node = node
         self._calls: dict[str, _Call] = {}
         self._token_lock = asyncio.Lock()
         self._closing = False
@@ -220,11 +236,28 @@ class TwilioWebhooks:
             job = await self._store.get(job_id) if job_id else await self._store.find_by_call_sid(call_sid)
         except JobNotFound:
             return None
+        if job is not None and self._foreign(job, call_sid):
+            return None
         if job is not None and call_sid and _current_nonce(job, request.query.get("nonce")):
             job = await self._record_call_sid(job, call_sid)
         if job is not None and job.call_sid and call_sid and job.call_sid != call_sid:
             return None  # a late callback of an earlier attempt
         return job
+
+    def _foreign(self, job: Job, call_sid: str) -> bool:
+        """The errand is leased to another node: its call is that node's (or lease recovery's) to handle.
+
+        Decided from the database row just read, never from what this process remembers:
+        another node may hold a call this one has never seen.
+        """
+        if self._node is None or job.lease_owner is None or job.lease_owner == self._node:
+            return False
+        if job.state.is_active:
+            log.info(
+                "call %s of errand %s is held by node %s, not %s: acknowledged, left to it",
+                call_sid or "?", job.id, job.lease_owner, self._node,
+            )  # fmt: skip
+        return True
 
     async def _record_call_sid(self, job: Job, call_sid: str) -> Job:
         """The current attempt's call, seen here first: record its CallSid (the create may never answer)."""
@@ -250,6 +283,8 @@ class TwilioWebhooks:
         except JobNotFound:
             return None
         if not fresh.state.is_active or (fresh.call_sid and fresh.call_sid != call_sid):
+            return None
+        if self._foreign(fresh, call_sid):
             return None
         return self._calls.setdefault(call_sid, _Call(job.id, call_sid))
 
@@ -417,6 +452,8 @@ class TwilioWebhooks:
             if job.call_sid and job.call_sid != start.call_sid:
                 log.warning("twilio stream refused: call sid mismatch for job %s", job_id)
                 return None
+            if self._foreign(job, start.call_sid):
+                return None  # the token stays: it is the holding node's to check
             if not token_matches(token, job.meta.stream_token_sha256):
                 log.warning("twilio stream refused: bad or reused token for job %s", job_id)
                 return None
