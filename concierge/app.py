@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
 from aiohttp import web
@@ -45,7 +46,7 @@ from concierge.live_ask import PendingQuestions
 from concierge.settings import REQUIRED, Settings
 from storage import text
 from storage.chat_updates import SeenUpdates
-from storage.db import Database
+from storage.db import Database, open_database
 from storage.drafts import DraftStore
 from storage.jobs import JobStore
 from storage.live_questions import LiveQuestionStore
@@ -142,7 +143,7 @@ class Concierge:
         s = self.settings
         # First, so nothing below can log a secret: covers every handler configured by now.
         self._unredact = install_redaction(Redactor(log_secrets(s)))
-        self.db = await Database.open(s.database_path)
+        self.db = await open_database(s.database_url)
         self.store = JobStore(self.db, clock=self.clock.now)
         self.do_not_call = DoNotCall(self.db, clock=self.clock.now)
         await self.do_not_call.seed(blocked_e164(s.blocked_numbers, s.person_region))
@@ -474,5 +475,6 @@ def log_secrets(settings: Settings) -> list[str]:
     """Every credential value (and the Graph mailbox) in the forms a log line could show them."""
     names = {n for names in REQUIRED.values() for n in names} - _NOT_SECRET | set(_ALSO_SECRET)
     values = [str(getattr(settings, n.lower()) or "") for n in sorted(names)]
+    values.append(urlsplit(settings.database_url).password or "")  # a PostgreSQL password
     basic = [(settings.twilio_account_sid, settings.twilio_auth_token)]
     return secret_variants(values, basic_auth=basic)

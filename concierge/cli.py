@@ -32,7 +32,7 @@ import phonenumbers
 from bot.phone import blocked_e164
 from concierge.doctor import run_doctor
 from concierge.settings import Settings
-from storage.db import Database
+from storage.db import open_database
 from storage.errors import ConciergeError, IllegalTransition, JobNotFound
 from storage.jobs import HistoryEntry, JobStore
 from storage.models import Job, JobState, Turn
@@ -167,38 +167,48 @@ def _serve(args: argparse.Namespace) -> int:
 # -- jobs -------------------------------------------------------------------
 
 
-def _settings() -> tuple[Settings, str] | None:
-    """The settings and the database path, or ``None`` after saying what is wrong with them."""
+def _settings() -> tuple[Settings, str | None] | None:
+    """The settings and, for a SQLite database whose file does not exist yet, its path.
+
+    ``None`` after saying what is wrong with the settings. A missing file means "no
+    errands yet", which the read-only commands answer without creating one.
+    """
     try:
         settings = Settings()
-        return settings, settings.database_path
+        if settings.uses_postgres:
+            return settings, None
+        path = settings.database_path
     except (ConciergeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None
+    return settings, (path if path != ":memory:" and not Path(path).exists() else None)
 
 
 def _jobs(args: argparse.Namespace, out: TextIO) -> int:
     loaded = _settings()
     if loaded is None:
         return EXIT_ERROR
-    settings, path = loaded
-    if path != ":memory:" and not Path(path).exists():
+    settings, missing = loaded
+    if missing is not None:
+        path = missing
         if args.jobs_command == "list":
             out.write("[]\n" if args.json else f"No errands yet (no database at {path}).\n")
             return EXIT_OK
         print(f"error: no errand with id {args.id!r} (no database at {path})", file=sys.stderr)
         return EXIT_ERROR
     try:
-        return asyncio.run(_jobs_async(args, path, out))
+        return asyncio.run(_jobs_async(args, settings.database_url, out))
     except JobNotFound as e:
         print(f"error: {e}", file=sys.stderr)
     except IllegalTransition as e:
         print(f"error: cannot cancel: {e}", file=sys.stderr)
+    except ConciergeError as e:  # the database cannot be reached, or is newer than this code
+        print(f"error: {e}", file=sys.stderr)
     return EXIT_ERROR
 
 
-async def _jobs_async(args: argparse.Namespace, path: str, out: TextIO) -> int:
-    db = await Database.open(path)
+async def _jobs_async(args: argparse.Namespace, database_url: str, out: TextIO) -> int:
+    db = await open_database(database_url)
     try:
         store = JobStore(db)
         if args.jobs_command == "list":
@@ -236,9 +246,9 @@ def _numbers(args: argparse.Namespace, out: TextIO) -> int:
     loaded = _settings()
     if loaded is None:
         return EXIT_ERROR
-    settings, path = loaded
-    if args.numbers_command == "list" and path != ":memory:" and not Path(path).exists():
-        out.write("[]\n" if args.json else f"No blocked numbers (no database at {path}).\n")
+    settings, missing = loaded
+    if args.numbers_command == "list" and missing is not None:
+        out.write("[]\n" if args.json else f"No blocked numbers (no database at {missing}).\n")
         return EXIT_OK
     number = ""
     if args.numbers_command != "list":
@@ -248,11 +258,15 @@ def _numbers(args: argparse.Namespace, out: TextIO) -> int:
             print(f"error: {args.number!r} is not a phone number ({e})", file=sys.stderr)
             return EXIT_ERROR
         number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return asyncio.run(_numbers_async(args, settings, number, out))
+    try:
+        return asyncio.run(_numbers_async(args, settings, number, out))
+    except ConciergeError as e:  # the database cannot be reached, or is newer than this code
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 async def _numbers_async(args: argparse.Namespace, settings: Settings, number: str, out: TextIO) -> int:
-    db = await Database.open(settings.database_path)
+    db = await open_database(settings.database_url)
     try:
         dnc = DoNotCall(db)
         if args.numbers_command == "block":

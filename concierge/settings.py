@@ -13,7 +13,7 @@ import os
 import re
 import socket
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
 from pydantic import Field, field_validator, model_validator
@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.phone import DestinationPolicy
 from concierge.calling_window import DailyWindow
+from storage.db import is_postgres_url
 from storage.errors import ConfigError
 
 CommaList = Annotated[list[str], NoDecode]
@@ -245,6 +246,11 @@ class Settings(BaseSettings):
                 f"NODE_ID must be 1-{NODE_ID_MAX} letters, digits, '.', '_', ':' or '-',"
                 f" starting with a letter or digit (got {self.node_id[:80]!r})"
             )
+        if not (self.database_url.startswith("sqlite:///") or self.uses_postgres):
+            out["DATABASE_URL"] = (
+                "DATABASE_URL must be sqlite:///path/to/file.db (one node) or postgresql://"
+                f"user:password@host:5432/dbname (several nodes), got {self.database_url_shown!r}"
+            )
         url_problem = _public_url_problem(self.public_base_url)
         if url_problem:
             out["PUBLIC_BASE_URL"] = url_problem
@@ -299,12 +305,30 @@ class Settings(BaseSettings):
         return self.node_id or default_node_id(self.port)
 
     @property
+    def uses_postgres(self) -> bool:
+        """Whether ``DATABASE_URL`` names a PostgreSQL server (the engine for several nodes)."""
+        return is_postgres_url(self.database_url)
+
+    @property
     def database_path(self) -> str:
-        """Filesystem path of the SQLite database named by ``DATABASE_URL``."""
+        """Filesystem path of the SQLite database named by ``DATABASE_URL``.
+
+        Raises:
+            ConfigError: ``DATABASE_URL`` is not a ``sqlite:///`` URL (e.g. it is PostgreSQL).
+        """
         prefix = "sqlite:///"
         if not self.database_url.startswith(prefix):
-            raise ConfigError(f"DATABASE_URL must start with {prefix!r}, got {self.database_url!r}")
+            raise ConfigError(f"DATABASE_URL is not a SQLite file (sqlite:///…): {self.database_url_shown}")
         return self.database_url[len(prefix) :]
+
+    @property
+    def database_url_shown(self) -> str:
+        """``DATABASE_URL`` fit for messages and logs: a PostgreSQL password is masked."""
+        parts = urlsplit(self.database_url)
+        if parts.password is None:
+            return self.database_url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def missing(self, component: str) -> list[str]:
         """Names of the variables ``component`` needs that are not set."""

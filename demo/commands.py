@@ -76,7 +76,8 @@ async def sandbox(settings: Settings, port: int, ready: Callable[[str], Any]) ->
         wired = world.settings(
             public_base_url=public,
             port=port,
-            database_path=settings.database_path if "DATABASE_URL" in os.environ else None,
+            # DATABASE_URL as given (a SQLite file or PostgreSQL), so sandbox nodes can share one.
+            **({"database_url": settings.database_url} if "DATABASE_URL" in os.environ else {}),
         )
         for name, url in world.endpoints().items():
             ready(f"sandbox {name:10} {url}")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from storage.db import Database, format_dt
 from storage.models import utcnow
+from storage.sql import Database, format_dt
 
 __all__ = ["SEEN_TTL", "SeenUpdates"]
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from storage.db import Database, format_dt, parse_dt
 from storage.models import utcnow
+from storage.sql import Database, Row, format_dt, parse_dt
 
 __all__ = ["DRAFT_TTL", "Draft", "DraftStore", "draft_id", "split_draft_id"]
 
@@ -66,7 +65,7 @@ class Draft:
     updated_at: datetime
 
 
-def _from_row(row: sqlite3.Row) -> Draft:
+def _from_row(row: Row) -> Draft:
     return Draft(
         id=draft_id(row["lineage"], int(row["version"])),
         key=row["thread_key"],
@@ -80,7 +79,7 @@ def _from_row(row: sqlite3.Row) -> Draft:
 class DraftStore:
     """Drafts over one :class:`~storage.db.Database` (table ``drafts``, migration 4).
 
-    One open draft per thread key. Every write is one ``BEGIN IMMEDIATE`` transaction, so two
+    One open draft per thread key. Every write is one transaction (rows locked where read), so two
     servers (or two concurrent Slack listeners) pressing Confirm on the same draft take it once.
 
     Args:
@@ -108,6 +107,7 @@ class DraftStore:
         now = format_dt(at)
         payload = json.dumps(data, sort_keys=True)
         async with self._db.transaction() as tx:
+            await tx.lock(f"draft:{key}")  # two starts in one thread at once: one replaces the other
             await tx.execute("DELETE FROM drafts WHERE updated_at < ?", (self._fresh_after(),))
             await tx.execute("DELETE FROM drafts WHERE thread_key = ?", (key,))
             for _ in range(_ID_ATTEMPTS):
@@ -173,7 +173,8 @@ class DraftStore:
             return None
         async with self._db.transaction() as tx:
             row = await tx.fetchone(
-                f"SELECT {_COLUMNS} FROM drafts WHERE lineage = ? AND version = ? AND updated_at >= ?",
+                f"SELECT {_COLUMNS} FROM drafts WHERE lineage = ? AND version = ? AND updated_at >= ?"
+                f"{tx.for_update}",
                 (*parts, self._fresh_after()),
             )
             if row is not None:

@@ -1,12 +1,13 @@
 """The errand queue: enqueue, claim with a lease, validated transitions, history.
 
-Every state change is one ``BEGIN IMMEDIATE`` transaction that updates the
-``jobs`` row *and* appends a ``job_history`` row, so the audit trail can never
-disagree with the state. Claims carry a lease (owner + expiry): two
-dispatchers never dial the same job, and the jobs of a dispatcher that died
-are found by :meth:`JobStore.expired_leases` and adopted with
-:meth:`JobStore.take_over`. Lease expiry is compared against the store's
-injected clock, never against SQLite's, so tests can move time.
+Every state change is one transaction that updates the ``jobs`` row *and* appends a
+``job_history`` row, so the audit trail can never disagree with the state. Claims carry
+a lease (owner + expiry): two dispatchers (on any nodes) never dial the same job, and the
+jobs of a dispatcher that died are found by :meth:`JobStore.expired_leases` and adopted
+with :meth:`JobStore.take_over`. Lease expiry is compared against the store's injected
+clock, never the database's, so tests can move time. The SQL runs on SQLite and on
+PostgreSQL alike (``storage.sql`` says what each engine promises and how the limits are
+kept across nodes: :data:`CLAIM_LOCK`, row locks when a job is read to be changed).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from storage.db import Database, Transaction, format_dt, parse_dt
 from storage.errors import IllegalTransition, JobNotFound, LeaseLost, UserLimitReached
 from storage.models import (
     TRANSITIONS,
@@ -44,6 +44,7 @@ from storage.rows import (
     turn_from_row,
     turn_params,
 )
+from storage.sql import Database, Transaction, format_dt, parse_dt
 
 __all__ = ["Claim", "ClaimLimits", "Deferral", "HistoryEntry", "JobStore"]
 
@@ -55,6 +56,8 @@ _ID_ATTEMPTS = 20
 _UNFINISHED_SQL = "state IN ('queued', 'dialing', 'in_call')"
 #: Held-back jobs one claim may re-plan on top of the ones it claims (keeps the write lock short).
 _HELD_BACK_PER_CLAIM = 50
+#: The lock every transaction that may change the count of live calls takes first (``Transaction.lock``).
+CLAIM_LOCK = "claim"
 #: The window of ``ClaimLimits.calls_per_number_per_day``: rolling, not calendar days.
 DAY = timedelta(hours=24)
 
@@ -308,6 +311,8 @@ class JobStore:
         user = request.origin.user_id
         hour_ago = format_dt(self._clock() - timedelta(hours=1))
         async with self._db.transaction() as tx:
+            # Counting then inserting: two submissions by one person (any nodes) take turns.
+            await tx.lock(f"user:{user}")
             unfinished = await _count(
                 tx, f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND {_UNFINISHED_SQL}", (user,)
             )
@@ -353,6 +358,8 @@ class JobStore:
         claimed: list[str] = []
         deferred: list[tuple[str, WaitReason]] = []
         async with self._db.transaction() as tx:
+            # Every limit below counts rows across jobs: claimers on every node take turns here.
+            await tx.lock(CLAIM_LOCK)
             room = limits.batch if limits.batch is not None else 1 << 62
             active = 0
             if limits.max_active is not None:
@@ -366,8 +373,8 @@ class JobStore:
             # looked at by the next claim (the claimer goes round again after deferring).
             due = (
                 await tx.fetchall(
-                    "SELECT id, phone FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?"
-                    " ORDER BY next_attempt_at, rowid LIMIT ?",
+                    "SELECT id, phone, meta FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?"
+                    f" ORDER BY next_attempt_at, rowid LIMIT ?{tx.skip_locked}",
                     (now, min(room, 1 << 20) + _HELD_BACK_PER_CLAIM),
                 )
                 if room > 0
@@ -376,7 +383,7 @@ class JobStore:
             for row in due:
                 if len(claimed) >= room:
                     break
-                job_id, phone = row["id"], row["phone"]
+                job_id, phone, meta = row["id"], row["phone"], json.loads(row["meta"])
                 held = await _held_back(tx, phone, busy, now_dt, limits)
                 if held is not None:
                     until, why, detail = held
@@ -384,14 +391,14 @@ class JobStore:
                         request = await tx.fetchone("SELECT request FROM jobs WHERE id = ?", (job_id,))
                         assert request is not None
                         until = plan(CallRequest.from_dict(json.loads(request[0])), until) or until
-                    await _defer(tx, job_id, now, until, why, detail)
+                    await _defer(tx, job_id, meta, now, until, why, detail)
                     deferred.append((job_id, why))
                     continue
+                meta.pop("waiting_for", None)
                 await tx.execute(
                     "UPDATE jobs SET state = 'dialing', attempts = attempts + 1, lease_owner = ?,"
-                    " lease_expires_at = ?, updated_at = ?, meta = json_remove(meta, '$.waiting_for')"
-                    " WHERE id = ?",
-                    (owner, expires, now, job_id),
+                    " lease_expires_at = ?, updated_at = ?, meta = ? WHERE id = ?",
+                    (owner, expires, now, dump_json(meta), job_id),
                 )
                 await record_history(tx, job_id, now, JobState.QUEUED, JobState.DIALING, "claimed", owner)
                 await _log_call(tx, job_id, now)
@@ -522,9 +529,11 @@ class JobStore:
         """
         now = self._now()
         async with self._db.transaction() as tx:
+            # A job entering in_call counts against the claim limits: take the claimers' turn.
+            await tx.lock(CLAIM_LOCK)
             row = await tx.fetchone(
                 "SELECT id FROM jobs WHERE phone = ? AND state IN ('queued', 'needs_user')"
-                " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                f" ORDER BY created_at DESC, rowid DESC LIMIT 1{tx.for_update}",
                 (phone,),
             )
             if row is None:
@@ -654,8 +663,8 @@ class JobStore:
 async def _log_call(tx: Transaction, job_id: str, now: str) -> None:
     """Enter the claim just made (the job's new attempt) in its number's call ledger."""
     await tx.execute(
-        "INSERT OR REPLACE INTO calls (job_id, attempt, phone, at)"
-        " SELECT id, attempts, COALESCE(phone, json_extract(request, '$.phone')), ? FROM jobs WHERE id = ?",
+        "INSERT INTO calls (job_id, attempt, phone, at) SELECT id, attempts, phone, ? FROM jobs WHERE id = ?"
+        " ON CONFLICT (job_id, attempt) DO UPDATE SET phone = excluded.phone, at = excluded.at",
         (now, job_id),
     )
 
@@ -692,13 +701,22 @@ async def _daily_limit_frees(tx: Transaction, phone: str, now: datetime, per_day
 
 
 async def _defer(
-    tx: Transaction, job_id: str, now: str, until: datetime, why: WaitReason, detail: str
+    tx: Transaction,
+    job_id: str,
+    meta: dict[str, Any],
+    now: str,
+    until: datetime,
+    why: WaitReason,
+    detail: str,
 ) -> None:
-    """Keep a due job queued until ``until``, saying why (history and ``JobMeta.waiting_for``)."""
+    """Keep a due job queued until ``until``, saying why (history and ``JobMeta.waiting_for``).
+
+    ``meta`` is the job's stored meta as read in this transaction (the row is locked);
+    unknown keys are kept.
+    """
     await tx.execute(
-        "UPDATE jobs SET next_attempt_at = ?, updated_at = ?, meta = json_set(meta, '$.waiting_for', ?)"
-        " WHERE id = ?",
-        (format_dt(until), now, str(why), job_id),
+        "UPDATE jobs SET next_attempt_at = ?, updated_at = ?, meta = ? WHERE id = ?",
+        (format_dt(until), now, dump_json({**meta, "waiting_for": str(why)}), job_id),
     )
     reason = f"waiting: {detail}; next try at {format_dt(until)}"
     await record_history(tx, job_id, now, JobState.QUEUED, JobState.QUEUED, reason, None)

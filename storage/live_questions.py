@@ -19,9 +19,9 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from storage.db import Database, format_dt
 from storage.models import utcnow
 from storage.ports import LiveAnswer
+from storage.sql import Database, format_dt
 
 __all__ = ["LiveQuestionStore"]
 
@@ -73,7 +73,7 @@ class LiveQuestionStore:
         async with self._db.transaction() as tx:
             row = await tx.fetchone(
                 "SELECT owner FROM live_questions"
-                " WHERE job_id = ? AND answer IS NULL AND expires_at >= ?" + tx_for_update(tx),
+                " WHERE job_id = ? AND answer IS NULL AND expires_at >= ?" + tx.for_update,
                 (job_id, format_dt(self._clock())),
             )
             if row is None:
@@ -106,7 +106,7 @@ class LiveQuestionStore:
         """Remove this asking's question; returns an answer stored before it went (else None)."""
         async with self._db.transaction() as tx:
             row = await tx.fetchone(
-                "SELECT answer FROM live_questions WHERE job_id = ? AND token = ?" + tx_for_update(tx),
+                "SELECT answer FROM live_questions WHERE job_id = ? AND token = ?" + tx.for_update,
                 (job_id, token),
             )
             if row is None:
@@ -114,7 +114,3 @@ class LiveQuestionStore:
             await tx.execute("DELETE FROM live_questions WHERE job_id = ? AND token = ?", (job_id, token))
         return None if row["answer"] is None else str(row["answer"])
 
-
-def tx_for_update(tx: object) -> str:
-    """``tx.for_update`` (CORE_API.md) where the transaction has it, else nothing (today's SQLite)."""
-    return str(getattr(tx, "for_update", ""))

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import builtins
 import re
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from storage.db import Database, Transaction, format_dt, parse_dt
 from storage.models import utcnow
+from storage.sql import Database, Row, Transaction, format_dt, parse_dt
 
 _E164 = re.compile(r"^\+[1-9]\d{5,14}$")
 
@@ -140,7 +139,8 @@ async def add_in(tx: Transaction, e164: str, reason: str, source: str, *, at: da
     """
     require_e164(e164)
     added = await tx.execute(
-        "INSERT OR IGNORE INTO do_not_call (e164, reason, source, added_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO do_not_call (e164, reason, source, added_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (e164) DO NOTHING",
         (e164, reason, source, format_dt(at)),
     )
     if added:
@@ -160,5 +160,5 @@ async def _log(tx: Transaction, e164: str, action: str, reason: str, source: str
     )
 
 
-def _entry(row: sqlite3.Row) -> DoNotCallEntry:
+def _entry(row: Row) -> DoNotCallEntry:
     return DoNotCallEntry(e164=str(row[0]), reason=str(row[1]), source=str(row[2]), added_at=parse_dt(row[3]))

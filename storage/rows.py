@@ -8,14 +8,13 @@ JSON columns (request, outcome, meta) use the models' own ``to_dict`` /
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from storage.db import Transaction, parse_dt
 from storage.errors import JobNotFound
 from storage.models import CallOutcome, CallRequest, Job, JobMeta, JobState, Speaker, Turn, TurnLatency
+from storage.sql import Row, Transaction, parse_dt
 
 #: Column list for every ``SELECT`` that builds a :class:`Job`.
 JOB_COLUMNS = (
@@ -53,7 +52,7 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-def job_from_row(row: sqlite3.Row) -> Job:
+def job_from_row(row: Row) -> Job:
     """Build a :class:`Job` from a row selected with :data:`JOB_COLUMNS`."""
     outcome = row["outcome"]
     lease_expires = row["lease_expires_at"]
@@ -74,7 +73,7 @@ def job_from_row(row: sqlite3.Row) -> Job:
     )
 
 
-def history_from_row(row: sqlite3.Row) -> HistoryEntry:
+def history_from_row(row: Row) -> HistoryEntry:
     """Build a :class:`HistoryEntry` from a ``job_history`` row."""
     from_state = row["from_state"]
     return HistoryEntry(
@@ -111,7 +110,7 @@ def turn_params(job_id: str, attempt: int, idx: int, turn: Turn) -> tuple[Any, .
     )
 
 
-def turn_from_row(row: sqlite3.Row) -> Turn:
+def turn_from_row(row: Row) -> Turn:
     """Build a :class:`Turn` from a row selected with :data:`TURN_COLUMNS`."""
     latency = None
     if row["has_latency"]:
@@ -133,12 +132,12 @@ def turn_from_row(row: sqlite3.Row) -> Turn:
 
 
 async def load_job(tx: Transaction, job_id: str) -> Job:
-    """Read one job inside a transaction (so the caller decides on current data).
+    """Read one job inside a transaction (so the caller decides on current data), locking its row.
 
     Raises:
         JobNotFound: no such job.
     """
-    row = await tx.fetchone(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+    row = await tx.fetchone(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{tx.for_update}", (job_id,))
     if row is None:
         raise JobNotFound(f"no errand with id {job_id!r}")
     return job_from_row(row)

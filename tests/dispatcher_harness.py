@@ -21,7 +21,7 @@ from clocks import FakeClock
 
 from concierge.clock import Clock
 from concierge.dispatcher import Dispatcher
-from storage.db import Database
+from storage.db import Database, open_database
 from storage.errors import ProviderError
 from storage.jobs import JobStore
 from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, Platform, Turn
@@ -198,7 +198,7 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     """Real store and dispatcher with fakes around them; ``clock`` overrides ``FakeClock(start)``."""
     clock = clock if clock is not None else FakeClock(start)
-    db = await Database.open(path)
+    db = await open_database(path)
     try:
         store = JobStore(db, clock=clock)
         placer = FakePlacer(clock)

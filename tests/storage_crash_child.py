@@ -18,11 +18,11 @@ from datetime import datetime
 
 
 async def main(db_path: str, now_iso: str, owner: str, commit_n: int, lease_seconds: float) -> None:
-    from storage.db import Database
+    from storage.db import open_database
     from storage.jobs import JobStore
 
     now = datetime.fromisoformat(now_iso)
-    db = await Database.open(db_path)
+    db = await open_database(db_path)
     try:
         store = JobStore(db, clock=lambda: now)
         claimed = await store.claim_due(owner, limit=commit_n, lease_seconds=lease_seconds)

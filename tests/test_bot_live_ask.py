@@ -14,7 +14,7 @@ from bot import render
 from bot.flow import ChatFlow, live_ask_buttons
 from bot.intake import Intake
 from concierge.live_ask import PendingQuestions
-from storage.db import Database
+from storage.db import Database, open_database
 from storage.drafts import DraftStore
 from storage.live_questions import LiveQuestionStore
 from storage.models import ChatOrigin, Job, JobState, Platform
@@ -25,7 +25,7 @@ OWNER, OTHER = "7", "8"
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "concierge.sqlite")
+    database = await open_database(tmp_path / "concierge.sqlite")
     try:
         yield database
     finally:

@@ -20,7 +20,7 @@ from bot.intake import Intake
 from bot.notify import NOTIFY_RETRY, ChatNotifier
 from sandbox.slack import SandboxSlack
 from sandbox.telegram import SandboxTelegram
-from storage.db import Database
+from storage.db import open_database
 from storage.drafts import DraftStore
 from storage.jobs import JobStore
 from storage.models import (
@@ -63,7 +63,7 @@ def request(origin: ChatOrigin) -> CallRequest:
 
 @pytest.fixture
 async def store() -> AsyncIterator[JobStore]:
-    db = await Database.open(":memory:")
+    db = await open_database(":memory:")
     yield JobStore(db, clock=lambda: NOW)
     await db.close()
 
@@ -182,7 +182,7 @@ async def test_slack_needs_you_buttons_in_the_thread_answered_through_the_desk(s
     await slack.start()
     desk = FakeDesk()
     intake = Intake(extractor=None, person_name="Alex", person_tz=TZ, region="US", clock=lambda: NOW)
-    drafts_db = await Database.open(":memory:")
+    drafts_db = await open_database(":memory:")
     bolt = sl.build_slack_app(
         bot_token="xoxb-t",
         signing_secret="sec",

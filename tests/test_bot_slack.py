@@ -22,7 +22,7 @@ from bot.flow import ChatFlow
 from bot.intake import ClaudeExtractor, Intake
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.slack import Posted, SandboxSlack
-from storage.db import Database
+from storage.db import open_database
 from storage.drafts import DraftStore
 
 BOT_TOKEN, SECRET, TEAM = "xoxb-sandbox", "signing-secret", "T0SANDBOX"
@@ -51,7 +51,7 @@ async def serve(
     claude: anthropic.AsyncAnthropic,
     db_path: Path,
 ) -> str:
-    db = await Database.open(db_path)
+    db = await open_database(db_path)
     stack.push_async_callback(db.close)
     intake = Intake(
         extractor=ClaudeExtractor(claude, model="claude-haiku-4-5"),

@@ -20,7 +20,7 @@ from bot.flow import ChatFlow
 from bot.intake import ClaudeExtractor, Intake
 from sandbox.anthropic import SandboxAnthropic
 from sandbox.telegram import SandboxTelegram, Sent
-from storage.db import Database
+from storage.db import Database, open_database
 from storage.drafts import DraftStore
 
 TOKEN = "123456:sandbox-token"
@@ -57,7 +57,7 @@ async def claude() -> AsyncIterator[anthropic.AsyncAnthropic]:
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "concierge.sqlite")
+    database = await open_database(tmp_path / "concierge.sqlite")
     yield database
     await database.close()
 

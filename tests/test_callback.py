@@ -10,7 +10,7 @@ import pytest
 from clocks import FakeClock
 
 from agent.conversation import called_back_disclosure
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import TRANSITIONS, BookingWindow, CallRequest, ChatOrigin, JobState, Platform
 from telephony.twilio_rest import INCOMING_PATH
@@ -34,7 +34,7 @@ def request(phone: str = PHONE, service: str = "haircut") -> CallRequest:
 
 @pytest.fixture
 async def store() -> AsyncIterator[JobStore]:
-    db = await Database.open(":memory:")
+    db = await open_database(":memory:")
     clock = FakeClock(T0)
     try:
         yield JobStore(db, clock=clock)

@@ -13,7 +13,6 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +31,7 @@ from concierge.live_ask import PendingQuestions
 from sandbox.slack import SandboxSlack
 from sandbox.telegram import SandboxTelegram
 from storage.chat_updates import SeenUpdates
-from storage.db import Database
+from storage.db import Database, open_database
 from storage.drafts import DraftStore
 from storage.jobs import JobStore
 from storage.live_questions import LiveQuestionStore
@@ -50,12 +49,6 @@ POLL = 0.02
 BOUND = 10.0
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """One database file both nodes share (until the suite's ``db_url`` over both backends lands)."""
-    return str(tmp_path / "concierge.sqlite")
-
-
 @dataclass
 class Node:
     db: Database
@@ -65,7 +58,7 @@ class Node:
 
 
 async def open_node(stack: contextlib.AsyncExitStack, db_url: str, name: str, post: Any = None) -> Node:
-    db = await Database.open(db_url)
+    db = await open_database(db_url)
     stack.push_async_callback(db.close)
     desk = FakeDesk()
     questions = PendingQuestions(
@@ -144,7 +137,7 @@ async def test_a_button_pressed_in_slack_at_node_b_reaches_the_call_on_node_a(
 ) -> None:
     """Node A posts the question with the real notifier; the owner's click reaches node B's Bolt app."""
     slack = await start_slack(stack)
-    a_db = await Database.open(db_url)
+    a_db = await open_database(db_url)
     stack.push_async_callback(a_db.close)
     notifier = ChatNotifier(
         JobStore(a_db), slack_client=slack_client(stack, slack), person_tz="America/Los_Angeles"
@@ -184,7 +177,7 @@ async def test_an_answer_after_the_call_stopped_waiting_goes_to_the_next_call(
 
 async def test_an_answer_told_taken_reaches_the_call_even_as_it_stops_waiting(db_url: str) -> None:
     """The answer is stored between the call's last look and its close: the close returns it."""
-    async with await Database.open(db_url) as db_a, await Database.open(db_url) as db_b:
+    async with await open_database(db_url) as db_a, await open_database(db_url) as db_b:
         a, b = LiveQuestionStore(db_a), LiveQuestionStore(db_b)
         token = await a.open("j1", str(ALEX), node="node-a", expires_in=_minute())
         assert await b.answer("j1", str(ALEX), "yes") is LiveAnswer.TAKEN
@@ -193,7 +186,7 @@ async def test_an_answer_told_taken_reaches_the_call_even_as_it_stops_waiting(db
 
 
 async def test_of_two_answers_at_two_nodes_exactly_one_is_taken(db_url: str) -> None:
-    async with await Database.open(db_url) as db_a, await Database.open(db_url) as db_b:
+    async with await open_database(db_url) as db_a, await open_database(db_url) as db_b:
         a, b = LiveQuestionStore(db_a), LiveQuestionStore(db_b)
         token = await a.open("j1", str(ALEX), node="node-a", expires_in=_minute())
         results = await asyncio.gather(b.answer("j1", str(ALEX), "yes"), a.answer("j1", str(ALEX), "no"))
@@ -203,7 +196,7 @@ async def test_of_two_answers_at_two_nodes_exactly_one_is_taken(db_url: str) -> 
 
 
 async def test_a_new_asking_never_reads_the_answer_to_an_earlier_one(db_url: str) -> None:
-    async with await Database.open(db_url) as db:
+    async with await open_database(db_url) as db:
         store = LiveQuestionStore(db)
         first = await store.open("j1", str(ALEX), node="a", expires_in=_minute())
         assert await store.answer("j1", str(ALEX), "yes") is LiveAnswer.TAKEN

@@ -16,7 +16,7 @@ import pytest
 from concierge import cli
 from concierge.doctor import diagnose
 from concierge.settings import REQUIRED, Settings
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import (
     BookingWindow,
@@ -132,7 +132,7 @@ def _request(name: str) -> CallRequest:
 
 
 async def _seed(path: Path) -> tuple[str, str]:
-    db = await Database.open(path)
+    db = await open_database(path)
     try:
         store = JobStore(db)
         due = datetime(2026, 6, 8, 13, 0, tzinfo=UTC)

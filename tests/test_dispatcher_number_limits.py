@@ -19,7 +19,7 @@ from dispatcher_harness import FakeNotifier, FakePlacer, local, request
 
 from bot import render
 from concierge.dispatcher import Dispatcher
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import CallOutcome, Job, JobState, OutcomeKind, WaitReason
 from storage.ports import JobEvent
@@ -34,7 +34,7 @@ PER_DAY = 3
 async def test_ten_errands_to_one_number_respect_both_limits_across_two_dispatchers(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
     clock = FakeClock(local(NY, 2026, 6, 8, 10, 0))
-    dbs = [await Database.open(path), await Database.open(path)]
+    dbs = [await open_database(path), await open_database(path)]
     stores = [JobStore(db, clock=clock) for db in dbs]
     live: set[str] = set()
     most_live = 0
@@ -125,7 +125,7 @@ async def test_ten_errands_to_one_number_respect_both_limits_across_two_dispatch
 
 async def test_a_held_back_errand_tells_the_person_why_and_until_when(tmp_path: Path) -> None:
     clock = FakeClock(local(NY, 2026, 6, 8, 10, 0))
-    async with await Database.open(tmp_path / "q.db") as db:
+    async with await open_database(tmp_path / "q.db") as db:
         store = JobStore(db, clock=clock)
         notifier = FakeNotifier()
         dispatcher = Dispatcher(

@@ -16,7 +16,7 @@ from dispatcher_harness import FakeNotifier, request
 
 from concierge.clock import SystemClock
 from concierge.dispatcher import Dispatcher
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import CallOutcome, Job, JobState, OutcomeKind
 from storage.ports import FoundCall
@@ -62,7 +62,7 @@ class AnsweringPlacer:
 async def test_two_dispatchers_never_dial_the_same_errand(tmp_path: Path) -> None:
     path = str(tmp_path / "shared.db")
     clock = SystemClock()
-    dbs = [await Database.open(path), await Database.open(path)]
+    dbs = [await open_database(path), await open_database(path)]
     stores = [JobStore(db, clock=clock.now) for db in dbs]
     placed: list[tuple[str, str]] = []
     live: set[str] = set()

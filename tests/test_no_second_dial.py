@@ -22,7 +22,7 @@ from aiohttp import web
 from factories import call_request
 
 from sandbox.twilio import Behavior, LostAnswer, SandboxTwilio
-from storage.db import Database
+from storage.db import open_database
 from storage.errors import ProviderConnectionError, ProviderTimeoutError
 from storage.jobs import JobStore
 from storage.models import CallOutcome, Job, OutcomeKind, Turn, utcnow
@@ -87,7 +87,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    db = await Database.open(tmp_path / "jobs.sqlite")
+    db = await open_database(tmp_path / "jobs.sqlite")
     store = JobStore(db)
     twilio = SandboxTwilio(account_sid=SID, auth_token=TOKEN, pace=8.0, ring_seconds=0.05)
     await twilio.start()

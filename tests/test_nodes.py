@@ -21,7 +21,6 @@ import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -42,7 +41,7 @@ from sandbox.callee import Say as CalleeSays
 from sandbox.deepgram import SandboxDeepgram
 from sandbox.twilio import Behavior, SandboxTwilio
 from sandbox.twilio_call import SandboxCall
-from storage.db import Database
+from storage.db import Database, open_database
 from storage.jobs import JobStore
 from storage.models import CallOutcome, Job, JobState, OutcomeKind, Turn, utcnow
 from storage.ports import JobEvent
@@ -72,18 +71,6 @@ OUR_NUMBER = "+14155550199"
 ALWAYS_OPEN = "mon-sun 00:00-24:00"
 #: The business name of errands whose calls get a real ``CallSession`` (audio, agent, watchdog).
 REAL = "Real Barbers"
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """The shared database (a SQLite file; PostgreSQL once the storage core takes URLs)."""
-    return f"sqlite:///{tmp_path / 'shared.sqlite'}"
-
-
-async def open_db(url: str) -> Database:
-    """``Database.open`` of one node's connection (today's ``open`` takes a SQLite path)."""
-    prefix = "sqlite:///"
-    return await Database.open(url[len(prefix) :] if url.startswith(prefix) else url)
 
 
 class QuietSession:
@@ -187,7 +174,7 @@ async def cluster(db_url: str, dg: SandboxDeepgram) -> AsyncIterator[Cluster]:
     nodes: dict[str, Node] = {}
     placers: list[TwilioCallPlacer] = []
     for name in ("node-a", "node-b"):
-        db = await open_db(db_url)
+        db = await open_database(db_url)
         store = JobStore(db)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

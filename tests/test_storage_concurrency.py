@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from clocks import FakeClock
+from storage_kit import wait_until_sound
 
-from storage.db import Database
+from storage.db import Database, open_database
 from storage.errors import UserLimitReached
-from storage.jobs import ClaimLimits, JobStore
+from storage.jobs import CLAIM_LOCK, ClaimLimits, JobStore
 from storage.models import BookingWindow, CallRequest, ChatOrigin, Job, JobState, Platform, WaitReason
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
@@ -38,12 +39,11 @@ def make_request(n: int, *, phone: str = "+14155550100") -> CallRequest:
 
 
 @pytest.fixture
-async def two_dbs(tmp_path: Path) -> AsyncIterator[tuple[Database, Database]]:
-    """Two independent connections to one database file."""
-    path = tmp_path / "queue.db"
-    first = await Database.open(path)
+async def two_dbs(db_url: str) -> AsyncIterator[tuple[Database, Database]]:
+    """Two independent connections (two nodes) to one database, on each engine."""
+    first = await open_database(db_url)
     try:
-        second = await Database.open(path)
+        second = await open_database(db_url)
         try:
             yield first, second
         finally:
@@ -108,12 +108,12 @@ async def test_two_connections_claim_every_job_exactly_once(two_dbs: tuple[Datab
     assert await store_a.list(states=[JobState.QUEUED]) == []
 
 
-async def run_child_until_claimed(db_path: Path, *, owner: str, commit_n: int, lease: float) -> list[str]:
+async def run_child_until_claimed(db_url: str, *, owner: str, commit_n: int, lease: float) -> list[str]:
     """Start the child, wait for its "claimed" line, SIGKILL it mid-transaction."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(CHILD),
-        str(db_path),
+        db_url,
         T0.isoformat(),
         owner,
         str(commit_n),
@@ -135,19 +135,19 @@ async def run_child_until_claimed(db_path: Path, *, owner: str, commit_n: int, l
     return ids
 
 
-async def test_killed_dispatcher_loses_nothing_and_its_jobs_are_taken_over_once(tmp_path: Path) -> None:
-    path = tmp_path / "queue.db"
+async def test_killed_dispatcher_loses_nothing_and_its_jobs_are_taken_over_once(db_url: str) -> None:
+    path = db_url
     lease = 120.0
     clock = FakeClock(T0 + timedelta(seconds=1))
-    async with await Database.open(path) as setup:
+    async with await open_database(path) as setup:
         jobs = await fill(JobStore(setup, clock=clock), 30)
 
     child_ids = await run_child_until_claimed(path, owner="child", commit_n=12, lease=lease)
     assert len(child_ids) == 12
 
-    async with await Database.open(path) as db_a, await Database.open(path) as db_b:
+    async with await open_database(path) as db_a, await open_database(path) as db_b:
         store_a, store_b = JobStore(db_a, clock=clock), JobStore(db_b, clock=clock)
-        assert await db_a.integrity_check() == "ok"
+        await wait_until_sound(db_a)
         # Nothing lost; the committed claims survived, the uncommitted one vanished.
         everything = {j.id: j for j in await store_a.list(limit=1000)}
         assert set(everything) == {j.id for j in jobs}
@@ -191,7 +191,7 @@ async def test_killed_dispatcher_loses_nothing_and_its_jobs_are_taken_over_once(
             ]
             assert "child" in takeovers[0].reason
             assert await claimed_dialing_count(store_a, job_id) == 1
-        assert await db_b.integrity_check() == "ok"
+        await wait_until_sound(db_b)
 
 
 async def test_cancelled_claim_waiting_for_the_lock_leaves_the_connection_usable(
@@ -202,9 +202,10 @@ async def test_cancelled_claim_waiting_for_the_lock_leaves_the_connection_usable
     store_b = JobStore(db_b, clock=clock)
     jobs = await fill(JobStore(db_a, clock=clock), 3)
 
-    async with db_a.transaction():  # another writer holds the lock
+    async with db_a.transaction() as tx:  # another writer holds the lock claims take
+        await tx.lock(CLAIM_LOCK)
         waiting = asyncio.create_task(store_b.claim_due("b", limit=10, lease_seconds=60))
-        await asyncio.sleep(0)  # let it reach BEGIN IMMEDIATE, which now blocks in SQLite
+        await asyncio.sleep(0)  # let it reach BEGIN IMMEDIATE (SQLite) / the advisory lock (PostgreSQL)
         waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiting, timeout=30)

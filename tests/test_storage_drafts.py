@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
+from storage_kit import table_names
 
-from storage.db import Database
+from storage.db import Database, open_database
 from storage.drafts import DRAFT_TTL, DraftStore, split_draft_id
 
 T0 = datetime(2025, 3, 12, 18, 0, tzinfo=UTC)
@@ -25,8 +25,8 @@ class Clock:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "drafts.sqlite")
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await open_database(db_url)
     try:
         yield database
     finally:
@@ -45,8 +45,7 @@ def drafts(db: Database, clock: Clock) -> DraftStore:
 
 async def test_migration_4_creates_the_table(db: Database) -> None:
     assert await db.schema_version() >= 4
-    row = await db.fetchone("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'drafts'")
-    assert row is not None
+    assert "drafts" in await table_names(db)
 
 
 async def test_every_change_gives_a_new_id_and_old_ids_stop_working(drafts: DraftStore) -> None:
@@ -99,11 +98,11 @@ async def test_malformed_ids_find_nothing(drafts: DraftStore, bad: str) -> None:
     assert await drafts.count() == 1
 
 
-async def test_drafts_outlive_the_connection(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "restart.sqlite"
-    async with await Database.open(path) as first:
+async def test_drafts_outlive_the_connection(db_url: str, clock: Clock) -> None:
+    path = db_url
+    async with await open_database(path) as first:
         made = await DraftStore(first, clock=clock).start("k", "U1", {"phone": "+14155550100"})
-    async with await Database.open(path) as second:
+    async with await open_database(path) as second:
         store = DraftStore(second, clock=clock)
         again = await store.for_key("k")
         assert again == made

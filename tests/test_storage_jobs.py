@@ -15,8 +15,9 @@ import pytest
 from clocks import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage_kit import DB_ERRORS, table_names
 
-from storage.db import MIGRATIONS, Database, format_dt, parse_dt, split_statements
+from storage.db import MIGRATIONS, Database, Migration, format_dt, open_database, parse_dt
 from storage.errors import IllegalTransition, JobNotFound, LeaseLost
 from storage.jobs import ClaimLimits, HistoryEntry, JobStore
 from storage.models import (
@@ -36,6 +37,7 @@ from storage.models import (
     TurnLatency,
     UserAnswer,
 )
+from storage.sqlite import split_statements
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 S = JobState
@@ -61,8 +63,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def db() -> AsyncIterator[Database]:
-    database = await Database.open(":memory:")
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await open_database(db_url)
     try:
         yield database
     finally:
@@ -206,10 +208,10 @@ async def test_full_history_is_complete_and_ordered(store: JobStore, clock: Fake
 
 async def test_history_table_is_append_only(db: Database, store: JobStore) -> None:
     job = await enqueue(store)
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(DB_ERRORS, match="append-only"):
         async with db.transaction() as tx:
             await tx.execute("UPDATE job_history SET reason = 'rewritten' WHERE job_id = ?", (job.id,))
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(DB_ERRORS, match="append-only"):
         async with db.transaction() as tx:
             await tx.execute("DELETE FROM job_history WHERE job_id = ?", (job.id,))
     assert [h.reason for h in await store.history(job.id)] == ["enqueued"]
@@ -329,7 +331,7 @@ async def test_update_meta_changes_only_the_named_fields(store: JobStore) -> Non
     assert (await store.get(job.id)).meta == job.meta
 
 
-async def test_meta_round_trips_every_field_and_keeps_unknown_legacy_keys(tmp_path: Path) -> None:
+async def test_meta_round_trips_every_field_and_keeps_unknown_legacy_keys(db_url: str) -> None:
     booking = Booking(T0, T0 + timedelta(minutes=30), "haircut", "with Sam")
     full = JobMeta(
         uncounted_attempts=2,
@@ -343,7 +345,7 @@ async def test_meta_round_trips_every_field_and_keeps_unknown_legacy_keys(tmp_pa
         stream_token_sha256="ab" * 32,
     )
     assert JobMeta.from_dict(json.loads(json.dumps(full.to_dict()))) == full
-    async with await Database.open(tmp_path / "legacy.db") as db:
+    async with await open_database(db_url) as db:
         store = JobStore(db, clock=lambda: T0)
         job = await store.enqueue(make_request(), due_at=T0, max_attempts=3)
         # A row written by another version: a key this one does not know, an int message id.
@@ -380,7 +382,7 @@ async def test_migration_2_backfills_phone_and_the_call_ledger(tmp_path: Path) -
     request = make_request()
     with sqlite3.connect(path) as conn:  # a database last opened by a version-1 build
         conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-        for statement in split_statements(MIGRATIONS[0][1]):
+        for statement in split_statements(MIGRATIONS[0].sqlite):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version VALUES (1, ?)", (format_dt(T0),))
         conn.execute(
@@ -399,7 +401,7 @@ async def test_migration_2_backfills_phone_and_the_call_ledger(tmp_path: Path) -
                 "INSERT INTO job_history (job_id, at, from_state, to_state) VALUES ('j1', ?, ?, ?)",
                 (format_dt(at), from_state, to_state),
             )
-    async with await Database.open(path) as db:
+    async with await open_database(path) as db:
         assert await db.schema_version() >= 2
         row = await db.fetchone("SELECT phone FROM jobs WHERE id = 'j1'")
         assert row is not None and row[0] == request.phone
@@ -483,29 +485,31 @@ async def test_transaction_rolls_back_on_error(db: Database, store: JobStore) ->
 
 async def test_file_database_pragmas_and_idempotent_migrations(tmp_path: Path, clock: FakeClock) -> None:
     path = tmp_path / "queue.db"
-    async with await Database.open(path) as first:
+    async with await open_database(path) as first:
         assert await first.journal_mode() == "wal"
-        assert await first.schema_version() == MIGRATIONS[-1][0]
+        assert await first.schema_version() == MIGRATIONS[-1].version
         for pragma, expected in (("foreign_keys", 1), ("synchronous", 1), ("busy_timeout", 5000)):
             row = await first.fetchone(f"PRAGMA {pragma}")
             assert row is not None and row[0] == expected, pragma
         job = await JobStore(first, clock=clock).enqueue(make_request(), due_at=T0, max_attempts=3)
 
-    async with await Database.open(path) as second:  # opening again applies nothing twice
-        assert await second.migrate() == []
+    async with await open_database(path) as second:  # opening again applies nothing twice
+        assert await second.migrate(MIGRATIONS) == []
         versions = await second.fetchall("SELECT version FROM schema_version")
-        assert [r[0] for r in versions] == [v for v, _ in MIGRATIONS]
+        assert [r[0] for r in versions] == [m.version for m in MIGRATIONS]
         assert await JobStore(second, clock=clock).get(job.id) == job
         assert await second.integrity_check() == "ok"
 
 
 async def test_failed_migration_rolls_back_whole(db: Database) -> None:
-    broken = [(100, "CREATE TABLE half_done (a INTEGER);\nINSERT INTO no_such_table VALUES (1);")]
-    with pytest.raises(sqlite3.OperationalError):
-        await db.migrate(broken)
-    assert await db.fetchone("SELECT name FROM sqlite_master WHERE name = 'half_done'") is None
-    assert await db.schema_version() == MIGRATIONS[-1][0]
-    assert await db.migrate([*MIGRATIONS, (100, "CREATE TABLE extra (a TEXT DEFAULT ';');")]) == [100]
+    half = "CREATE TABLE half_done (a INTEGER);\nINSERT INTO no_such_table VALUES (1);"
+    with pytest.raises(DB_ERRORS):
+        await db.migrate([*MIGRATIONS, Migration(100, sqlite=half, postgresql=half)])
+    assert "half_done" not in await table_names(db)
+    assert await db.schema_version() == MIGRATIONS[-1].version
+    extra = "CREATE TABLE extra (a TEXT DEFAULT ';');"
+    assert await db.migrate([*MIGRATIONS, Migration(100, sqlite=extra, postgresql=extra)]) == [100]
+    assert "extra" in await table_names(db)
 
 
 def test_stored_times_sort_like_time() -> None:
@@ -556,7 +560,7 @@ def test_claims_never_break_the_per_number_or_global_limits(ops: list[tuple[str,
         clock = FakeClock(T0)
         limits = ClaimLimits(max_active=2, one_call_per_number=True, calls_per_number_per_day=3)
         claims: list[tuple[str, datetime]] = []
-        async with await Database.open(":memory:") as db:
+        async with await open_database(":memory:") as db:
             store = JobStore(db, clock=clock)
             for op, arg in ops:
                 if op == "enqueue":

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from storage_kit import DB_ERRORS
 
-from storage.db import MIGRATIONS, Database, split_statements
+from storage.db import MIGRATIONS, Database, open_database
 from storage.numbers import SOURCE_CALLEE, SOURCE_SETTING, DoNotCall, add_in, contains_in
+from storage.sqlite import split_statements
 
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=UTC)
 
@@ -24,8 +26,8 @@ class Clock:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "q.db")
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await open_database(db_url)
     try:
         yield database
     finally:
@@ -56,7 +58,7 @@ async def test_add_contains_remove_and_history(db: Database) -> None:
 async def test_history_is_append_only(db: Database) -> None:
     await DoNotCall(db).add("+14155550100", "x")
     for sql in ("UPDATE do_not_call_history SET reason = 'y'", "DELETE FROM do_not_call_history"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(DB_ERRORS, match="append-only"):
             async with db.transaction() as tx:
                 await tx.execute(sql)
 
@@ -99,14 +101,14 @@ async def test_migration_3_applies_to_a_database_made_before_it(tmp_path: Path) 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:  # a file written by a version that knew migration 1 only
         conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-        for statement in split_statements(dict(MIGRATIONS)[1]):
+        for statement in split_statements(MIGRATIONS[0].sqlite):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version VALUES (1, '2030-01-01T00:00:00.000000+00:00')")
     conn.close()
-    db = await Database.open(path)
+    db = await open_database(path)
     try:
         versions = [r[0] for r in await db.fetchall("SELECT version FROM schema_version ORDER BY version")]
-        assert versions == [v for v, _ in sorted(MIGRATIONS)] and 3 in versions
+        assert versions == [m.version for m in MIGRATIONS] and 3 in versions
         assert await DoNotCall(db).add("+14155550100")
     finally:
         await db.close()

@@ -30,7 +30,7 @@ from sandbox.callee import Beep, CalleeScript, HangUp, Interrupt, Music, Pause, 
 from sandbox.callee import Say as CalleeSays
 from sandbox.deepgram import SandboxDeepgram
 from sandbox.twilio import Behavior, SandboxTwilio
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import (
     BookingWindow,
@@ -167,7 +167,7 @@ class Harness:
         self.voicemail_message = False  # VOICEMAIL_MESSAGE (off unless a test turns it on before start)
 
     async def start(self) -> None:
-        self.db = await Database.open(self.tmp / "jobs.sqlite")
+        self.db = await open_database(self.tmp / "jobs.sqlite")
         self.store = JobStore(self.db)
         self.sink = RecordingSink(self.store)
         self.twilio = SandboxTwilio(account_sid=SID, auth_token=TOKEN, pace=PACE, ring_seconds=0.05)

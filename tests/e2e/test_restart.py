@@ -31,7 +31,7 @@ from concierge.settings import Settings
 from demo.world import DEMO_TELEGRAM_USER, SandboxWorld
 from sandbox import scenarios
 from sandbox.twilio import Behavior
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import JobState
 
@@ -73,7 +73,7 @@ async def test_sigkill_mid_call_then_restart_reconciles_tells_the_person_and_fin
 
         restarted = Server(env, tmp_path, tmp_path / "serve-2.log")
         await restarted.start()
-        db = await Database.open(str(db_path))
+        db = await open_database(str(db_path))
         try:
             store = JobStore(db)
 

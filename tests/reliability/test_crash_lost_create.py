@@ -19,7 +19,7 @@ from serve_proc import Server, free_port, server_env
 from concierge.settings import Settings
 from demo.world import SandboxWorld
 from sandbox.twilio import Behavior, LostAnswer
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import JobState
 
@@ -55,7 +55,7 @@ async def test_sigkill_before_the_call_sid_is_stored_dials_once(tmp_path: Path) 
 
         restarted = Server(env, tmp_path, tmp_path / "serve-2.log")
         await restarted.start()
-        db = await Database.open(str(db_path))
+        db = await open_database(str(db_path))
         try:
             store = JobStore(db)
 

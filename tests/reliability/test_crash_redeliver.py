@@ -17,7 +17,7 @@ from factories import call_request
 from concierge.app import Concierge
 from demo.runner import start_stack, wait_until
 from demo.world import DEMO_TELEGRAM_USER
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import (
     Booking,
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*BasicAuth.*:DeprecationWarnin
 
 
 async def finished_but_untold(path: Path) -> str:
-    db = await Database.open(str(path))
+    db = await open_database(str(path))
     try:
         store = JobStore(db)
         origin = ChatOrigin(Platform.TELEGRAM, str(DEMO_TELEGRAM_USER), str(DEMO_TELEGRAM_USER))

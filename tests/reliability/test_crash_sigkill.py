@@ -34,7 +34,7 @@ from concierge.settings import Settings
 from demo.world import SandboxWorld
 from sandbox import scenarios
 from sandbox.twilio import Behavior
-from storage.db import Database
+from storage.db import open_database
 from storage.jobs import JobStore
 from storage.models import JobState
 
@@ -96,7 +96,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_double_dials(tm
             await asyncio.sleep(delay)  # the fault's timing, not a wait for a condition
             await server.kill()
 
-        db = await Database.open(str(db_path))
+        db = await open_database(str(db_path))
         try:
             store = JobStore(db)
 
