@@ -46,8 +46,9 @@ from concierge.live_ask import PendingQuestions
 from concierge.settings import REQUIRED, Settings
 from storage import text
 from storage.chat_updates import SeenUpdates
-from storage.db import Database, open_database
+from storage.db import Database, Singleton, open_database
 from storage.drafts import DraftStore
+from storage.errors import ConfigError
 from storage.jobs import JobStore
 from storage.live_questions import LiveQuestionStore
 from storage.models import CallOutcome, CallRequest, Job
@@ -117,8 +118,6 @@ class Concierge:
         settings.check()  # again: model_copy'd settings (sandbox, demo) skip validation
         if settings.telegram_mode == "webhook" and settings.configured("telegram"):
             if not settings.telegram_webhook_secret:
-                from storage.errors import ConfigError
-
                 raise ConfigError("Telegram webhook mode needs TELEGRAM_WEBHOOK_SECRET")
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
@@ -126,6 +125,7 @@ class Concierge:
         self._graph_credential = graph_credential
         self._call_metrics = call_metrics
         self.db: Database | None = None
+        self._node_lock: Singleton | None = None
         self.web_app = web.Application(client_max_size=256 * 1024)
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -144,6 +144,16 @@ class Concierge:
         # First, so nothing below can log a secret: covers every handler configured by now.
         self._unredact = install_redaction(Redactor(log_secrets(s)))
         self.db = await open_database(s.database_url)
+        # Two nodes under one name would each take the other's live calls for its own (at
+        # start-up a node reconciles the calls leased under its name as left by its last run).
+        self._node_lock = await self.db.try_singleton(f"node:{self.owner}")
+        if self._node_lock is None:
+            await self.db.close()
+            self.db = None
+            raise ConfigError(
+                f"another running node is already named {self.owner!r} on this database:"
+                " give each node its own NODE_ID"
+            )
         self.store = JobStore(self.db, clock=self.clock.now)
         self.do_not_call = DoNotCall(self.db, clock=self.clock.now)
         await self.do_not_call.seed(blocked_e164(s.blocked_numbers, s.person_region))
@@ -415,6 +425,9 @@ class Concierge:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
+        if self._node_lock is not None:
+            await self._node_lock.release()
+            self._node_lock = None
         if self.db is not None:
             await self.db.close()
             self.db = None

@@ -8,6 +8,7 @@ needs is missing or broken, 0 otherwise (warnings do not fail it).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,9 @@ from urllib.parse import urlsplit
 from bot.phone import blocked_e164
 from concierge.hours import parse_weekly
 from concierge.settings import PURPOSE, REQUIRED, Settings
+from storage.db import MIGRATIONS, DatabaseUnavailable, SchemaTooNew
 from storage.errors import ConfigError
+from storage.postgres import describe, probe
 
 #: Either chat front end is enough; the rest are all needed to place a call.
 CHAT_FRONT_ENDS = ("telegram", "slack")
@@ -104,6 +107,9 @@ def _check_allow_lists(settings: Settings, report: Report) -> None:
 
 
 def _check_database(settings: Settings, report: Report) -> None:
+    if settings.uses_postgres:
+        _check_postgres(settings, report)
+        return
     try:
         path = Path(settings.database_path)
     except ConfigError as e:
@@ -122,6 +128,23 @@ def _check_database(settings: Settings, report: Report) -> None:
         report.ok(f"database {resolved} will be created (folder is writable)")
     else:
         report.error(f"database folder {resolved.parent} does not exist or is not writable (DATABASE_URL)")
+
+
+def _check_postgres(settings: Settings, report: Report) -> None:
+    """Connect once (nothing is changed): reachable, and a schema this Concierge can run on."""
+    where = describe(settings.database_url)
+    try:
+        server, found = asyncio.run(probe(settings.database_url))
+    except DatabaseUnavailable as e:
+        report.error(f"{e} (check DATABASE_URL, that the server runs and that pg_hba.conf lets this host in)")
+        return
+    known = MIGRATIONS[-1].version
+    if found > known:
+        report.error(str(SchemaTooNew(found, known)))
+    elif found == 0:
+        report.ok(f"PostgreSQL {server} at {where} is reachable; the first node to start creates the schema")
+    else:
+        report.ok(f"PostgreSQL {server} at {where} is reachable, schema version {found} (known: {known})")
 
 
 def _check_public_url(settings: Settings, report: Report) -> None:

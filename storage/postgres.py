@@ -76,6 +76,27 @@ def describe(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
 
 
+async def probe(url: str) -> tuple[str, int]:
+    """The server's version and the database's schema version (0 if never migrated), changing nothing.
+
+    For ``concierge doctor``: whether a node could start against this database.
+
+    Raises:
+        DatabaseUnavailable: the server cannot be reached or refuses us.
+    """
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_SECONDS)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise DatabaseUnavailable(f"cannot open PostgreSQL at {describe(url)}: {e}") from e
+    try:
+        server = str(await conn.fetchval("SHOW server_version"))
+        if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+            return server, int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+        return server, 0
+    finally:
+        await conn.close()
+
+
 class PostgresTransaction(Transaction):
     """The statements of one READ COMMITTED transaction on one pooled connection."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -171,7 +172,8 @@ class SqliteDatabase(Database):
             return None
         fd: int | None = None
         if self.path != ":memory:":
-            fd = os.open(f"{self.path}.{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+            fd = os.open(f"{self.path}.{safe}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -16,7 +17,7 @@ import pytest
 from concierge import cli
 from concierge.doctor import diagnose
 from concierge.settings import REQUIRED, Settings
-from storage.db import open_database
+from storage.db import MIGRATIONS, open_database
 from storage.jobs import JobStore
 from storage.models import (
     BookingWindow,
@@ -312,3 +313,30 @@ def test_numbers_block_list_unblock(
     assert cli.main(["numbers", "list"]) == 0
     assert "No blocked numbers" in capsys.readouterr().out
     assert cli.main(["numbers", "block", "not a number"]) == 1
+
+
+def test_doctor_checks_a_postgresql_database_without_changing_it(tmp_path: Path, pg_url: str) -> None:
+    secret_url = pg_url.replace("postgres@", "postgres:pg-s3cret-pass@", 1)  # trust auth ignores it
+    env = {**ALL_SET, "DATABASE_URL": secret_url}
+    fresh = run_cli(tmp_path, "doctor", env=env)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "is reachable; the first node to start creates the schema" in fresh.stdout
+    assert "pg-s3cret-pass" not in fresh.stdout + fresh.stderr
+
+    async def migrate() -> None:
+        async with await open_database(pg_url) as db:
+            assert await db.schema_version() == MIGRATIONS[-1].version
+
+    asyncio.run(migrate())
+    again = run_cli(tmp_path, "doctor", env=env)
+    assert f"schema version {MIGRATIONS[-1].version}" in again.stdout
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down = run_cli(
+        tmp_path, "doctor", env={**env, "DATABASE_URL": f"postgresql://u:pg-s3cret-pass@127.0.0.1:{closed}/x"}
+    )
+    assert down.returncode == 1
+    assert f"cannot open PostgreSQL at 127.0.0.1:{closed}/x" in down.stdout
+    assert "pg-s3cret-pass" not in down.stdout + down.stderr

@@ -33,15 +33,18 @@ from factories import call_request
 from twilio.request_validator import RequestValidator
 
 from agent.base import Agent, AgentAction, CallerInput, Say
-from concierge.clock import SystemClock
+from concierge.app import Concierge, bind
+from concierge.clock import OffsetClock, SystemClock
 from concierge.dispatcher import Dispatcher
 from concierge.settings import Settings, default_node_id
+from demo.world import SandboxWorld, sandbox_graph_credential
 from sandbox.callee import CalleeScript, HangUp, WaitTurn
 from sandbox.callee import Say as CalleeSays
 from sandbox.deepgram import SandboxDeepgram
 from sandbox.twilio import Behavior, SandboxTwilio
 from sandbox.twilio_call import SandboxCall
 from storage.db import Database, open_database
+from storage.errors import ConfigError
 from storage.jobs import JobStore
 from storage.models import CallOutcome, Job, JobState, OutcomeKind, Turn, utcnow
 from storage.ports import JobEvent
@@ -288,6 +291,7 @@ async def test_each_call_carries_the_base_url_of_the_node_that_placed_it(cluster
         cluster.twilio.program(phone, Behavior.BUSY)
         node.run()  # only this node's loop runs, so it is the one that claims the errand
         job = await node.store.enqueue(call_request(phone=phone), due_at=utcnow(), max_attempts=3)
+        node.dispatcher.wake()  # as the desk does: a loop already parked would not look again
         call = await cluster.twilio.wait_for_call()
         await call.done.wait()
         await node.until(functools.partial(_settled, node.store, job.id))
@@ -322,6 +326,7 @@ async def test_node_b_leaves_node_a_s_live_call_alone_and_a_finishes_it(cluster:
     a.run()
     request = call_request(phone=phone, business_name=REAL)
     job = await a.store.enqueue(request, due_at=utcnow(), max_attempts=3)
+    a.dispatcher.wake()
     call = await cluster.twilio.wait_for_call()
     await a.until(functools.partial(_in_call, a.store, job.id))  # answered, through A's own callbacks
     await cluster.asked.wait()  # and its media stream is attached to A's session (its token used)
@@ -450,3 +455,37 @@ def _stream_of_twiml(twiml: str) -> str:
 
 def _later_hours(n: int) -> datetime:
     return utcnow() + timedelta(hours=n)
+
+
+async def test_a_second_node_under_a_running_node_s_name_refuses_to_start(db_url: str) -> None:
+    world = await SandboxWorld(base=Settings(_env_file=None)).start()  # type: ignore[call-arg]
+    running: list[Concierge] = []
+
+    async def start(owner: str) -> Concierge:
+        sock = bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        settings = world.settings(public_base_url=f"http://127.0.0.1:{port}", port=port, database_url=db_url)
+        app = Concierge(
+            settings, clock=OffsetClock(), graph_credential=sandbox_graph_credential(), owner=owner
+        )
+        try:
+            await app.start(sock)
+        except BaseException:
+            await app.stop(grace=0)
+            sock.close()
+            raise
+        running.append(app)
+        return app
+
+    try:
+        first = await start("node-a")
+        await start("node-b")
+        with pytest.raises(ConfigError, match="already named 'node-a'"):
+            await start("node-a")
+        await first.stop(grace=0)
+        running.remove(first)
+        await start("node-a")  # the name is free again once its node is gone
+    finally:
+        for app in running:
+            await app.stop(grace=0)
+        await world.stop()
