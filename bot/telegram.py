@@ -258,33 +258,40 @@ class Poller:
 
     async def run(self) -> None:
         """Take the lock when free, poll while holding it; until :meth:`stop`."""
-        updater = self._app.updater
-        assert updater is not None, "built for webhook mode"
         while not self._stopping.is_set():
             try:
                 held = await self._acquire()
             except Exception:
                 log.warning("cannot tell whether another node polls Telegram", exc_info=True)
                 held = None
-            if held is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._retry_every):
-                        await self._stopping.wait()
-                continue
-            try:
-                await updater.start_polling(timeout=self._poll_timeout, poll_interval=0.0)
-                self.polling.set()
-                log.info("this node long-polls Telegram")
-                await _first(held.lost, self._stopping)
-                if held.lost.is_set():
-                    log.warning("lost the Telegram polling lock: this node stops polling")
-            finally:
-                self.polling.clear()
+            if held is not None:
                 try:
-                    if updater.running:
-                        await updater.stop()
-                finally:
-                    await held.release()
+                    await self._poll_while(held)
+                    continue
+                except Exception:
+                    log.warning("telegram long polling failed; trying again", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._retry_every):
+                    await self._stopping.wait()
+
+    async def _poll_while(self, held: Held) -> None:
+        """Poll until the lock is lost or :meth:`stop`; always stops polling and releases it."""
+        updater = self._app.updater
+        assert updater is not None, "built for webhook mode"
+        try:
+            await updater.start_polling(timeout=self._poll_timeout, poll_interval=0.0)
+            self.polling.set()
+            log.info("this node long-polls Telegram")
+            await _first(held.lost, self._stopping)
+            if held.lost.is_set():
+                log.warning("lost the Telegram polling lock: this node stops polling")
+        finally:
+            self.polling.clear()
+            try:
+                if updater.running:
+                    await updater.stop()
+            finally:
+                await held.release()
 
 
 async def _first(*events: asyncio.Event) -> None:

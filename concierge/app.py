@@ -66,6 +66,10 @@ log = logging.getLogger(__name__)
 
 #: Components a server cannot place a single call without.
 CALL_COMPONENTS = ("twilio", "deepgram", "anthropic", "graph")
+#: The cluster-wide lock of the one node that long-polls Telegram (``Database.try_singleton``).
+TELEGRAM_POLLING = "telegram-polling"
+#: Seconds between a node's tries to become the Telegram poller while another node is.
+TELEGRAM_POLL_RETRY = 5.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class Concierge:
             among the nodes sharing the database, stable across restarts so a restart adopts
             its own unfinished calls.
         call_metrics: receives each call's ``CallMetrics`` when it ends (the benchmark subscribes).
+        telegram_poll_retry: seconds between tries to take over Telegram long polling while
+            another node holds it.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class Concierge:
         graph_credential: AsyncTokenCredential | None = None,
         owner: str | None = None,
         call_metrics: MetricsSink | None = None,
+        telegram_poll_retry: float = TELEGRAM_POLL_RETRY,
     ) -> None:
         settings.require(*CALL_COMPONENTS)
         settings.check()  # again: model_copy'd settings (sandbox, demo) skip validation
@@ -124,6 +131,9 @@ class Concierge:
         self.owner = owner or settings.node
         self._graph_credential = graph_credential
         self._call_metrics = call_metrics
+        self._telegram_poll_retry = telegram_poll_retry
+        self.tg_poller: telegram_bot.Poller | None = None
+        self._tg_polling: asyncio.Task[None] | None = None
         self.db: Database | None = None
         self._node_lock: Singleton | None = None
         self.web_app = web.Application(client_max_size=256 * 1024)
@@ -328,7 +338,12 @@ class Concierge:
                     secret=s.telegram_webhook_secret,
                 )
             else:
-                await telegram_bot.start_polling(self.tg_app)
+                # Long polling on exactly one node; every node sends (telegram_bot.Poller).
+                await telegram_bot.start_processing(self.tg_app)
+                self.tg_poller = telegram_bot.Poller(
+                    self.tg_app, self._try_telegram_polling, retry_every=self._telegram_poll_retry
+                )
+                self._tg_polling = self._spawn(self.tg_poller.run(), "telegram-polling")
         if self.bolt is not None and s.slack_app_token:
             handler = await slack_bot.start_socket_mode(self.bolt, s.slack_app_token)
             self._closers.append(handler.close_async)
@@ -389,11 +404,16 @@ class Concierge:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    async def _try_telegram_polling(self) -> telegram_bot.Held | None:
+        assert self.db is not None
+        return await self.db.try_singleton(TELEGRAM_POLLING)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_crash)
+        return task
 
     async def stop(self, *, grace: float = 30.0) -> None:
         """Graceful shutdown: take no new calls, let live calls finish (up to ``grace``), release.
@@ -408,6 +428,9 @@ class Concierge:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await self.webhooks.join()
+        if self.tg_poller is not None and self._tg_polling is not None:
+            self.tg_poller.stop()  # stops polling and releases the lock for another node
+            await asyncio.gather(self._tg_polling, return_exceptions=True)
         tg_app = getattr(self, "tg_app", None)
         if tg_app is not None:
             await telegram_bot.stop(tg_app)
