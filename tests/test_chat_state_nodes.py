@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from bot.allow import AllowList
 from bot.flow import ChatFlow
 from bot.intake import Intake
 from bot.notify import ChatNotifier
+from concierge.app import TELEGRAM_POLLING
 from concierge.live_ask import PendingQuestions
 from sandbox.slack import SandboxSlack
 from sandbox.telegram import SandboxTelegram
@@ -363,46 +364,33 @@ async def test_a_telegram_update_redelivered_to_another_node_is_handled_once(
     assert len([s for s in api.sent if "Shall I go ahead?" in (s.text or "")]) == 1
 
 
-class FakeSingletons:
-    """In-test stand-in for ``Database.try_singleton`` (one holder per name across both nodes)."""
+class Watched:
+    """A node's real ``Singleton``, with a ``lost`` the test can set as if its connection died."""
 
-    def __init__(self) -> None:
-        self.holders: dict[str, FakeHeld] = {}
-
-    async def try_singleton(self, name: str) -> FakeHeld | None:
-        if name in self.holders:
-            return None
-        held = self.holders[name] = FakeHeld(self, name)
-        return held
-
-
-class FakeHeld:
-    def __init__(self, owner: FakeSingletons, name: str) -> None:
+    def __init__(self, real: Any) -> None:
         self.lost = asyncio.Event()
-        self._owner, self._name = owner, name
+        self._real = real
 
     def die(self) -> None:
-        """The holder's connection died: the lock is free and the holder is told."""
-        self._owner.holders.pop(self._name, None)
         self.lost.set()
 
     async def release(self) -> None:
-        if self._owner.holders.get(self._name) is self:
-            del self._owner.holders[self._name]
+        await self._real.release()
 
 
 class Refusals:
     """Counts the tries a node made while another held the lock."""
 
-    def __init__(self, acquire: Callable[[], Awaitable[Any]]) -> None:
-        self._acquire = acquire
+    def __init__(self, db: Database) -> None:
+        self._db = db
         self.count = 0  # tries refused
         self.calls = 0  # tries
         self.changed = asyncio.Condition()
         self.last: Any = None
 
-    async def __call__(self) -> Any:
-        held = await self._acquire()
+    async def __call__(self) -> Watched | None:
+        real = await self._db.try_singleton(TELEGRAM_POLLING)
+        held = None if real is None else Watched(real)
         async with self.changed:
             self.calls += 1
             if held is None:
@@ -424,14 +412,13 @@ async def test_only_one_node_long_polls_telegram_and_the_other_takes_over(
     api = SandboxTelegram(token=TG_TOKEN)
     await api.start()
     stack.push_async_callback(api.stop)
-    locks = FakeSingletons()
     nodes, apps, pollers, tries, tasks = [], [], [], [], []
     for name in ("node-a", "node-b"):
         node = await open_node(stack, db_url, name)
         app = tg_app(api, node, webhook=False)
         await tg.start_processing(app)
         stack.push_async_callback(tg.stop, app)
-        acquire = Refusals(lambda: locks.try_singleton("telegram-polling"))
+        acquire = Refusals(node.db)
         poller = tg.Poller(app, acquire, retry_every=0.05, poll_timeout=1)
         nodes.append(node), apps.append(app), pollers.append(poller), tries.append(acquire)
     a, b = pollers
@@ -459,7 +446,7 @@ async def test_only_one_node_long_polls_telegram_and_the_other_takes_over(
     # Node B's lock is lost (its connection died): it stops polling and tries again like a
     # restarted node A; whichever gets the lock polls, and only it.
     held_b = tries[1].last
-    tries[0] = Refusals(lambda: locks.try_singleton("telegram-polling"))
+    tries[0] = Refusals(nodes[0].db)
     a2 = tg.Poller(apps[0], tries[0], retry_every=0.05, poll_timeout=1)
     tasks.append(asyncio.create_task(a2.run()))
     await tries[0].reach(1)
@@ -475,7 +462,9 @@ async def test_only_one_node_long_polls_telegram_and_the_other_takes_over(
     for poller in (b, a2):
         poller.stop()
     await asyncio.wait_for(asyncio.gather(*tasks), BOUND)
-    assert locks.holders == {}
+    free = await nodes[0].db.try_singleton(TELEGRAM_POLLING)  # both released it
+    assert free is not None
+    await free.release()
 
 
 async def first_set(*events: asyncio.Event) -> None:
