@@ -247,33 +247,68 @@ def test_without_the_checkout_demo_and_sandbox_say_so_in_one_line(
 
 
 @pytest.mark.slow
-async def test_serve_sandbox_starts_the_world_and_stops_on_sigterm(tmp_path: Path) -> None:
+async def _serve_sandbox_until_ready(tmp_path: Path, **env_extra: str) -> asyncio.subprocess.Process:
+    """``concierge serve --sandbox`` on a free port, returned once it says it is ready."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "concierge", "serve", "--sandbox", "--host", "127.0.0.1", "--port", "0"),
         cwd=tmp_path,
-        env=env,
+        env={**env, **env_extra},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
-    lines: list[str] = []
+    proc.lines = []  # type: ignore[attr-defined]
     try:
         async with asyncio.timeout(60):
             while line := (await proc.stdout.readline()).decode():
-                lines.append(line)
+                proc.lines.append(line)  # type: ignore[attr-defined]
                 if "concierge ready" in line:
-                    proc.send_signal(signal.SIGTERM)
-            err = (await proc.communicate())[1].decode()
+                    return proc
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    await proc.wait()
+    raise AssertionError("serve --sandbox exited before it was ready: " + "".join(proc.lines))  # type: ignore[attr-defined]
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM, then everything it printed; it must exit cleanly."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    out = "".join(lines)
-    assert proc.returncode == 0, out + err
+    text = "".join(proc.lines) + out.decode()  # type: ignore[attr-defined]
+    assert proc.returncode == 0, text + err.decode()
+    return text
+
+
+async def test_serve_sandbox_starts_the_world_and_stops_on_sigterm(tmp_path: Path) -> None:
+    out = await _stop(await _serve_sandbox_until_ready(tmp_path))
     for service in ("telegram", "slack", "twilio", "deepgram", "anthropic", "graph"):
         assert f"sandbox {service}" in out
     assert "concierge ready on http://127.0.0.1:" in out and "shutting down" in out
+
+
+async def test_two_sandbox_nodes_share_one_postgresql_named_by_database_url(
+    tmp_path: Path, pg_url: str
+) -> None:
+    nodes = []
+    try:
+        for name in ("node-a", "node-b"):
+            (tmp_path / name).mkdir()
+            nodes.append(await _serve_sandbox_until_ready(tmp_path / name, DATABASE_URL=pg_url, NODE_ID=name))
+        async with await open_database(pg_url) as db:
+            assert await db.schema_version() == MIGRATIONS[-1].version  # the nodes' schema, in PostgreSQL
+    finally:
+        outs = [await _stop(proc) for proc in nodes]
+    for name, out in zip(("node-a", "node-b"), outs, strict=True):
+        assert f"node {name}" in out, out
 
 
 def test_parser_knows_every_command() -> None:
