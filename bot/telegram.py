@@ -222,35 +222,26 @@ class Held(Protocol):
     async def release(self) -> None: ...
 
 
-class Poller:
-    """Long polling on exactly one node: the one holding the lock ``acquire`` takes.
+class _Leader:
+    """Work that runs on exactly one node: the one holding the lock ``acquire`` takes.
 
     A node without the lock tries again every ``retry_every`` seconds, so when the holder
     dies (its lock is dropped with its database connection) another node takes over within
-    that time. A holder whose lock is ``lost`` stops polling at once.
+    that time. A holder whose lock is ``lost`` stops at once. Subclasses say what the work is.
 
     Args:
-        app: a started application (:func:`start_processing`) built with an updater.
+        app: a started application.
         acquire: tries to take the lock; ``None`` when another node holds it.
-        retry_every: seconds between tries while another node polls.
-        poll_timeout: seconds each ``getUpdates`` waits.
+        retry_every: seconds between tries while another node leads.
     """
 
     def __init__(
-        self,
-        app: TgApp,
-        acquire: Callable[[], Awaitable[Held | None]],
-        *,
-        retry_every: float,
-        poll_timeout: int = 10,
+        self, app: TgApp, acquire: Callable[[], Awaitable[Held | None]], *, retry_every: float
     ) -> None:
         self._app = app
         self._acquire = acquire
         self._retry_every = retry_every
-        self._poll_timeout = poll_timeout
         self._stopping = asyncio.Event()
-        #: Set while this node long-polls.
-        self.polling = asyncio.Event()
 
     def stop(self) -> None:
         """Make :meth:`run` stop polling, release the lock and return."""
@@ -266,15 +257,47 @@ class Poller:
                 held = None
             if held is not None:
                 try:
-                    await self._poll_while(held)
+                    await self._lead_while(held)
                     continue
                 except Exception:
-                    log.warning("telegram long polling failed; trying again", exc_info=True)
+                    log.warning("telegram %s failed; trying again", self._what, exc_info=True)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._retry_every):
                     await self._stopping.wait()
 
-    async def _poll_while(self, held: Held) -> None:
+    _what = "leadership"
+
+    async def _lead_while(self, held: Held) -> None:
+        """Do the work until the lock is lost or :meth:`stop`; always releases the lock."""
+        raise NotImplementedError
+
+
+class Poller(_Leader):
+    """Long polling on exactly one node (Telegram allows one ``getUpdates`` at a time).
+
+    Args:
+        app: a started application (:func:`start_processing`) built with an updater.
+        acquire: tries to take the lock; ``None`` when another node holds it.
+        retry_every: seconds between tries while another node polls.
+        poll_timeout: seconds each ``getUpdates`` waits.
+    """
+
+    _what = "long polling"
+
+    def __init__(
+        self,
+        app: TgApp,
+        acquire: Callable[[], Awaitable[Held | None]],
+        *,
+        retry_every: float,
+        poll_timeout: int = 10,
+    ) -> None:
+        super().__init__(app, acquire, retry_every=retry_every)
+        self._poll_timeout = poll_timeout
+        #: Set while this node long-polls.
+        self.polling = asyncio.Event()
+
+    async def _lead_while(self, held: Held) -> None:
         """Poll until the lock is lost or :meth:`stop`; always stops polling and releases it."""
         updater = self._app.updater
         assert updater is not None, "built for webhook mode"
@@ -292,6 +315,50 @@ class Poller:
                     await updater.stop()
             finally:
                 await held.release()
+
+
+class WebhookRegistrar(_Leader):
+    """Telegram's one webhook URL points at a live node: the one holding the lock.
+
+    Telegram keeps a single webhook URL per bot. Every node serves the webhook route, but
+    only the lock holder registers its own URL; when it dies, the next holder registers
+    its own, so updates follow the live nodes without a shared load balancer. (Behind one
+    shared URL, every holder registers the same URL: nothing changes.)
+
+    Args:
+        app: a started application (:func:`start_webhook_mode` without a URL).
+        acquire: tries to take the lock; ``None`` when another node holds it.
+        url: this node's public webhook URL.
+        secret: the secret token Telegram sends back in a header.
+        retry_every: seconds between tries while another node holds it.
+    """
+
+    _what = "webhook registration"
+
+    def __init__(
+        self,
+        app: TgApp,
+        acquire: Callable[[], Awaitable[Held | None]],
+        *,
+        url: str,
+        secret: str,
+        retry_every: float,
+    ) -> None:
+        super().__init__(app, acquire, retry_every=retry_every)
+        self._url = url
+        self._secret = secret
+        #: Set while Telegram's webhook points at this node.
+        self.registered = asyncio.Event()
+
+    async def _lead_while(self, held: Held) -> None:
+        try:
+            await self._app.bot.set_webhook(url=self._url, secret_token=self._secret or None)
+            self.registered.set()
+            log.info("Telegram's webhook points at this node: %s", self._url)
+            await _first(held.lost, self._stopping)
+        finally:
+            self.registered.clear()
+            await held.release()
 
 
 async def _first(*events: asyncio.Event) -> None:

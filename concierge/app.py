@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 CALL_COMPONENTS = ("twilio", "deepgram", "anthropic", "graph")
 #: The cluster-wide lock of the one node that long-polls Telegram (``Database.try_singleton``).
 TELEGRAM_POLLING = "telegram-polling"
+#: The lock of the node that Telegram's webhook URL points at (webhook mode).
+TELEGRAM_WEBHOOK = "telegram-webhook"
 #: Seconds between a node's tries to become the Telegram poller while another node is.
 TELEGRAM_POLL_RETRY = 5.0
 
@@ -132,8 +134,9 @@ class Concierge:
         self._graph_credential = graph_credential
         self._call_metrics = call_metrics
         self._telegram_poll_retry = telegram_poll_retry
-        self.tg_poller: telegram_bot.Poller | None = None
-        self._tg_polling: asyncio.Task[None] | None = None
+        #: Long polling or webhook registration, on exactly one node at a time.
+        self.tg_leader: telegram_bot.Poller | telegram_bot.WebhookRegistrar | None = None
+        self._tg_leading: asyncio.Task[None] | None = None
         self.db: Database | None = None
         self._node_lock: Singleton | None = None
         self.web_app = web.Application(client_max_size=256 * 1024)
@@ -332,18 +335,25 @@ class Concierge:
         s = self.settings
         if self.tg_app is not None:
             if s.telegram_mode == "webhook":
-                await telegram_bot.start_webhook_mode(
+                # Every node serves the route; the one holding the lock registers its URL.
+                await telegram_bot.start_webhook_mode(self.tg_app)
+                self.tg_leader = telegram_bot.WebhookRegistrar(
                     self.tg_app,
-                    url=f"{s.public_base_url.rstrip('/')}/telegram/webhook",
+                    functools.partial(self._try_lock, TELEGRAM_WEBHOOK),
+                    url=f"{s.public_base_url.rstrip('/')}{telegram_bot.WEBHOOK_PATH}",
                     secret=s.telegram_webhook_secret,
+                    retry_every=self._telegram_poll_retry,
                 )
+                self._tg_leading = self._spawn(self.tg_leader.run(), "telegram-webhook")
             else:
                 # Long polling on exactly one node; every node sends (telegram_bot.Poller).
                 await telegram_bot.start_processing(self.tg_app)
-                self.tg_poller = telegram_bot.Poller(
-                    self.tg_app, self._try_telegram_polling, retry_every=self._telegram_poll_retry
+                self.tg_leader = telegram_bot.Poller(
+                    self.tg_app,
+                    functools.partial(self._try_lock, TELEGRAM_POLLING),
+                    retry_every=self._telegram_poll_retry,
                 )
-                self._tg_polling = self._spawn(self.tg_poller.run(), "telegram-polling")
+                self._tg_leading = self._spawn(self.tg_leader.run(), "telegram-polling")
         if self.bolt is not None and s.slack_app_token:
             handler = await slack_bot.start_socket_mode(self.bolt, s.slack_app_token)
             self._closers.append(handler.close_async)
@@ -404,9 +414,9 @@ class Concierge:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    async def _try_telegram_polling(self) -> telegram_bot.Held | None:
+    async def _try_lock(self, name: str) -> telegram_bot.Held | None:
         assert self.db is not None
-        return await self.db.try_singleton(TELEGRAM_POLLING)
+        return await self.db.try_singleton(name)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -428,9 +438,9 @@ class Concierge:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await self.webhooks.join()
-        if self.tg_poller is not None and self._tg_polling is not None:
-            self.tg_poller.stop()  # stops polling and releases the lock for another node
-            await asyncio.gather(self._tg_polling, return_exceptions=True)
+        if self.tg_leader is not None and self._tg_leading is not None:
+            self.tg_leader.stop()  # stops polling / leading and releases the lock for another node
+            await asyncio.gather(self._tg_leading, return_exceptions=True)
         tg_app = getattr(self, "tg_app", None)
         if tg_app is not None:
             await telegram_bot.stop(tg_app)

@@ -474,3 +474,37 @@ async def first_set(*events: asyncio.Event) -> None:
     finally:
         for w in waits:
             w.cancel()
+
+
+async def test_telegram_s_webhook_points_at_one_live_node_and_follows_a_takeover(
+    stack: contextlib.AsyncExitStack, db_url: str
+) -> None:
+    api = SandboxTelegram(token=TG_TOKEN)
+    await api.start()
+    stack.push_async_callback(api.stop)
+    registrars, tries = [], []
+    for name in ("node-a", "node-b"):
+        node = await open_node(stack, db_url, name)
+        app = tg_app(api, node, webhook=True)
+        await tg.start_webhook_mode(app)  # serves the route; registers nothing by itself
+        stack.push_async_callback(tg.stop, app)
+        acquire = Refusals(node.db)
+        url = f"http://127.0.0.1:9/{name}{tg.WEBHOOK_PATH}"  # each node's own public URL
+        registrars.append(tg.WebhookRegistrar(app, acquire, url=url, secret="s3cret-token", retry_every=0.05))
+        tries.append(acquire)
+    assert api.webhook == {}
+    a, b = registrars
+    task_a = asyncio.create_task(a.run())
+    await asyncio.wait_for(a.registered.wait(), BOUND)
+    assert api.webhook["url"] == f"http://127.0.0.1:9/node-a{tg.WEBHOOK_PATH}"
+    assert api.webhook["secret_token"] == "s3cret-token"
+    task_b = asyncio.create_task(b.run())
+    await tries[1].reach(3)  # node B tried three times while node A held it: the URL stayed A's
+    assert not b.registered.is_set() and api.webhook["url"].endswith(f"/node-a{tg.WEBHOOK_PATH}")
+    # Node A goes away (its lock with it): node B points Telegram at itself.
+    a.stop()
+    await asyncio.wait_for(task_a, BOUND)
+    await asyncio.wait_for(b.registered.wait(), BOUND)
+    assert api.webhook["url"] == f"http://127.0.0.1:9/node-b{tg.WEBHOOK_PATH}"
+    b.stop()
+    await asyncio.wait_for(task_b, BOUND)
