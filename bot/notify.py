@@ -2,7 +2,11 @@
 
 One progress message per errand is edited in place as the errand advances
 (Telegram ``editMessageText``, Slack ``chat.update``); its id lives in
-``JobMeta.progress_message`` so a restart keeps editing the same message. The result is posted as a
+``JobMeta.progress_message`` so a restart keeps editing the same message. With several nodes,
+two may notify one errand at once before that message exists (the node that took the
+submission, the node that claimed the call): the first post is claimed in the database
+(``JobMeta.progress_posting``, a compare-and-set), and the other node waits for its id and
+edits instead of posting a second message. The result is posted as a
 new reply (so the person is pinged) with the transcript attached as a .txt
 file (Telegram ``sendDocument``; Slack ``files_upload_v2``, i.e.
 ``files.getUploadURLExternal`` → upload → ``files.completeUploadExternal``).
@@ -20,6 +24,7 @@ import functools
 import logging
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import aiohttp
@@ -42,7 +47,7 @@ from storage.errors import (
     is_retryable_status,
 )
 from storage.jobs import JobStore
-from storage.models import ChatOrigin, Job, JobMeta, JobState, Platform, Turn
+from storage.models import ChatOrigin, Job, JobMeta, JobState, Platform, Turn, utcnow
 from storage.ports import JobEvent
 from storage.retry import Backoff, parse_retry_after, retry, retry_after_header
 
@@ -54,6 +59,11 @@ _SEND_ERRORS = (TelegramError, SlackClientError, aiohttp.ClientError, TimeoutErr
 #: Waits of 0.5, 1, 2 and 4 s between five tries of one send; a service's Retry-After replaces the
 #: wait, cut to 30 s so one rate limit cannot stall the dispatcher.
 NOTIFY_RETRY = Backoff(max_attempts=5, base_delay=0.5, max_delay=4.0, max_retry_after=30.0)
+#: How long a notifier may take to post an errand's first progress message before another
+#: one (another node) stops waiting for its id and posts itself: the post's whole retry budget.
+FIRST_POST_CLAIM = timedelta(seconds=60)
+#: How often a notifier waiting for that id looks for it (seconds).
+FIRST_POST_POLL = 0.1
 
 
 def telegram_error(e: BaseException) -> ProviderError:
@@ -185,6 +195,11 @@ class _SlackSender:
         return True
 
 
+def _first_post_free(meta: JobMeta, *, now: datetime) -> bool:
+    """No progress message yet, and nobody posting one (or whoever was has run out of time)."""
+    return meta.progress_message is None and (meta.progress_posting is None or meta.progress_posting <= now)
+
+
 class ChatNotifier:
     """Tells the person, in the errand's origin thread, what is happening.
 
@@ -252,14 +267,32 @@ class ChatNotifier:
 
     async def _progress(self, sender: _Sender, job: Job, meta: JobMeta, text: str) -> None:
         origin = job.request.origin
-        ref = meta.progress_message
+        ref = meta.progress_message or await self._first_post_or_ref(job.id)
         if ref:
             done = await self._retry(f"edit progress of {job.id}", lambda: sender.edit(origin, ref, text))
             if done is not None:
                 return
         new_ref = await self._retry(f"post progress of {job.id}", lambda: sender.send(origin, text))
-        if new_ref is not None:
-            await self.store.update_meta(job.id, progress_message=new_ref)
+        await self.store.update_meta(job.id, progress_message=new_ref or ref, progress_posting=None)
+
+    async def _first_post_or_ref(self, job_id: str) -> str | None:
+        """``None``: this notifier may post the first progress message (it claimed that).
+        Otherwise the id of the message another notifier posted while we waited for it."""
+        while True:
+            now = utcnow()
+            claimed = await self.store.update_meta_if(
+                job_id, functools.partial(_first_post_free, now=now), progress_posting=now + FIRST_POST_CLAIM
+            )
+            if claimed is not None:
+                return None
+            meta = (await self.store.get(job_id)).meta
+            while (
+                meta.progress_message is None and meta.progress_posting and meta.progress_posting > utcnow()
+            ):
+                await asyncio.sleep(FIRST_POST_POLL)  # another node is posting it: wait for its id
+                meta = (await self.store.get(job_id)).meta
+            if meta.progress_message is not None:
+                return meta.progress_message
 
     async def _finish(self, sender: _Sender, job: Job, meta: JobMeta, transcript: Sequence[Turn]) -> None:
         marker = job.result_marker

@@ -594,6 +594,30 @@ class JobStore:
             )
             return await load_job(tx, job_id)
 
+    async def update_meta_if(
+        self, job_id: str, when: Callable[[JobMeta], bool], **values: Any
+    ) -> Job | None:
+        """:meth:`update_meta`, only if ``when(meta)`` holds for the meta as stored now.
+
+        A compare-and-set across nodes: the test and the write are one transaction with
+        the row locked, so of several callers racing for the same change exactly one
+        sees ``when`` hold. ``None``: it did not hold, nothing was written.
+
+        Raises:
+            JobNotFound: no such job.
+            TypeError: a name is not a ``JobMeta`` field.
+        """
+        async with self._db.transaction() as tx:
+            job = await load_job(tx, job_id)
+            if not when(job.meta):
+                return None
+            meta = job.meta.changed(**values)
+            await tx.execute(
+                "UPDATE jobs SET meta = ?, updated_at = ? WHERE id = ?",
+                (dump_json(meta.to_dict()), self._now(), job_id),
+            )
+            return await load_job(tx, job_id)
+
     async def renew_lease(self, job_id: str, owner: str, lease_seconds: float) -> Job:
         """Extend ``owner``'s lease to now + ``lease_seconds`` (long calls renew periodically).
 

@@ -384,6 +384,8 @@ class JobMeta:
         confirmed_attempt: the attempt ``confirmed_booking`` belongs to.
         user_answers: the person's answers to the business's questions, for the next call.
         progress_message: chat id of the one progress message edited in place.
+        progress_posting: until when a notifier (on some node) is posting the first progress
+            message; another one waits for its id instead of posting a second message.
         result_delivered: ``Job.result_marker`` of the result last posted to the chat.
         transcript_delivered: ``Job.result_marker`` of the transcript last posted to the chat.
         stream_token_sha256: hash of the current call's one-time media-stream token.
@@ -408,6 +410,7 @@ class JobMeta:
     confirmed_attempt: int | None = None
     user_answers: tuple[UserAnswer, ...] = ()
     progress_message: str | None = None
+    progress_posting: datetime | None = None
     result_delivered: str | None = None
     transcript_delivered: str | None = None
     stream_token_sha256: str | None = None
@@ -429,7 +432,7 @@ class JobMeta:
                      "call_nonce_attempt", "waiting_for", "inbound_call_sid"):  # fmt: skip
             if (value := getattr(self, name)) is not None:
                 d[name] = str(value) if isinstance(value, WaitReason) else value
-        for stamp in ("dial_started_at", "on_hold_since"):
+        for stamp in ("dial_started_at", "on_hold_since", "progress_posting"):
             if (at := getattr(self, stamp)) is not None:
                 d[stamp] = at.isoformat()
         if self.confirmed_booking is not None:
@@ -447,6 +450,7 @@ class JobMeta:
         started = d.get("dial_started_at")
         waiting = d.get("waiting_for")
         held = d.get("on_hold_since")
+        posting = d.get("progress_posting")
         return cls(
             uncounted_attempts=int(d.get("uncounted_attempts") or 0),
             call_sid_attempt=_opt_int(d.get("call_sid_attempt")),
@@ -458,6 +462,7 @@ class JobMeta:
                 if isinstance(a, dict)
             ),
             progress_message=str(progress) if progress is not None else None,
+            progress_posting=datetime.fromisoformat(posting) if isinstance(posting, str) else None,
             result_delivered=d.get("result_delivered"),
             transcript_delivered=d.get("transcript_delivered"),
             stream_token_sha256=d.get("stream_token_sha256"),

@@ -4,6 +4,7 @@ Real python-telegram-bot / slack_sdk clients against the sandboxes, real JobStor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +36,7 @@ from storage.models import (
     Platform,
     Speaker,
     Turn,
+    utcnow,
 )
 from storage.ports import JobEvent
 from storage.retry import Backoff
@@ -238,3 +240,41 @@ async def test_slack_needs_you_buttons_in_the_thread_answered_through_the_desk(s
         await runner.cleanup()
         await slack.stop()
         await drafts_db.close()
+
+
+async def test_two_nodes_notifying_a_new_errand_at_once_post_one_progress_message(
+    db_url: str, tg_api: tuple[SandboxTelegram, telegram.Bot]
+) -> None:
+    """The node that took the submission and the node that claimed the call both tell the
+    person, before any progress message exists: one message is posted, the other node edits it."""
+    api, bot = tg_api
+    asked = api.user_message(-1001, 7, "/call …", thread_id=5)
+    origin = ChatOrigin(Platform.TELEGRAM, chat_id="-1001", user_id="7", thread_id="5", message_id=str(asked))
+    async with await open_database(db_url) as db_a, await open_database(db_url) as db_b:
+        store_a, store_b = JobStore(db_a, clock=lambda: NOW), JobStore(db_b, clock=lambda: NOW)
+        node_a = ChatNotifier(store_a, telegram_bot=bot, person_tz=TZ)
+        node_b = ChatNotifier(store_b, telegram_bot=bot, person_tz=TZ)
+        for n in range(5):  # five errands, each raced by the two nodes
+            job = await store_a.enqueue(request(origin), due_at=NOW, max_attempts=3)
+            before = len(api.sent)
+            await asyncio.gather(node_a.notify(job, JobEvent.QUEUED), node_b.notify(job, JobEvent.CALLING))
+            sent = api.sent[before:]
+            posts = [s for s in sent if s.method == "sendMessage"]
+            assert len(posts) == 1, f"errand {n}: {[(s.method, s.text) for s in sent]}"
+            assert [s.method for s in sent] == ["sendMessage", "editMessageText"]
+            assert sent[1].message_id == posts[0].message_id
+            meta = (await store_b.get(job.id)).meta
+            assert (meta.progress_message, meta.progress_posting) == (str(posts[0].message_id), None)
+
+
+async def test_a_first_post_claimed_by_a_node_that_died_is_taken_over(
+    store: JobStore, tg_api: tuple[SandboxTelegram, telegram.Bot]
+) -> None:
+    api, bot = tg_api
+    origin = ChatOrigin(Platform.TELEGRAM, chat_id="-1001", user_id="7")
+    job = await store.enqueue(request(origin), due_at=NOW, max_attempts=3)
+    await store.update_meta(job.id, progress_posting=utcnow() - timedelta(seconds=1))  # its time ran out
+    await ChatNotifier(store, telegram_bot=bot, person_tz=TZ).notify(job, JobEvent.QUEUED)
+    [post] = [s for s in api.sent if s.method == "sendMessage"]
+    meta = (await store.get(job.id)).meta
+    assert (meta.progress_message, meta.progress_posting) == (str(post.message_id), None)

@@ -340,6 +340,7 @@ async def test_meta_round_trips_every_field_and_keeps_unknown_legacy_keys(db_url
         confirmed_attempt=3,
         user_answers=(UserAnswer("Beard too?", "no"), UserAnswer(None, "after 5 pm")),
         progress_message="42",
+        progress_posting=T0,
         result_delivered="booked:3",
         transcript_delivered="booked:3",
         stream_token_sha256="ab" * 32,
