@@ -46,6 +46,8 @@ from storage.jobs import ClaimLimits, JobStore
 from storage.models import Booking, CallOutcome, CallRequest, Job, JobState, OutcomeKind, Turn
 from storage.numbers import DoNotCall
 from storage.ports import CallPlacer, JobEvent, Notifier
+from storage.retry import Backoff
+from storage.sql import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ __all__ = ["Dispatcher", "OnBooked"]
 #: A claimed job with no free capacity and nothing else to wait for: guard
 #: against a hot loop if the store and dispatcher clocks ever disagree.
 _SAFETY_PARK = timedelta(seconds=1)
+#: How the loop waits out a database outage: 0.5 s doubling to 15 s, for as long as it lasts.
+DATABASE_OUTAGE_RETRY = Backoff(max_attempts=1 << 30, base_delay=0.5, max_delay=15.0)
 #: How far an errand is put back when its number is on the phone with another errand.
 NUMBER_BUSY_RETRY = timedelta(minutes=5)
 
@@ -297,9 +301,19 @@ class Dispatcher:
             # Results a previous run stored but never posted: in the background (owned by
             # this loop), so a chat outage cannot hold up dialling.
             self._own(self._reconciler.redeliver(undelivered), "redeliver-results")
+            outage = 0  # failed steps in a row while the database is unreachable
             while not self._stopping:
                 self._wake.clear()
-                again, until = await self._step()
+                try:
+                    again, until = await self._step()
+                except DatabaseUnavailable as e:
+                    # A networked database restarting or failing over: wait and go on, never die.
+                    outage += 1
+                    wait = DATABASE_OUTAGE_RETRY.delay(outage, e) or DATABASE_OUTAGE_RETRY.max_delay
+                    log.warning("the database is unavailable (%s); trying again in %.1f s", e, wait)
+                    await self._park(self.clock.now() + timedelta(seconds=wait))
+                    continue
+                outage = 0
                 if again or self._stopping:
                     continue
                 await self._park(until)

@@ -121,6 +121,7 @@ _USER_MESSAGES: dict[str, str] = {
     "graph": "the calendar service had a problem",
     "telegram": "the chat service had a problem",
     "slack": "the chat service had a problem",
+    "database": "the errand database had a problem",
 }
 
 

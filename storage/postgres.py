@@ -64,6 +64,26 @@ def to_dollar(sql: str) -> str:
     return "".join(out)
 
 
+#: What asyncpg raises when the server or the network failed (not our SQL): worth retrying.
+TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # the connection broke or does not exist any more
+    asyncpg.OperatorInterventionError,  # shutdown, restart, "cannot connect now"
+    asyncpg.TransactionRollbackError,  # deadlock detected, serialization failure
+    asyncpg.TooManyConnectionsError,
+)
+
+
+@contextlib.asynccontextmanager
+async def _transient_as_unavailable(where: str) -> AsyncIterator[None]:
+    """Re-raise a server or network failure as the retryable ``DatabaseUnavailable``."""
+    try:
+        yield
+    except TRANSIENT as e:
+        raise DatabaseUnavailable(f"PostgreSQL at {where}: {type(e).__name__}: {e}") from e
+
+
 def _changed(status: str) -> int:
     """Rows changed, from a command tag such as ``UPDATE 3`` or ``INSERT 0 1``."""
     last = status.rsplit(" ", 1)[-1]
@@ -103,20 +123,25 @@ class PostgresTransaction(Transaction):
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, where: str) -> None:
         self._conn = conn
+        self._where = where
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return _changed(await self._conn.execute(to_dollar(sql), *params))
+        async with _transient_as_unavailable(self._where):
+            return _changed(await self._conn.execute(to_dollar(sql), *params))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._conn.executemany(to_dollar(sql), list(rows))
+        async with _transient_as_unavailable(self._where):
+            await self._conn.executemany(to_dollar(sql), list(rows))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(await self._conn.fetch(to_dollar(sql), *params))
+        async with _transient_as_unavailable(self._where):
+            return list(await self._conn.fetch(to_dollar(sql), *params))
 
     async def lock(self, key: str) -> None:
-        await self._conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_CLASS, key)
+        async with _transient_as_unavailable(self._where):
+            await self._conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_CLASS, key)
 
 
 class _SessionSingleton(Singleton):
@@ -193,11 +218,28 @@ class PostgresDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield PostgresTransaction(conn)
+        # Failures of the engine's own steps become DatabaseUnavailable; whatever the caller's
+        # block raises passes through unchanged (and rolls back).
+        async with _transient_as_unavailable(self.where):
+            conn = await self._pool.acquire()
+        try:
+            tx = conn.transaction()
+            async with _transient_as_unavailable(self.where):
+                await tx.start()
+            try:
+                yield PostgresTransaction(conn, self.where)
+            except BaseException:
+                with contextlib.suppress(*TRANSIENT, asyncpg.InterfaceError):
+                    await tx.rollback()
+                raise
+            async with _transient_as_unavailable(self.where):
+                await tx.commit()
+        finally:
+            await self._pool.release(conn)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(await self._pool.fetch(to_dollar(sql), *params))
+        async with _transient_as_unavailable(self.where):
+            return list(await self._pool.fetch(to_dollar(sql), *params))
 
     async def try_singleton(self, name: str) -> Singleton | None:
         try:
@@ -225,7 +267,7 @@ class PostgresDatabase(Database):
 
     async def _apply_migration(self, migration: Migration) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
-            tx = PostgresTransaction(conn)
+            tx = PostgresTransaction(conn, self.where)
             await tx.lock("schema")
             if await tx.fetchone("SELECT 1 FROM schema_version WHERE version = ?", (migration.version,)):
                 return False

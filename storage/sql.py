@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from storage.errors import ConciergeError
+from storage.errors import ConciergeError, ProviderConnectionError
 
 _DT_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 
@@ -70,8 +70,16 @@ class SchemaTooNew(ConciergeError):
         self.known = known
 
 
-class DatabaseUnavailable(ConciergeError):
-    """The database server could not be reached or refused the connection; the message says which."""
+class DatabaseUnavailable(ProviderConnectionError):
+    """The database server could not be reached, dropped the connection, or aborted the
+    transaction for a reason worth retrying (shutdown, deadlock); the message says which.
+
+    Retryable, like any outside service's outage: the dispatcher waits and goes on, a
+    webhook answers 5xx so the provider redelivers. Only a networked engine raises it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, provider="database")
 
 
 def format_dt(value: datetime) -> str:

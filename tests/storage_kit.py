@@ -59,3 +59,58 @@ async def wait_until_sound(db: Database, *, within: float = 30.0) -> None:
             return
         assert asyncio.get_running_loop().time() < deadline, "a killed client's transaction stayed open"
         await asyncio.sleep(0.05)
+
+
+class CuttableLink:
+    """A TCP relay on loopback between a client and a database server, which a test can cut.
+
+    ``cut()`` drops every relayed connection and refuses new ones (the server "goes away":
+    a failover, a restart, a network partition); ``restore()`` listens again on the same port.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> CuttableLink:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def url(self, url: str) -> str:
+        """``url`` with its port replaced by this link's."""
+        return url.replace(f":{self._target}/", f":{self.port}/", 1)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
