@@ -98,7 +98,20 @@ def parse_dt(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-class Transaction(ABC):
+class _Queries(ABC):
+    """Reading rows: inside a transaction, or outside one (autocommit)."""
+
+    @abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Rows of a query."""
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """First row of a query, or ``None``."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+class Transaction(_Queries):
     """The statements of one transaction (see the module docstring for what each engine promises)."""
 
     #: Append to a ``SELECT`` of rows this transaction will change: on PostgreSQL the rows are
@@ -114,15 +127,6 @@ class Transaction(ABC):
     @abstractmethod
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row."""
-
-    @abstractmethod
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """Rows of a query, seen from inside the transaction."""
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        """First row of a query, or ``None``."""
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
 
     @abstractmethod
     async def lock(self, key: str) -> None:
@@ -151,7 +155,7 @@ class Singleton(ABC):
         """Give the lock up (idempotent)."""
 
 
-class Database(ABC):
+class Database(_Queries):
     """An open database with the queue's schema applied (open it with ``storage.db.open_database``).
 
     Always :meth:`close` it (or use ``async with``): connections left open keep threads or
@@ -166,15 +170,6 @@ class Database(ABC):
     @abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-
-    @abstractmethod
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """Rows of a read-only query (autocommit: sees every committed write)."""
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        """First row of a read-only query, or ``None``."""
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
 
     @abstractmethod
     async def close(self) -> None:
