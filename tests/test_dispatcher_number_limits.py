@@ -31,8 +31,8 @@ ERRANDS = 10
 PER_DAY = 3
 
 
-async def test_ten_errands_to_one_number_respect_both_limits_across_two_dispatchers(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
+async def test_ten_errands_to_one_number_respect_both_limits_across_two_dispatchers(db_url: str) -> None:
+    path = db_url
     clock = FakeClock(local(NY, 2026, 6, 8, 10, 0))
     dbs = [await open_database(path), await open_database(path)]
     stores = [JobStore(db, clock=clock) for db in dbs]

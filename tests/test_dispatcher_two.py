@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from dispatcher_harness import FakeNotifier, request
 
@@ -59,8 +58,8 @@ class AnsweringPlacer:
         return None
 
 
-async def test_two_dispatchers_never_dial_the_same_errand(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
+async def test_two_dispatchers_never_dial_the_same_errand(db_url: str) -> None:
+    path = db_url
     clock = SystemClock()
     dbs = [await open_database(path), await open_database(path)]
     stores = [JobStore(db, clock=clock.now) for db in dbs]
