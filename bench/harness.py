@@ -47,6 +47,21 @@ SHARDS: dict[int, list[str]] = {
 
 #: Figures taken from published provider latencies (see bench/README.md for the sources).
 PUBLISHED = {"stt_latency_ms": 250.0, "llm_ttft_ms": 600.0, "tts_ttfb_ms": 200.0}
+#: Delay on every Flux message. Deepgram publishes Flux's end-of-turn latency (~260 ms) from the
+#: end of speech to the event's receipt, i.e. turn decision and delivery together; the sandbox's
+#: silence rule already takes 280 ms at ``eot_threshold`` 0.7, so nothing is added on top.
+PUBLISHED_FLUX_STT_MS = 0.0
+
+
+def published(stt_model: str | None = None) -> dict[str, float]:
+    """The provider delays ``--provider-latency published`` replays for this STT model.
+
+    ``None`` is the product's default model (Flux). Nova keeps ``PUBLISHED``'s 250 ms: its turn
+    end is the sandbox's fixed endpointing silence, and the delay stands for the transcription.
+    """
+    if stt_model is None or stt_model.startswith("flux"):
+        return {**PUBLISHED, "stt_latency_ms": PUBLISHED_FLUX_STT_MS}
+    return dict(PUBLISHED)
 
 
 class SandboxProcess:

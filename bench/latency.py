@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from bench.harness import PUBLISHED, SHARDS, STAGES, Bench, Round, peak_rss_mb
+from bench.harness import SHARDS, STAGES, Bench, Round, peak_rss_mb, published
 
 #: --max-calls stops when p99 server overhead exceeds this, or frames fall behind.
 MAX_P99_OVERHEAD_MS = 20.0
@@ -78,7 +78,7 @@ def stages(r: Round) -> dict[str, dict[str, Any]]:
     return out
 
 
-def report(r: Round, *, provider_latency: str) -> dict[str, Any]:
+def report(r: Round, *, provider_latency: str, latencies: dict[str, float] | None = None) -> dict[str, Any]:
     """The JSON object of one round."""
     audio_s = r.audio_seconds
     out: dict[str, Any] = {
@@ -118,7 +118,7 @@ def report(r: Round, *, provider_latency: str) -> dict[str, Any]:
         "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": sys.version.split()[0]},
     }
     if provider_latency == "published":
-        out["provider_latency_ms"] = dict(PUBLISHED)
+        out["provider_latency_ms"] = dict(latencies or {})
         out["voice_to_voice_ms"] = _dist(r.voice_to_voice, 50, 95)
     return out
 
@@ -188,7 +188,9 @@ def table(d: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    latencies = PUBLISHED if args.provider_latency == "published" else {}
+    latencies = published(args.stt_model) if args.provider_latency == "published" else {}
+    if latencies and args.stt_latency_ms is not None:
+        latencies["stt_latency_ms"] = args.stt_latency_ms
 
     def bench_for(numbers: int) -> Bench:
         return Bench(
@@ -200,14 +202,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.max_calls:
         async with bench_for(args.calls) as bench:
             r = await bench.round(args.calls, ramp=args.ramp)
-        return report(r, provider_latency=args.provider_latency)
+        return report(r, provider_latency=args.provider_latency, latencies=latencies)
     levels = [n for n in args.levels if n <= args.ceiling]
     held: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = []
     async with bench_for(max(levels)) as bench:
         for n in levels:
             r = await bench.round(n, ramp=args.ramp)
-            d = report(r, provider_latency=args.provider_latency)
+            d = report(r, provider_latency=args.provider_latency, latencies=latencies)
             ok = keeps_up(r, max_p99_ms=args.max_p99_ms, max_lag_ms=args.max_lag_ms)
             steps.append({
                 "calls": n, "ok": ok, "server_overhead_ms": d["server_overhead_ms"],
@@ -268,6 +270,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eager-eot", type=float, default=None,
         help="DEEPGRAM_EAGER_EOT_THRESHOLD for the product (Flux; default: the settings default); "
         "lower starts the model earlier and discards more early requests (see early_requests)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stt-latency-ms", type=float, default=None,
+        help="with --provider-latency published: the delay on every Deepgram message instead of the "
+        "published one (0 for Flux, 250 for Nova; 250 replays the figure used before for Flux too)",
     )  # fmt: skip
     p.add_argument(
         "--no-freeze", dest="freeze", action="store_false",
