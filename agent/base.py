@@ -131,6 +131,14 @@ class Agent(ABC):
         """``event`` has probably ended the callee's turn (Flux eager end of turn): the agent may
         start working on its answer now, for a ``reply(event)`` that is likely to follow."""
 
+    def answers_at_once(self, event: CallerInput) -> bool:
+        """Would ``reply(event)`` say fixed words without any model round (the fixed opening)?
+
+        Then the session may start that reply on a probable end of turn (Flux eager end of turn)
+        instead of waiting for the final one, and cut it off if the callee goes on talking.
+        """
+        return False
+
     def discard_prepared(self) -> None:  # noqa: B027
         """The callee went on talking: whatever ``prepare`` started will not be used."""
 

@@ -353,6 +353,9 @@ class ClaudeAgent(Agent):
             return not _NOT_FOR_OPENING.search(event.text)
         return isinstance(event, CallConnected | CalleeSilent)
 
+    def answers_at_once(self, event: CallerInput) -> bool:
+        return self._outcome is None and self._opening_fits(event)
+
     def prepare(self, event: CallerInput) -> None:
         """Start the model on ``event`` now, before it is final (Flux ``EagerEndOfTurn``).
 
@@ -499,6 +502,8 @@ class ClaudeAgent(Agent):
         A disclosure the callee did not hear in full does not count: it is said again first.
         """
         remaining = heard.strip()
+        if not remaining and any(text is self.opening for _, text in self._spoken):
+            self._openings -= 1  # an opening cut before a word of it played does not count
         kept: dict[int, tuple[Message, list[str]]] = {}
         for message, text in self._spoken:
             if len(remaining) >= len(text):

@@ -123,6 +123,9 @@ class CallSession:
         self._utterance: list[str] = []
         self._utterance_at: float | None = None
         self._speech_started_at: float | None = None
+        #: A reply started on ``EagerEndOfTurn`` (the fixed opening) and the words it answers: the
+        #: ``EndOfTurn`` with the same words starts no second reply; ``TurnResumed`` cuts it off.
+        self._eager_reply: str | None = None
         self._machine = False  # an answering machine has beeped: its audio is not a callee talking
         self.frame_stats = FrameStats()
         self._replies = ReplyRunner(
@@ -183,6 +186,7 @@ class CallSession:
         self._spawn(self._leave_voicemail())
 
     async def _leave_voicemail(self) -> None:
+        self._eager_reply = None
         await self._replies.barge_in(self._clock())
         self._utterance, self._utterance_at, self._speech_started_at = [], None, None
         self._replies.start(MachineBeep())
@@ -407,7 +411,8 @@ class CallSession:
                 self._holds_seen = self._agent.holds
                 if self._utterance_at is None:
                     self._utterance_at = self._log.since_start(ev.t)
-                if not ev.is_final and self._replies.busy:
+                if not ev.is_final and self._replies.busy and self._eager_reply is None:
+                    # (after an eager reply, Flux's TurnResumed says whether the callee went on)
                     await self._replies.barge_in(ev.t)
                 if ev.is_final:
                     self._utterance.append(ev.text.strip())
@@ -416,12 +421,18 @@ class CallSession:
         elif isinstance(ev, UtteranceEnd) and self._utterance:
             self._utterance_done(None)
         elif isinstance(ev, EagerEndOfTurn):
-            self._prepare(ev.text)
+            self._prepare(ev)
         elif isinstance(ev, TurnResumed):
             self._agent.discard_prepared()
+            if self._eager_reply is not None:
+                # The callee was not done: stop at once and listen. A disclosure cut short is said
+                # again whole before anything else (``Agent.interrupted``).
+                self._eager_reply = None
+                await self._replies.barge_in(ev.t)
 
-    def _prepare(self, text: str) -> None:
-        """Start the model on a turn that has probably ended (Flux eager mode; ``agent.early``).
+    def _prepare(self, ev: EagerEndOfTurn) -> None:
+        """A turn has probably ended (Flux eager mode): answer now if no model is needed (the fixed
+        opening), else start the model (``agent.early``).
 
         Only between replies: while the assistant is talking, the turn's end cuts a reply short
         and the history that request was made with would no longer hold.
@@ -429,9 +440,16 @@ class CallSession:
         replies = self._replies
         if replies.busy or replies.hangup_pending or self._ended.is_set():
             return
-        words = " ".join([*self._utterance, text.strip()])
-        if words:
-            self._agent.prepare(CalleeSaid(words))
+        words = " ".join([*self._utterance, ev.text.strip()])
+        if not words:
+            return
+        if self._agent.answers_at_once(CalleeSaid(words)):
+            turn = self._start_reply(CalleeSaid(words))
+            if turn is not None:
+                self._eager_reply = words
+                turn.stt_final, turn.speech_end = ev.t, ev.speech_end
+            return
+        self._agent.prepare(CalleeSaid(words))
 
     def _utterance_done(self, final: SttTranscript | None) -> None:
         text = " ".join(self._utterance)
@@ -439,6 +457,9 @@ class CallSession:
         self._utterance, self._utterance_at, self._speech_started_at = [], None, None
         self._timers.last_callee_activity = self._audio_s
         self._log.add(Turn(Speaker.CALLEE, text, at=at))
+        eager, self._eager_reply = self._eager_reply, None
+        if eager is not None and eager == text:
+            return  # already being answered since the eager end of turn
         turn = self._start_reply(CalleeSaid(text))
         if turn is not None:
             turn.stt_final = final.t if final else self._clock()

@@ -84,11 +84,14 @@ class EagerEndOfTurn:
     """Flux thinks the callee has probably finished: ``text`` is the turn so far (never empty).
 
     If the turn does end, its final transcript is exactly ``text``; otherwise ``TurnResumed``
-    comes first. The session starts the model on it (``ClaudeAgent.prepare``).
+    comes first. The session starts the model on it (``ClaudeAgent.prepare``), or plays the fixed
+    opening at once (``Agent.answers_at_once``).
     """
 
     text: str
     t: float
+    #: arrival time of the turn's last word (as ``Transcript.speech_end``), if known
+    speech_end: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,7 +110,9 @@ class FluxListener(Listener):
             if text:
                 await self._emit(Transcript(text, False, False, now))
         elif event == "EagerEndOfTurn":
-            await self._emit(EagerEndOfTurn(text, now))
+            end = words[-1].end if words else None
+            speech_end = self.arrival_time(base + float(end)) if end is not None else None
+            await self._emit(EagerEndOfTurn(text, now, speech_end))
         elif event == "TurnResumed":
             await self._emit(TurnResumed(now))
         elif event == "EndOfTurn":

@@ -694,3 +694,89 @@ async def test_a_hold_longer_than_hold_max_ends_the_call(h: Harness) -> None:
     assert 3.0 < call.callee.seconds < 10.0
     assert hung_up_by_api(h, call.sid)
     assert_clean(h)
+
+
+class EagerOpeningAgent(ScriptedAgent):
+    """Answers the callee's first words with fixed words at once (``answers_at_once``), as
+    ClaudeAgent does with its fixed opening; notes whether the callee's turn was final then."""
+
+    def __init__(self, h: Harness, replies: list[list[AgentAction]], **kw: Any) -> None:
+        super().__init__(replies, **kw)
+        self.h = h
+        self.callee_turns_logged: list[int] = []  # callee turns in the transcript at each reply
+
+    def answers_at_once(self, event: CallerInput) -> bool:
+        nxt = self.replies[0] if self.replies else []
+        return bool(nxt) and isinstance(nxt[0], Say) and nxt[0].text.startswith("Hi, this is")
+
+    async def reply(self, event: CallerInput) -> AsyncGenerator[AgentAction, None]:
+        turns = self.h.sessions[-1]._log.turns()
+        self.callee_turns_logged.append(sum(t.speaker is Speaker.CALLEE for t in turns))
+        async for action in super().reply(event):
+            yield action
+
+
+def _flux(h: Harness, *, eager: float, eot: float = 0.7) -> SpeechClient:
+    return SpeechClient(
+        api_key=DG_KEY, http_url=h.dg.http_url, ws_url=h.dg.ws_url, stt_chunk_ms=40,
+        stt_model="flux-general-en", eager_eot_threshold=eager, eot_threshold=eot,
+    )  # fmt: skip
+
+
+async def test_the_fixed_opening_starts_on_the_eager_end_of_turn_and_is_not_started_twice(
+    h: Harness,
+) -> None:
+    h.speech = _flux(h, eager=0.5)
+    opening = "Hi, this is Robin, an AI assistant calling on behalf of Alex. I would like a haircut."
+    done = CallOutcome(OutcomeKind.DECLINED, summary="closed")
+    agent = EagerOpeningAgent(h, [[Say(opening)], [Say("Okay, thank you, goodbye."), Hangup(done)]])
+    h.twilio.program(PHONE, script=CalleeScript([
+        CalleeSays("Joe's Barbershop, how can I help?"), WaitTurn(contains="haircut"),
+        CalleeSays("Sorry, we are closed."), WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+
+    assert outcome.kind is OutcomeKind.DECLINED and not call.callee.errors
+    # the opening began before Flux's EndOfTurn put the greeting into the transcript, and that
+    # EndOfTurn (same words) started no second reply
+    assert agent.callee_turns_logged[0] == 0
+    assert [_words(i.text) for i in agent.inputs if isinstance(i, CalleeSaid)] == [
+        _words("Joe's Barbershop, how can I help?"), _words("Sorry, we are closed."),
+    ]  # fmt: skip
+    assert _words(call.heard[0]) == _words(opening) and call.clears == 0
+    assert [t.speaker for t in turns] == [Speaker.CALLEE, Speaker.ASSISTANT] * 2
+    assert not any(t.interrupted for t in turns)
+    await h.webhooks.join()
+    assert_clean(h)
+
+
+async def test_an_eager_opening_stops_at_turn_resumed_and_the_disclosure_is_said_whole_after(
+    h: Harness,
+) -> None:
+    # eager at 120 ms of silence, the end of turn at 360 ms: a 250 ms pause mid-greeting makes Flux
+    # say "probably done", then TurnResumed when the receptionist goes on
+    h.speech = _flux(h, eager=0.3, eot=0.9)
+    opening = "Hi, this is Robin, an AI assistant calling on behalf of Alex. I would like a haircut."
+    done = CallOutcome(OutcomeKind.DECLINED, summary="closed")
+    agent = EagerOpeningAgent(
+        h, [[Say(opening)], [Say(opening)], [Say("Okay, thank you, goodbye."), Hangup(done)]]
+    )
+    h.twilio.program(PHONE, script=CalleeScript([
+        CalleeSays("Joe's Barbershop."), Pause(0.25), CalleeSays("How can I help?"),
+        WaitTurn(contains="haircut"), CalleeSays("Sorry, we are closed."), WaitTurn(contains="goodbye"),
+    ]))  # fmt: skip
+    job = await h.dialing_job(agent)
+    outcome, turns, call = await h.call(job)
+
+    assert outcome.kind is OutcomeKind.DECLINED and not call.callee.errors
+    said = [_words(i.text) for i in agent.inputs if isinstance(i, CalleeSaid)]
+    assert said[0] == _words("Joe's Barbershop.")  # the eager reply, cut off at TurnResumed
+    assert said[1] == _words("Joe's Barbershop. How can I help?")  # the whole turn, answered once
+    assert len(agent.heard) == 1 and call.clears >= 1
+    heard = _words(agent.heard[0])
+    assert heard == _words(opening)[: len(heard)] and len(heard) < len(_words(opening))
+    # the second opening played whole, disclosure first
+    assert any(_words(h_) == _words(opening) for h_ in call.heard)
+    await h.webhooks.join()
+    assert_clean(h)
