@@ -85,6 +85,13 @@ ACKS = {"check_availability": "Let me check.", "confirm_booking": "Sure."}
 _NOT_FOR_OPENING = re.compile(
     r"\bpress(ing)?\b|\bdial\b|\bhold\b|one moment|just a moment|one sec|bear with", re.I
 )
+#: A time of day in the callee's words ("3pm", "3:30", "noon", "at four"): an offered slot, which a
+#: person answers with "Let me check." before looking at the calendar.
+_OFFERED_TIME = re.compile(
+    r"\b\d{1,2}(:\d{2})?\s*(a\.?\s?m\.?|p\.?\s?m\.?)(?![a-z])|\b\d{1,2}:\d{2}\b|\bnoon\b"
+    r"|\bat (one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b",
+    re.I,
+)
 #: Said while the person is asked over chat (``ask_person``), about every ``ask_every`` seconds.
 STILL_CHECKING = "Still checking, thanks for waiting."
 #: Puts a question to the person over chat and waits for the answer: None when none came in time.
@@ -270,6 +277,9 @@ class ClaudeAgent(Agent):
         self._acks = ACKS if acknowledgements else {}
         self._openings = 0  # fixed openings said so far
         self._ack_said = False  # an acknowledgement was said in the current reply
+        #: said at once for an offered time, before the model's first round: goes into that round's
+        #: assistant message (or its stump) as the first words
+        self._pre_ack: str | None = None
         self._prepared = self._discarded = 0  # early requests started / thrown away
         self._disclosed = False  # the callee has heard the disclosure (so far as we know)
         self._unrecorded = False  # said, but not yet put into an assistant message of history
@@ -398,6 +408,7 @@ class ClaudeAgent(Agent):
             return
         self._spoken = []
         self._filler_said = self._ack_said = False
+        self._pre_ack = None
         self._turns += 1
         if self._turns > self._limits.max_turns:
             self.discard_prepared()
@@ -412,6 +423,21 @@ class ClaudeAgent(Agent):
         add_user(self.messages, [{"type": "text", "text": render_input(event)}])
         early = self._claim_prepared()
         first = True
+        pre_ack = self._acks.get("check_availability")
+        if pre_ack is not None and self._offers_time(event):
+            # A person says "Let me check." as soon as a time is offered, not once they know a
+            # lookup is needed: the callee hears it while the model starts on the lookup.
+            self._ack_said, self._pre_ack, first = True, pre_ack, False
+            try:
+                for say in self._say(pre_ack, self._monotonic()):
+                    yield say
+            except BaseException:  # cut off before the model round began: history keeps the words
+                self._pre_ack = None
+                message: Message = {"role": "assistant", "content": [{"type": "text", "text": pre_ack}]}
+                self._record_disclosure(message)
+                self.messages.append(message)
+                self._spoken.append((message, pre_ack))
+                raise
         for _ in range(self._max_tool_rounds + 1):
             assistant: Message | None = None
             async with aclosing(self._round_with_retries(first, early)) as round_items:
@@ -519,6 +545,12 @@ class ClaudeAgent(Agent):
             set_text(message, " ".join(p for p in parts if p))
         self._spoken = []
         drop_empty(self.messages)
+
+    def _offers_time(self, event: CallerInput) -> bool:
+        """Did the callee offer a time (answered with an acknowledgement before the model)?"""
+        if not isinstance(event, CalleeSaid) or self.tools.booking is not None:
+            return False
+        return _OFFERED_TIME.search(event.text) is not None
 
     def _open(self, event: CallerInput) -> list[Say]:
         """The fixed opening as ``Say``s, already in history (``interrupted`` trims it if cut)."""
@@ -703,7 +735,7 @@ class ClaudeAgent(Agent):
         said: list[str] = []
         ack: str | None = None
         first_token_at: float | None = None
-        done = False
+        done = retryable = False
         try:
             try:
                 async with contextlib.AsyncExitStack() as stack:
@@ -745,11 +777,19 @@ class ClaudeAgent(Agent):
                     content = answer.content(sdk_stream.response.request if sdk_stream else None)
             except httpx2.TransportError as e:  # a stalled or dropped stream mid-answer
                 raise from_transport_error(e) from e
+            except anthropic.APIError:
+                retryable = True
+                raise
             for piece in chunker.flush():
                 said.append(piece)
                 for say in self._say(piece, first_token_at if first and len(said) == 1 else None):
                     yield say
             done = True
+            pre, self._pre_ack = self._pre_ack, None
+            if pre is not None:
+                content = list(content or [])
+                prefix_text(content, pre)
+                said.insert(0, pre)
             if not content:
                 return
             message: Message = {"role": "assistant", "content": content}
@@ -761,13 +801,16 @@ class ClaudeAgent(Agent):
             self._spoken.append((message, " ".join(said)))
             yield message
         finally:
-            if not done and said:
+            if not done and (said or self._pre_ack is not None and not (retryable and not said)):
                 # Cut short (cancelled by a barge-in, or the stream broke): keep only what was said,
-                # as plain text — tools the model was about to call never ran.
-                message = {"role": "assistant", "content": [{"type": "text", "text": " ".join(said)}]}
+                # as plain text — tools the model was about to call never ran. An acknowledgement
+                # said before the round waits for the retry of a round that failed unheard.
+                pre, self._pre_ack = self._pre_ack, None
+                words = " ".join(p for p in (pre, *said) if p)
+                message = {"role": "assistant", "content": [{"type": "text", "text": words}]}
                 self._record_disclosure(message)
                 self.messages.append(message)
-                self._spoken.append((message, " ".join(said)))
+                self._spoken.append((message, words))
 
     async def _run_tools(
         self, uses: list[dict[str, Any]]

@@ -141,3 +141,26 @@ async def test_discarded_early_requests_are_counted(sandbox: SandboxAnthropic, a
     await run(agent, CalleeSaid("We could do 12/3 at 3pm."))  # the second one is used
     counts = agent.prepared_counts()
     assert (counts.started, counts.discarded) == (2, 1)
+
+
+async def test_an_offered_time_is_acknowledged_before_the_model_has_answered(
+    sandbox: SandboxAnthropic, agent: ClaudeAgent
+) -> None:
+    await run(agent, CalleeSaid("Hello, Joe's."))
+    sandbox.ttft_ms = 60_000  # the model would take a minute: the acknowledgement cannot wait for it
+    reply = agent.reply(CalleeSaid("We could do 12/3 at 3pm."))
+    first = await anext(reply)
+    assert first == Say(ACKS["check_availability"], first.first_token_at)
+    assert first.first_token_at is not None  # it starts the turn's latency record
+    await reply.aclose()  # the callee spoke again while the model was still thinking
+    agent.interrupted(ACKS["check_availability"])
+    # history holds what was heard: the acknowledgement, and no tool call that never ran
+    assert agent.messages[-1] == {"role": "assistant", "content": [{"type": "text", "text": "Let me check."}]}
+
+
+async def test_words_without_a_time_get_no_acknowledgement_before_the_model(
+    sandbox: SandboxAnthropic, agent: ClaudeAgent
+) -> None:
+    await run(agent, CalleeSaid("Hello, Joe's."))
+    said = texts(await run(agent, CalleeSaid("What's the name for the booking?")))
+    assert said and ACKS["check_availability"] not in said
