@@ -96,7 +96,8 @@ class Agent(ABC):
     """One conversation (one call). Not shared between calls.
 
     Agents subclass this: ``reply``, ``interrupted`` and ``outcome`` are theirs to write, while
-    ``prepare``, ``discard_prepared``, ``aclose``, ``fixed_phrases`` and ``prepared_counts`` are
+    ``prepare``, ``answers_at_once``, ``discard_prepared``, ``aclose``, ``fixed_phrases`` and
+    ``prepared_counts`` are
     inherited defaults that an agent overrides only if it starts work ahead of time, owns
     background work or says fixed words (``holds`` likewise, if it can wait on hold), so the
     session calls them all unconditionally.
