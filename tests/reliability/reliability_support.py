@@ -115,9 +115,10 @@ async def snapshot(stack: Stack) -> tuple[Any, ...]:
     )
 
 
-async def dialing_job(stack: Stack, phone: str = "+14155550123", owner: str = "reliability-test") -> Job:
-    """A job in ``dialing`` with a call sid, claimed by ``owner`` (the app's dispatcher must run
-    stopped, see ``open_quiet_stack``, so it never claims it first)."""
+async def dialing_job(stack: Stack, phone: str = "+14155550123") -> Job:
+    """A job in ``dialing`` with a call sid, claimed under the app's own node name (a node acts
+    only on calls it holds), as its dispatcher would (which must run stopped, see
+    ``open_quiet_stack``, so it never claims it first)."""
     origin = ChatOrigin(Platform.TELEGRAM, chat_id="4242", user_id="4242")
     reply = stack.app.flow.intake.from_command(
         "rel:setup", origin, f"{phone} Test Shop | haircut | next week"
@@ -125,7 +126,7 @@ async def dialing_job(stack: Stack, phone: str = "+14155550123", owner: str = "r
     assert reply.request is not None, reply.text
     store = stack.app.store
     job = await store.enqueue(reply.request, due_at=stack.clock.now() - timedelta(minutes=1), max_attempts=3)
-    claimed = await store.claim_due(owner, limit=1, lease_seconds=3600)
+    claimed = await store.claim_due(stack.app.owner, limit=1, lease_seconds=3600)
     assert [j.id for j in claimed] == [job.id]
     return await store.set_call_sid(job.id, "CA" + job.id.replace("-", "")[:32].ljust(32, "0"))
 

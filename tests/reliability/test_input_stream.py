@@ -124,7 +124,7 @@ async def test_unsigned_upgrade_is_refused(stack: Stack, signature: str | None) 
 async def test_signed_upgrade_with_junk_frames_is_closed_and_changes_nothing(
     stack: Stack, frames: list[str | bytes]
 ) -> None:
-    job = await dialing_job(stack, owner="junk")
+    job = await dialing_job(stack)
     await stack.app.store.update_meta(job.id, stream_token_sha256=token_sha256("the-real-token"))
     before = await snapshot(stack)
     async with stack.http.ws_connect(stream_url(stack), headers=signed(stack)) as ws:
@@ -143,7 +143,7 @@ async def test_signed_upgrade_with_junk_frames_is_closed_and_changes_nothing(
 async def test_wrong_token_or_other_call_is_refused_and_the_token_survives(
     stack: Stack, token: str | None
 ) -> None:
-    job = await dialing_job(stack, owner="token")
+    job = await dialing_job(stack)
     real = secrets.token_urlsafe(16)
     await stack.app.store.update_meta(job.id, stream_token_sha256=token_sha256(real))
     before = await snapshot(stack)
@@ -177,7 +177,7 @@ JUNK_AFTER_ADMISSION: list[str | bytes] = [
 
 
 async def test_junk_after_admission_does_not_crash_the_call(stack: Stack) -> None:
-    job = await dialing_job(stack, owner="admitted")
+    job = await dialing_job(stack)
     token = secrets.token_urlsafe(16)
     await stack.app.store.update_meta(job.id, stream_token_sha256=token_sha256(token))
     async with stack.http.ws_connect(stream_url(stack), headers=signed(stack), max_msg_size=0) as ws:
