@@ -91,7 +91,7 @@ async def test_sigkill_mid_call_then_restart_reconciles_tells_the_person_and_fin
             await db.close()
     finally:
         for s in (server, restarted):
-            if s is not None and s.proc is not None and s.proc.returncode is None:
+            if s is not None and s.proc is not None and s.returncode is None:
                 await s.kill()
         await watch.close()
         await world.stop()

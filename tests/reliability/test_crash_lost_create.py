@@ -72,7 +72,7 @@ async def test_sigkill_before_the_call_sid_is_stored_dials_once(tmp_path: Path) 
             await db.close()
     finally:
         for s in (server, restarted):
-            if s is not None and s.proc is not None and s.proc.returncode is None:
+            if s is not None and s.proc is not None and s.returncode is None:
                 await s.kill()
         await watch.close()
         await world.stop()

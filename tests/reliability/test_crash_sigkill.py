@@ -117,7 +117,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_double_dials(tm
         finally:
             await db.close()
     finally:
-        if server is not None and server.proc is not None and server.proc.returncode is None:
+        if server is not None and server.proc is not None and server.returncode is None:
             await server.kill()
         await watch.close()
         await world.stop()
