@@ -87,8 +87,8 @@ class Server:
     """One ``concierge serve`` process, forked from a server that has already imported the product.
 
     Every start used to pay the SDKs' imports (~3 s of CPU): 21 times in the SIGKILL test, most
-    of its minutes on a loaded machine. A ``multiprocessing`` fork server imports this module (and
-    so ``concierge.serve``) once per test process; each server is a fresh fork of it, with its own
+    of its minutes on a loaded machine. A ``multiprocessing`` fork server imports the product once
+    per test process; each server is a fresh fork of it, with its own
     pid, environment, working directory and log, that ``kill`` ends with SIGKILL as before (the
     fork server only reaps it). Its stdout is a pipe to the test; its stderr goes to ``log_path``.
     """
@@ -178,6 +178,7 @@ def _child(env: dict[str, str], cwd: str, log_path: str, stdout: Connection) -> 
     sys.exit(serve_main(argparse.Namespace(host=None, port=None), environment=sandbox_graph))
 
 
-#: The fork server every ``Server`` is forked from; it imports this module (the product) once.
+#: The fork server every ``Server`` is forked from; it imports the product and the sandbox world once
+#: (by their installed names: Python 3.11's fork server ignores the test path, so not this module).
 _FORKS = multiprocessing.get_context("forkserver")
-_FORKS.set_forkserver_preload([__name__])
+_FORKS.set_forkserver_preload(["concierge.serve", "demo.world"])
