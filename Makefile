@@ -22,15 +22,21 @@ demo: $(STAMP)
 playground: $(STAMP)
 	$(BIN)/concierge playground
 
-# The whole suite, one pytest-xdist worker per core (most tests wait on paced audio, not the CPU).
+# pytest-xdist workers: three per core, as most tests wait on paced audio rather than the CPU.
+# One test at a time per worker (`--maxschedchunk 1`), in the order tests/conftest.py gives (the
+# longest first), so no long test is queued behind another.
+WORKERS ?= $(shell echo $$((3 * $$(nproc))))
+PYTEST_PARALLEL = -n $(WORKERS) --dist load --maxschedchunk 1
+
+# The whole suite in parallel.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 # Everything but the slow end-to-end, reliability and subprocess tests (`-m slow`).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n auto -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
