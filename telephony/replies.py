@@ -230,10 +230,13 @@ class ReplyRunner:
                 if turn.tts_first_byte is None:
                     turn.tts_first_byte = self._clock()  # its audio was here before it was due
                 for media, mark in messages:
+                    # Stamped as the frame is handed over, not after the send returns: a busy
+                    # loop can finish the await after the far end has already heard it.
+                    handed_at = self._clock()
                     if clause.cancelled or not await self._send(media):
                         break
                     if turn.first_audio_out is None:
-                        turn.first_audio_out = self._clock()
+                        turn.first_audio_out = handed_at
                         self._changed.set()
                     await self._send(mark)
 
@@ -251,10 +254,11 @@ class ReplyRunner:
 
     async def _play(self, turn: AssistantTurn, pieces: Iterator[tuple[str, str]]) -> None:
         for media, mark in pieces:
+            handed_at = self._clock()  # as the frame is handed over (see _play_ready)
             if not await self._send(media):
                 return
             if turn.first_audio_out is None:
-                turn.first_audio_out = self._clock()
+                turn.first_audio_out = handed_at
                 self._changed.set()  # the reply holds back until now (_first_audio_first)
             await self._send(mark)
 
