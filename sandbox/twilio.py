@@ -92,7 +92,11 @@ class SandboxTwilio:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        # Every live call holds one media-stream websocket on this session: no pool limit
+        # (aiohttp's default of 100 would make the 101st call wait and end before it began).
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(limit=0)
+        )
 
     async def stop(self) -> None:
         """Hang up every live call, cancel every task, close every socket."""
