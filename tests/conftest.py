@@ -22,6 +22,7 @@ _HERE = Path(__file__).parent
 #: worker, so none of them is left to begin near the end of a parallel run (``make test``).
 LONGEST_FIRST = (
     "reliability/test_crash_sigkill.py",
+    "e2e/test_two_nodes.py",
     "e2e/test_playground.py::test_a_whole_errand_in_the_browser",
     "reliability/test_load_errands.py",
     "e2e/test_playground.py::test_a_scripted_receptionist",
