@@ -229,6 +229,7 @@ class Concierge:
             callee_window=s.callee_window,
             do_not_call=self.do_not_call,
             destinations=s.destination_policy,
+            queue_poll=timedelta(seconds=s.queue_poll_seconds),
         )
         self.flow.desk = self.dispatcher
         self.session_config = SessionConfig(

@@ -92,6 +92,10 @@ class Dispatcher:
         do_not_call: numbers never to dial (checked right before every dial).
         destinations: countries and number types that may be dialled (checked right
             before every dial, since the settings may change while an errand waits).
+        queue_poll: the longest the loop sleeps without looking at the queue (``None``: until
+            woken or a known deadline). Other nodes sharing the database cannot wake this one:
+            a place freed under the cap by another node's call, an errand queued there, a dead
+            node's calls whose leases will run out are seen on the next look.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class Dispatcher:
         callee_window: DailyWindow | None = None,
         do_not_call: DoNotCall | None = None,
         destinations: DestinationPolicy | None = None,
+        queue_poll: timedelta | None = None,
     ) -> None:
         self.store = store
         self.placer = placer
@@ -122,6 +127,7 @@ class Dispatcher:
         self.clock = clock
         self.max_concurrent = max_concurrent
         self.lease_seconds = lease_seconds
+        self.queue_poll = queue_poll
         self.claim_limits = ClaimLimits(
             batch=max_concurrent,
             max_active=max_concurrent,
@@ -368,6 +374,8 @@ class Dispatcher:
         if not claim.at_cap:  # at the cap, an outcome or a cancel wakes us when a slot frees
             deadlines.append(await self.store.next_due_at())
         pending = [d for d in deadlines if d is not None]
+        if self.queue_poll is not None:
+            pending.append(self.clock.now() + self.queue_poll)
         if not pending:
             return False, None
         until, now = min(pending), self.clock.now()

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     #: Seconds the line is held while the person is asked a callee's question over chat (0: off).
     live_ask_timeout: float = 60.0
     lease_seconds: int = 900
+    #: The longest a node's dispatcher sleeps without looking at the queue: other nodes cannot
+    #: wake it (a place under the cap freed there, a dead node's calls to recover).
+    queue_poll_seconds: float = 5.0
     blocked_numbers: CommaList = Field(default_factory=list)
     max_queued_per_user: int = 10
     errands_per_user_per_hour: int = 20
@@ -230,6 +233,10 @@ class Settings(BaseSettings):
         if self.silence_timeout_seconds <= 0:
             out["SILENCE_TIMEOUT_SECONDS"] = (
                 f"SILENCE_TIMEOUT_SECONDS must be above 0 (got {self.silence_timeout_seconds})"
+            )
+        if not 0.1 <= self.queue_poll_seconds <= 300:
+            out["QUEUE_POLL_SECONDS"] = (
+                f"QUEUE_POLL_SECONDS must be between 0.1 and 300 (got {self.queue_poll_seconds})"
             )
         if self.hold_max <= 0:
             out["HOLD_MAX"] = f"HOLD_MAX must be above 0 (got {self.hold_max})"

@@ -11,7 +11,7 @@ import asyncio
 from collections import Counter
 from datetime import datetime, timedelta
 
-from dispatcher_harness import FakeNotifier, request
+from dispatcher_harness import FakeNotifier, harness, local, request
 
 from concierge.clock import SystemClock
 from concierge.dispatcher import Dispatcher
@@ -114,3 +114,17 @@ async def test_two_dispatchers_never_dial_the_same_errand(db_url: str) -> None:
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_an_idle_node_sees_work_another_node_queued_within_the_queue_poll(db_url: str) -> None:
+    """Nothing another node does can wake this node's loop: it must look again by itself."""
+    start = local("America/New_York", 2026, 6, 8, 10)  # a Monday, open
+    poll = timedelta(seconds=5)
+    async with harness(db_url, start, queue_poll=poll) as h:
+        assert h.dispatcher.sleeping_until == start + poll  # never "until woken": nobody would
+        async with await open_database(db_url) as other_node:
+            job = await JobStore(other_node, clock=h.clock).enqueue(request(), due_at=start, max_attempts=3)
+        await h.idle()
+        assert h.placer.calls == []  # not woken: it has not looked yet
+        await h.run_until(start + poll)
+        assert [c.job_id for c in h.placer.calls] == [job.id]
