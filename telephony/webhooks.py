@@ -236,11 +236,23 @@ class TwilioWebhooks:
             job = await self._store.get(job_id) if job_id else await self._store.find_by_call_sid(call_sid)
         except JobNotFound:
             return None
-        if job is not None and self._foreign(job, call_sid):
+        if job is None or self._foreign(job, call_sid):
             return None
-        if job is not None and call_sid and _current_nonce(job, request.query.get("nonce")):
-            job = await self._record_call_sid(job, call_sid)
-        if job is not None and job.call_sid and call_sid and job.call_sid != call_sid:
+        nonce = request.query.get("nonce")
+        if nonce:
+            # Our calls' callbacks name their attempt: one of an earlier attempt's call (its
+            # final "completed" after a recovery hung it up, say) must never end the current
+            # attempt, whose call may be ringing with no CallSid recorded yet.
+            if not _current_nonce(job, nonce):
+                return None
+            if call_sid:
+                job = await self._record_call_sid(job, call_sid)
+        elif call_sid and (
+            job.dial_nonce is not None  # the current attempt's call is ours: its callbacks carry its nonce
+            or (job.meta.call_sid_attempt is not None and job.current_call_sid != call_sid)
+        ):
+            return None  # no nonce (a call back to us): only the current attempt's recorded call
+        if job.call_sid and call_sid and job.call_sid != call_sid:
             return None  # a late callback of an earlier attempt
         return job
 

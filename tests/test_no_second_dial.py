@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 import pytest
 from aiohttp import web
 from factories import call_request
+from twilio.request_validator import RequestValidator
 
 from sandbox.twilio import Behavior, LostAnswer, SandboxTwilio
 from storage.db import open_database
 from storage.errors import ProviderConnectionError, ProviderTimeoutError
 from storage.jobs import JobStore
-from storage.models import CallOutcome, Job, OutcomeKind, Turn, utcnow
+from storage.models import CallOutcome, Job, JobState, OutcomeKind, Turn, utcnow
 from telephony import media_stream
-from telephony.twilio_rest import TwilioCallPlacer
+from telephony.twilio_rest import STATUS_PATH, TwilioCallPlacer
 from telephony.webhooks import TwilioWebhooks
 
 pytestmark = [
@@ -147,3 +149,28 @@ async def test_lost_create_answer_the_call_is_known_by_nonce_and_by_list(
     assert await rig.placer.find_calls(PHONE, started_after=utcnow() + timedelta(minutes=5)) == []
     assert await rig.placer.find_calls("+14155550111", started_after=started) == []
 
+
+
+async def test_a_late_callback_of_an_earlier_attempt_never_ends_the_current_one(rig: Rig) -> None:
+    """Recovery hung up attempt 1's call and the errand was claimed again; attempt 2's call is
+    ringing, its create not answered yet. Attempt 1's final callbacks arrive only now: taken for
+    attempt 2's end, they would have its errand retried, and dialled, while its call still rings."""
+    job = await rig.dialing_job()
+    await rig.store.update_meta(job.id, call_nonce="nonce-attempt-1", call_nonce_attempt=job.attempts)
+    await rig.store.set_call_sid(job.id, "CA" + "1" * 32)
+    await rig.store.transition(job.id, JobState.QUEUED, reason="recovered: hung up; retry planned")
+    [again] = await rig.store.claim_due("test", limit=1, lease_seconds=300)
+    assert again.attempts == 2
+    # what TwilioCallPlacer stores right before attempt 2's create
+    await rig.store.update_meta(job.id, call_nonce="nonce-attempt-2", call_nonce_attempt=again.attempts)
+    before = (await rig.store.get(job.id), len(await rig.store.history(job.id)))
+    async with aiohttp.ClientSession() as http:
+        for status in ("completed", "canceled"):
+            for query in ({"job": job.id, "nonce": "nonce-attempt-1"}, {"job": job.id}):
+                url = f"{rig.placer.public_base_url}{STATUS_PATH}?{urlencode(query)}"
+                params = {"CallSid": "CA" + "1" * 32, "CallStatus": status}
+                signature = RequestValidator(TOKEN).compute_signature(url, params)
+                async with http.post(url, data=params, headers={"X-Twilio-Signature": signature}) as resp:
+                    assert resp.status == 204
+    assert rig.sink.outcomes == {}
+    assert (await rig.store.get(job.id), len(await rig.store.history(job.id))) == before
