@@ -16,11 +16,9 @@ import atexit
 import contextlib
 import os
 import pwd
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Literal
 
 import asyncpg
+
+from tests.loopback import free_port
 
 #: Environment variable naming the directory holding ``initdb`` and ``postgres`` (overrides the search).
 PG_BIN_ENV = "PG_BIN"
@@ -166,26 +166,6 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    """A free loopback port below the ephemeral range (client sockets of the suite cannot take it)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32_768
-    rng = random.Random()
-    for _ in range(200 if low > 21_000 else 0):
-        port = rng.randrange(20_000, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -278,7 +258,7 @@ class PostgresServer:
             _initdb(bin_dir, root, run_as, timeout)
             conf = {**THROWAWAY_SETTINGS, **(settings or {})}
             for _ in range(_START_ATTEMPTS):
-                port = _free_port()
+                port = free_port()
                 process = _launch(bin_dir, root, port, conf, run_as)
                 if _wait_ready(process, root, began + timeout):
                     server = cls(bin_dir, root, port, process, time.monotonic() - began)

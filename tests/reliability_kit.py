@@ -135,6 +135,16 @@ def receptionist(slot: datetime) -> CalleeScript:
     )
 
 
+def brisk_receptionist(slot: datetime) -> CalleeScript:
+    """:func:`receptionist` without waits for particular words, speaking briskly: for runs of
+    many calls, where what is under test is the queue, not the conversation."""
+    return CalleeScript(
+        [Say("Shop, hello."), WaitTurn(contains="haircut"), Say(f"How about {scenarios.offer_text(slot)}?"),
+         WaitTurn(), Say("Perfect, see you then."), WaitTurn()],
+        words_per_second=4.0,
+    )  # fmt: skip
+
+
 async def submit_errand(world: SandboxWorld, phone: str) -> str:
     """The person asks for a haircut at ``phone`` and confirms; returns the errand id from the chat."""
     tg, user = world.telegram, DEMO_TELEGRAM_USER

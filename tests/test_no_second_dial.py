@@ -21,14 +21,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 from factories import call_request
+from telephony_fakes import QuietSession
 from twilio.request_validator import RequestValidator
 
 from sandbox.twilio import Behavior, LostAnswer, SandboxTwilio
 from storage.db import open_database
 from storage.errors import ProviderConnectionError, ProviderTimeoutError
 from storage.jobs import JobStore
-from storage.models import CallOutcome, Job, JobState, OutcomeKind, Turn, utcnow
-from telephony import media_stream
+from storage.models import CallOutcome, Job, JobState, OutcomeKind, utcnow
 from telephony.twilio_rest import STATUS_PATH, TwilioCallPlacer
 from telephony.webhooks import TwilioWebhooks
 
@@ -40,25 +40,6 @@ pytestmark = [
 SID = "AC" + "2" * 32
 TOKEN = "twilio-auth-token"
 PHONE = "+14155550100"
-
-
-class QuietSession:
-    """A call session with no audio: it ends when the webhooks end it (an unanswered call)."""
-
-    def __init__(self) -> None:
-        self._outcome = CallOutcome(OutcomeKind.ERROR, summary="ended")
-        self._ended = asyncio.Event()
-
-    async def run(self) -> tuple[CallOutcome, list[Turn]]:
-        await self._ended.wait()
-        return self._outcome, []
-
-    async def attach(self, ws: web.WebSocketResponse, start: media_stream.Start) -> None:
-        return None
-
-    def end(self, reason: str, outcome: CallOutcome | None = None, *, hang_up: bool = False) -> None:
-        self._outcome = outcome or self._outcome
-        self._ended.set()
 
 
 @dataclass
@@ -148,7 +129,6 @@ async def test_lost_create_answer_the_call_is_known_by_nonce_and_by_list(
     assert [(f.sid, f.status) for f in found] == [(call.sid, "no-answer")]
     assert await rig.placer.find_calls(PHONE, started_after=utcnow() + timedelta(minutes=5)) == []
     assert await rig.placer.find_calls("+14155550111", started_after=started) == []
-
 
 
 async def test_a_late_callback_of_an_earlier_attempt_never_ends_the_current_one(rig: Rig) -> None:

@@ -30,6 +30,7 @@ from aiohttp import web
 from conftest import DEEPGRAM_TEST_KEY
 from dispatcher_harness import FakeNotifier
 from factories import call_request
+from telephony_fakes import QuietSession
 from twilio.request_validator import RequestValidator
 
 from agent.base import Agent, AgentAction, CallerInput, Say
@@ -48,7 +49,6 @@ from storage.errors import ConfigError
 from storage.jobs import JobStore
 from storage.models import CallOutcome, Job, JobState, OutcomeKind, Turn, utcnow
 from storage.ports import JobEvent
-from telephony import media_stream
 from telephony.session import CallSession
 from telephony.speech import SpeechClient
 from telephony.turns import SessionConfig
@@ -74,28 +74,6 @@ OUR_NUMBER = "+14155550199"
 ALWAYS_OPEN = "mon-sun 00:00-24:00"
 #: The business name of errands whose calls get a real ``CallSession`` (audio, agent, watchdog).
 REAL = "Real Barbers"
-
-
-class QuietSession:
-    """A session with no audio: it ends when the webhooks end it."""
-
-    def __init__(self) -> None:
-        self._outcome = CallOutcome(OutcomeKind.ERROR, summary="ended")
-        self._ended = asyncio.Event()
-
-    async def run(self) -> tuple[CallOutcome, list[Turn]]:
-        await self._ended.wait()
-        return self._outcome, []
-
-    async def attach(self, ws: web.WebSocketResponse, start: media_stream.Start) -> None:
-        return None
-
-    def end(self, reason: str, outcome: CallOutcome | None = None, *, hang_up: bool = False) -> None:
-        self._outcome = outcome or self._outcome
-        self._ended.set()
-
-    def machine_beeped(self, fallback: CallOutcome) -> None:
-        self.end("voicemail", fallback)
 
 
 class GatedAgent(Agent):

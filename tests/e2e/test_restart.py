@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from loopback import free_port
 from reliability_kit import (
     CallWatch,
     is_live,
@@ -25,7 +26,7 @@ from reliability_kit import (
     submit_errand,
     wait_until,
 )
-from serve_proc import Server, free_port, server_env
+from serve_proc import Server, server_env
 
 from concierge.settings import Settings
 from demo.world import DEMO_TELEGRAM_USER, SandboxWorld

@@ -41,13 +41,13 @@ from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
-from reliability_kit import CallWatch, job_of_call, wait_until
-from serve_proc import Server, free_port, server_env
+from loopback import free_port
+from reliability_kit import CallWatch, brisk_receptionist, job_of_call, wait_until
+from serve_proc import Server, server_env
 
 from concierge.settings import Settings
 from demo.world import SandboxWorld
 from sandbox import scenarios
-from sandbox.callee import CalleeScript, Say, WaitTurn
 from sandbox.twilio import Behavior, SandboxCall
 from sandbox.twilio_call import FINAL_STATUSES
 from storage.db import Database, format_dt, open_database
@@ -115,14 +115,6 @@ def plan() -> list[Errand]:
         else:
             out.append(Errand(i, person, f"+1415555{8000 + i:04d}", business, None))
     return out
-
-
-def receptionist(slot: datetime) -> CalleeScript:
-    return CalleeScript(
-        [Say("Shop, hello."), WaitTurn(contains="haircut"), Say(f"How about {scenarios.offer_text(slot)}?"),
-         WaitTurn(), Say("Perfect, see you then."), WaitTurn()],
-        words_per_second=4.0,
-    )  # fmt: skip
 
 
 # -- the two nodes -----------------------------------------------------------------------------
@@ -348,7 +340,7 @@ async def test_two_nodes_share_the_queue_and_one_recovers_the_other(pg_url: str,
         if e.slot is None:
             world.twilio.program(e.number, Behavior.BUSY)
         else:
-            world.twilio.program(e.number, Behavior.ANSWER, receptionist(e.slot))
+            world.twilio.program(e.number, Behavior.ANSWER, brisk_receptionist(e.slot))
     watch = CallWatch(world)
     nodes = [node(world, "node-a", url, tmp_path), node(world, "node-b", url, tmp_path)]
     a, b = nodes

@@ -27,8 +27,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from loopback import free_port
 from reliability_kit import CallWatch, job_of_call, receptionist, submit_errand, wait_until
-from serve_proc import Server, free_port, server_env
+from serve_proc import Server, server_env
 
 from concierge.settings import Settings
 from demo.world import SandboxWorld

@@ -35,10 +35,9 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from reliability_kit import brisk_receptionist
 from reliability_support import TWILIO_SDK_WARNINGS, Stack, open_stack, wait_until
 
-from sandbox.callee import CalleeScript, Say, WaitTurn
-from sandbox.scenarios import offer_text
 from sandbox.twilio import Behavior
 from sandbox.twilio_call import FINAL_STATUSES
 from storage.models import Job, JobState, Platform
@@ -86,14 +85,6 @@ def plan() -> list[Errand]:
         slot = datetime.combine(day, time(9, 0), LA) + timedelta(minutes=30 * (i % 16))
         out.append(Errand(i, person, f"+1415555{7000 + i:04d}", f"Shop {i:03d} of {person}", slot))
     return out
-
-
-def script(e: Errand) -> CalleeScript:
-    return CalleeScript(
-        [Say("Shop, hello."), WaitTurn(contains="haircut"), Say(f"How about {offer_text(e.slot)}?"),
-         WaitTurn(), Say("Perfect, see you then."), WaitTurn()],
-        words_per_second=4.0,
-    )  # fmt: skip
 
 
 def command(e: Errand) -> str:
@@ -145,7 +136,7 @@ async def test_many_errands_from_many_people_all_booked_in_their_own_threads(sta
     stack.clock.jump_to(sunday_night())
     stack.app.dispatcher.wake()
     for e in errands:
-        twilio.program(e.number, Behavior.ANSWER, script(e))
+        twilio.program(e.number, Behavior.ANSWER, brisk_receptionist(e.slot))
 
     t0 = wall.monotonic()
 
